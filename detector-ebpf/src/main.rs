@@ -1,0 +1,112 @@
+//! The detector's kernel program. The same parsing and flow logic runs as XDP on ingress and
+//! as a TC classifier on egress, over one set of maps, so an endpoint sees both directions
+//! of its own sessions. It never alters or drops a packet.
+#![cfg_attr(target_arch = "bpf", no_std)]
+#![cfg_attr(target_arch = "bpf", no_main)]
+
+#[cfg(target_arch = "bpf")]
+mod flow;
+#[cfg(target_arch = "bpf")]
+mod packet;
+#[cfg(target_arch = "bpf")]
+mod parse;
+#[cfg(target_arch = "bpf")]
+mod payload;
+
+#[cfg(target_arch = "bpf")]
+mod program {
+    use aya_ebpf::{
+        bindings::{TC_ACT_UNSPEC, xdp_action},
+        helpers::bpf_ktime_get_boot_ns,
+        macros::{classifier, map, xdp},
+        maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+        programs::{TcContext, XdpContext},
+    };
+    use detector_common::{
+        Config, Counter, DEFAULT_FLOW_TABLE_SIZE, EVENT_RING_BYTES, FlowKey, FlowState,
+        MAX_TLS_PORTS,
+    };
+
+    use crate::{
+        flow,
+        packet::{Packet, Tc, Xdp},
+        parse::{self, Skip},
+    };
+
+    /// The flow table; the agent sets its size at load time.
+    #[map]
+    pub static FLOWS: LruHashMap<FlowKey, FlowState> =
+        LruHashMap::with_max_entries(DEFAULT_FLOW_TABLE_SIZE, 0);
+
+    #[map]
+    pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENT_RING_BYTES, 0);
+
+    #[map]
+    pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
+
+    #[map]
+    pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+
+    /// Server ports where TLS is expected (the value is unused).
+    #[map]
+    pub static TLS_PORTS: HashMap<u16, u8> = HashMap::with_max_entries(MAX_TLS_PORTS, 0);
+
+    #[inline(always)]
+    pub fn count(c: Counter) {
+        if let Some(v) = COUNTERS.get_ptr_mut(c as u32) {
+            // SAFETY: per-CPU slot, so no other writer runs concurrently.
+            unsafe { *v += 1 };
+        }
+    }
+
+    /// The program's clock: capture time in replay, boot time live.
+    #[inline(always)]
+    fn now() -> u64 {
+        match CONFIG.get(0) {
+            Some(c) if c.clock_override_ns != 0 => c.clock_override_ns,
+            // SAFETY: helper without preconditions.
+            _ => unsafe { bpf_ktime_get_boot_ns() },
+        }
+    }
+
+    #[inline(always)]
+    fn process<P: Packet>(p: &P) {
+        count(Counter::Packets);
+        match parse::parse(p) {
+            Ok(tcp) => {
+                count(Counter::TcpPackets);
+                flow::track(p, &tcp, now());
+            }
+            Err(Skip::NotTcp) => {}
+            Err(Skip::Fragment) => count(Counter::Fragments),
+            Err(Skip::Malformed) => count(Counter::Truncated),
+        }
+    }
+
+    #[xdp]
+    pub fn detector_xdp(ctx: XdpContext) -> u32 {
+        process(&Xdp(ctx));
+        xdp_action::XDP_PASS
+    }
+
+    #[classifier]
+    pub fn detector_tc(ctx: TcContext) -> i32 {
+        process(&Tc(ctx));
+        // "Not my decision": the packet continues as if we were not there.
+        TC_ACT_UNSPEC
+    }
+
+    #[panic_handler]
+    fn panic(_info: &core::panic::PanicInfo) -> ! {
+        // SAFETY: the verifier rejects any reachable path to here; this only satisfies no_std.
+        unsafe { core::hint::unreachable_unchecked() }
+    }
+}
+
+#[cfg(target_arch = "bpf")]
+pub use program::{COUNTERS, EVENTS, FLOWS, TLS_PORTS, count};
+
+/// Built for the host only so that `cargo check --workspace` passes; the real program is
+/// built for the bpf target by detector-user's build script.
+#[cfg(not(target_arch = "bpf"))]
+fn main() {}

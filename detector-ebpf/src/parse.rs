@@ -1,0 +1,158 @@
+//! Ethernet → (802.1Q/802.1ad) → IPv4/IPv6 → TCP, down to where the payload starts.
+
+use detector_common::Addr;
+
+use crate::packet::Packet;
+
+const ETH_HLEN: usize = 14;
+const ETH_P_IPV4: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88a8;
+/// Tags walked before giving up: QinQ is two; more is not something we parse.
+const MAX_VLAN_TAGS: usize = 2;
+
+const IPPROTO_TCP: u8 = 6;
+const IPV6_HLEN: usize = 40;
+/// IPv6 extension headers walked before giving up on finding TCP.
+const MAX_IPV6_EXT_HEADERS: usize = 4;
+const NEXTHDR_HOP: u8 = 0;
+const NEXTHDR_ROUTING: u8 = 43;
+const NEXTHDR_FRAGMENT: u8 = 44;
+const NEXTHDR_DEST: u8 = 60;
+
+pub mod tcp_flags {
+    pub const SYN: u8 = 0x02;
+    pub const ACK: u8 = 0x10;
+}
+
+/// Why a packet leaves before the TCP logic.
+pub enum Skip {
+    /// Not TCP over IP, or an IPv6 header chain we do not walk.
+    NotTcp,
+    /// An IP fragment: only the first carries the TCP header, and we keep no reassembly.
+    Fragment,
+    /// A header runs past the end of the packet, or holds an impossible length.
+    Malformed,
+}
+
+/// The parts of a TCP/IP packet the flow logic uses.
+pub struct Tcp {
+    pub src: Addr,
+    pub dst: Addr,
+    pub sport: u16,
+    pub dport: u16,
+    pub seq: u32,
+    pub ack: u32,
+    pub flags: u8,
+    pub payload_off: usize,
+    pub payload_len: usize,
+}
+
+#[inline(always)]
+pub fn parse<P: Packet>(p: &P) -> Result<Tcp, Skip> {
+    let mut off = 12;
+    let mut ethertype = p.be16_at(off).ok_or(Skip::Malformed)?;
+    off += 2;
+    for _ in 0..MAX_VLAN_TAGS {
+        if ethertype != ETH_P_8021Q && ethertype != ETH_P_8021AD {
+            break;
+        }
+        ethertype = p.be16_at(off + 2).ok_or(Skip::Malformed)?;
+        off += 4;
+    }
+    let l3 = off;
+    debug_assert!(l3 >= ETH_HLEN);
+
+    let (src, dst, l4, l3_end) = match ethertype {
+        ETH_P_IPV4 => {
+            let ver_ihl = p.u8_at(l3).ok_or(Skip::Malformed)?;
+            let ihl = ((ver_ihl & 0x0f) as usize) * 4;
+            if ver_ihl >> 4 != 4 || ihl < 20 {
+                return Err(Skip::Malformed);
+            }
+            let tot_len = p.be16_at(l3 + 2).ok_or(Skip::Malformed)? as usize;
+            let frag = p.be16_at(l3 + 6).ok_or(Skip::Malformed)?;
+            // More-fragments flag or a non-zero offset.
+            if frag & 0x3fff != 0 {
+                return Err(Skip::Fragment);
+            }
+            if p.u8_at(l3 + 9).ok_or(Skip::Malformed)? != IPPROTO_TCP {
+                return Err(Skip::NotTcp);
+            }
+            let src: [u8; 4] = p.read(l3 + 12).ok_or(Skip::Malformed)?;
+            let dst: [u8; 4] = p.read(l3 + 16).ok_or(Skip::Malformed)?;
+            // TSO/BIG TCP super-packets on egress may carry tot_len 0: the skb length rules.
+            let end = if tot_len == 0 { p.len() } else { l3 + tot_len };
+            if tot_len != 0 && tot_len < ihl {
+                return Err(Skip::Malformed);
+            }
+            (v4_mapped(src), v4_mapped(dst), l3 + ihl, end)
+        }
+        ETH_P_IPV6 => {
+            let payload_len = p.be16_at(l3 + 4).ok_or(Skip::Malformed)? as usize;
+            let mut next = p.u8_at(l3 + 6).ok_or(Skip::Malformed)?;
+            let src: Addr = p.read(l3 + 8).ok_or(Skip::Malformed)?;
+            let dst: Addr = p.read(l3 + 24).ok_or(Skip::Malformed)?;
+            let mut l4 = l3 + IPV6_HLEN;
+            for _ in 0..MAX_IPV6_EXT_HEADERS {
+                match next {
+                    NEXTHDR_HOP | NEXTHDR_ROUTING | NEXTHDR_DEST => {
+                        let n = p.u8_at(l4).ok_or(Skip::Malformed)?;
+                        let hlen = p.u8_at(l4 + 1).ok_or(Skip::Malformed)? as usize;
+                        next = n;
+                        l4 += (hlen + 1) * 8;
+                    }
+                    NEXTHDR_FRAGMENT => return Err(Skip::Fragment),
+                    _ => break,
+                }
+            }
+            if next != IPPROTO_TCP {
+                return Err(Skip::NotTcp);
+            }
+            // A zero payload length is a jumbogram or a GSO super-packet: the packet rules.
+            let end = if payload_len == 0 {
+                p.len()
+            } else {
+                l3 + IPV6_HLEN + payload_len
+            };
+            (src, dst, l4, end)
+        }
+        _ => return Err(Skip::NotTcp),
+    };
+
+    let sport = p.be16_at(l4).ok_or(Skip::Malformed)?;
+    let dport = p.be16_at(l4 + 2).ok_or(Skip::Malformed)?;
+    let seq = p.be32_at(l4 + 4).ok_or(Skip::Malformed)?;
+    let ack = p.be32_at(l4 + 8).ok_or(Skip::Malformed)?;
+    let doff = ((p.u8_at(l4 + 12).ok_or(Skip::Malformed)? >> 4) as usize) * 4;
+    let flags = p.u8_at(l4 + 13).ok_or(Skip::Malformed)?;
+    if doff < 20 {
+        return Err(Skip::Malformed);
+    }
+    let payload_off = l4 + doff;
+    // The IP header's idea of the end can exceed what was captured (snap length) or be
+    // shorter than the frame (Ethernet padding): the payload is what both agree on.
+    let end = if l3_end < p.len() { l3_end } else { p.len() };
+    if payload_off > end {
+        return Err(Skip::Malformed);
+    }
+    Ok(Tcp {
+        src,
+        dst,
+        sport,
+        dport,
+        seq,
+        ack,
+        flags,
+        payload_off,
+        payload_len: end - payload_off,
+    })
+}
+
+#[inline(always)]
+fn v4_mapped(a: [u8; 4]) -> Addr {
+    [
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a[0], a[1], a[2], a[3],
+    ]
+}

@@ -1,0 +1,115 @@
+//! What the first bytes of a TCP payload say about its protocol.
+
+use detector_common::{PayloadClass, SNIPPET_LEN};
+
+use crate::packet::Packet;
+
+pub const TLS_ALERT: u8 = 21;
+const TLS_HANDSHAKE: u8 = 22;
+const HS_CLIENT_HELLO: u8 = 1;
+/// Largest record length TLS allows (2^14 + 2048); anything longer is not TLS.
+const TLS_MAX_RECORD: u16 = (1 << 14) + 2048;
+
+/// The first bytes of a payload, zero padded.
+pub struct Head {
+    pub bytes: [u8; SNIPPET_LEN],
+    pub len: usize,
+}
+
+#[inline(always)]
+pub fn read_head<P: Packet>(p: &P, off: usize, payload_len: usize) -> Head {
+    let mut bytes = [0u8; SNIPPET_LEN];
+    if payload_len >= SNIPPET_LEN {
+        if let Some(b) = p.read::<[u8; SNIPPET_LEN]>(off) {
+            return Head {
+                bytes: b,
+                len: SNIPPET_LEN,
+            };
+        }
+    }
+    let mut len = 0;
+    for i in 0..SNIPPET_LEN {
+        if i >= payload_len {
+            break;
+        }
+        match p.u8_at(off + i) {
+            Some(b) => bytes[i] = b,
+            None => break,
+        }
+        len = i + 1;
+    }
+    Head { bytes, len }
+}
+
+/// A TLS record header: known content type, version 3.0 to 1.3, and a possible length.
+#[inline(always)]
+pub fn is_tls_header(h: &Head) -> bool {
+    let b = &h.bytes;
+    let len = u16::from_be_bytes([b[3], b[4]]);
+    h.len >= 5 && (20..=24).contains(&b[0]) && b[1] == 3 && b[2] <= 4 && len > 0 && len <= TLS_MAX_RECORD
+}
+
+/// A plaintext alert record `15 03 0X 00 02` with a valid level: returns (level, description).
+#[inline(always)]
+pub fn plaintext_alert(h: &Head) -> Option<(u8, u8)> {
+    let b = &h.bytes;
+    if h.len >= 7 && b[0] == TLS_ALERT && b[1] == 3 && b[2] <= 4 && b[3] == 0 && b[4] == 2 {
+        if b[5] == 1 || b[5] == 2 {
+            return Some((b[5], b[6]));
+        }
+    }
+    None
+}
+
+#[inline(always)]
+pub fn classify(h: &Head) -> PayloadClass {
+    if is_tls_header(h) {
+        if h.bytes[0] == TLS_HANDSHAKE && h.len >= 6 && h.bytes[5] == HS_CLIENT_HELLO {
+            return PayloadClass::ClientHello;
+        }
+        return PayloadClass::TlsRecord;
+    }
+    if starts_with(h, b"HTTP/") {
+        return PayloadClass::HttpResponse;
+    }
+    if is_http_request(h) {
+        return PayloadClass::HttpRequest;
+    }
+    PayloadClass::Other
+}
+
+/// An HTTP/1.x request line, or the HTTP/2 cleartext preface (`PRI * HTTP/2.0`).
+#[inline(always)]
+fn is_http_request(h: &Head) -> bool {
+    // Dispatch on the first byte so the common case costs one comparison.
+    match h.bytes[0] {
+        b'G' => starts_with(h, b"GET "),
+        b'P' => {
+            starts_with(h, b"POST ")
+                || starts_with(h, b"PUT ")
+                || starts_with(h, b"PATCH ")
+                || starts_with(h, b"PRI * ")
+        }
+        b'H' => starts_with(h, b"HEAD "),
+        b'D' => starts_with(h, b"DELETE "),
+        b'O' => starts_with(h, b"OPTIONS "),
+        b'C' => starts_with(h, b"CONNECT "),
+        b'T' => starts_with(h, b"TRACE "),
+        _ => false,
+    }
+}
+
+#[inline(always)]
+fn starts_with<const N: usize>(h: &Head, prefix: &[u8; N]) -> bool {
+    if h.len < N {
+        return false;
+    }
+    let mut i = 0;
+    while i < N {
+        if h.bytes[i] != prefix[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
