@@ -84,8 +84,8 @@ pub fn track<P: Packet>(p: &P, t: &Tcp, now: u64) {
     let side = sender as usize;
     let first = state.first_class[side] == PayloadClass::None as u8;
     if first {
-        let at_start = state.flags & flow_flags::SYNACK_SEEN != 0
-            && t.seq == state.isn[side].wrapping_add(1);
+        let at_start =
+            state.flags & flow_flags::SYNACK_SEEN != 0 && t.seq == state.isn[side].wrapping_add(1);
         let class = if at_start {
             payload::classify(&head)
         } else {
@@ -231,7 +231,10 @@ fn is_tls_port(port: u16) -> bool {
 }
 
 #[inline(always)]
-#[allow(clippy::too_many_arguments, reason = "one call site; a struct would only rename them")]
+#[allow(
+    clippy::too_many_arguments,
+    reason = "one call site; a struct would only rename them"
+)]
 fn emit<P: Packet>(
     p: &P,
     key: &FlowKey,

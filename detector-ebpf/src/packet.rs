@@ -8,6 +8,7 @@ use core::mem::size_of;
 
 use aya_ebpf::{
     EbpfContext,
+    helpers::generated::{bpf_skb_load_bytes, bpf_xdp_load_bytes},
     programs::{TcContext, XdpContext},
 };
 
@@ -26,19 +27,13 @@ pub trait Packet {
     /// Reads a plain-data `T` at `off`, or `None` if it does not fit in the packet.
     fn read<T: Copy>(&self, off: usize) -> Option<T>;
 
-    #[inline(always)]
-    fn u8_at(&self, off: usize) -> Option<u8> {
-        self.read::<u8>(off)
-    }
+    /// Copies `len` bytes (1 to `N`) at `off` into `buf`, reaching data a direct read cannot
+    /// (a variable-length window, non-linear skb data). Returns false if out of bounds.
+    fn load_into<const N: usize>(&self, off: usize, len: usize, buf: &mut [u8; N]) -> bool;
 
     #[inline(always)]
     fn be16_at(&self, off: usize) -> Option<u16> {
         self.read::<[u8; 2]>(off).map(u16::from_be_bytes)
-    }
-
-    #[inline(always)]
-    fn be32_at(&self, off: usize) -> Option<u32> {
-        self.read::<[u8; 4]>(off).map(u32::from_be_bytes)
     }
 }
 
@@ -71,6 +66,23 @@ impl Packet for Xdp {
         // the frame; T is plain data and the read is unaligned-safe.
         Some(unsafe { core::ptr::read_unaligned((start + off) as *const T) })
     }
+
+    #[inline(always)]
+    fn load_into<const N: usize>(&self, off: usize, len: usize, buf: &mut [u8; N]) -> bool {
+        if off > MAX_OFFSET || len == 0 || len > N {
+            return false;
+        }
+        let len = verifier_len::<N>(len);
+        // SAFETY: buf holds at least len bytes; the helper checks the packet bounds.
+        unsafe {
+            bpf_xdp_load_bytes(
+                self.0.as_ptr().cast(),
+                off as u32,
+                buf.as_mut_ptr().cast(),
+                len as u32,
+            ) == 0
+        }
+    }
 }
 
 pub struct Tc(pub TcContext);
@@ -95,4 +107,34 @@ impl Packet for Tc {
         }
         self.0.load::<T>(off).ok()
     }
+
+    #[inline(always)]
+    fn load_into<const N: usize>(&self, off: usize, len: usize, buf: &mut [u8; N]) -> bool {
+        if off > MAX_OFFSET || len == 0 || len > N {
+            return false;
+        }
+        let len = verifier_len::<N>(len);
+        // SAFETY: buf holds at least len bytes; the helper checks the packet bounds.
+        unsafe {
+            bpf_skb_load_bytes(
+                self.0.as_ptr().cast(),
+                off as u32,
+                buf.as_mut_ptr().cast(),
+                len as u32,
+            ) == 0
+        }
+    }
+}
+
+/// `len` again, in a form whose bounds the verifier can see ([1, N]). The compiler folds
+/// the range check before it into one unsigned comparison on `len - 1` and then deletes
+/// any mask as redundant, so the verifier never learns the lower bound. A volatile read
+/// hides the value from the optimiser; the mask that follows is then kept and proves the
+/// bounds to the verifier.
+#[inline(always)]
+fn verifier_len<const N: usize>(len: usize) -> usize {
+    const { assert!(N.is_power_of_two()) };
+    // SAFETY: reads a local.
+    let len = unsafe { core::ptr::read_volatile(&len) };
+    (len.wrapping_sub(1) & (N - 1)) + 1
 }

@@ -19,24 +19,13 @@ pub struct Head {
 #[inline(always)]
 pub fn read_head<P: Packet>(p: &P, off: usize, payload_len: usize) -> Head {
     let mut bytes = [0u8; SNIPPET_LEN];
-    if payload_len >= SNIPPET_LEN {
-        if let Some(b) = p.read::<[u8; SNIPPET_LEN]>(off) {
-            return Head {
-                bytes: b,
-                len: SNIPPET_LEN,
-            };
-        }
-    }
-    let mut len = 0;
-    for i in 0..SNIPPET_LEN {
-        if i >= payload_len {
-            break;
-        }
-        match p.u8_at(off + i) {
-            Some(b) => bytes[i] = b,
-            None => break,
-        }
-        len = i + 1;
+    let len = if payload_len < SNIPPET_LEN {
+        payload_len
+    } else {
+        SNIPPET_LEN
+    };
+    if !p.load_into(off, len, &mut bytes) {
+        return Head { bytes, len: 0 };
     }
     Head { bytes, len }
 }
@@ -46,7 +35,12 @@ pub fn read_head<P: Packet>(p: &P, off: usize, payload_len: usize) -> Head {
 pub fn is_tls_header(h: &Head) -> bool {
     let b = &h.bytes;
     let len = u16::from_be_bytes([b[3], b[4]]);
-    h.len >= 5 && (20..=24).contains(&b[0]) && b[1] == 3 && b[2] <= 4 && len > 0 && len <= TLS_MAX_RECORD
+    h.len >= 5
+        && (20..=24).contains(&b[0])
+        && b[1] == 3
+        && b[2] <= 4
+        && len > 0
+        && len <= TLS_MAX_RECORD
 }
 
 /// A plaintext alert record `15 03 0X 00 02` with a valid level: returns (level, description).

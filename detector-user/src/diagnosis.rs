@@ -1,0 +1,200 @@
+//! What the agent reports: one diagnosis per failed session, with its evidence, printed as
+//! one JSON object per line.
+
+use std::{fmt, net::SocketAddr};
+
+use detector_common::Side;
+use serde::Serialize;
+use serde_json::{Map, Value};
+use time::{OffsetDateTime, format_description::well_known::Rfc3339};
+
+use crate::community_id::community_id_v1;
+
+/// The closed set of diagnosis kinds (BRIEF.md's vocabulary). Metric label values come from
+/// here, so cardinality stays bounded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    HttpToTlsPort,
+    TlsToPlaintextPort,
+    FatalAlert,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 3] = [
+        Kind::HttpToTlsPort,
+        Kind::TlsToPlaintextPort,
+        Kind::FatalAlert,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Kind::HttpToTlsPort => "http_to_tls_port",
+            Kind::TlsToPlaintextPort => "tls_to_plaintext_port",
+            Kind::FatalAlert => "fatal_alert",
+        }
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Diagnosis {
+    pub ts: OffsetDateTime,
+    pub kind: Kind,
+    pub client: SocketAddr,
+    pub server: SocketAddr,
+    pub sni: Option<String>,
+    /// Plain words naming the bytes and records seen.
+    pub evidence: Vec<String>,
+    pub detail: Map<String, Value>,
+}
+
+impl Diagnosis {
+    pub fn community_id(&self) -> String {
+        community_id_v1(
+            0,
+            self.client.ip(),
+            self.client.port(),
+            self.server.ip(),
+            self.server.port(),
+            6,
+        )
+    }
+
+    /// The JSON line printed on stdout. Field order is fixed so that lines diff well.
+    pub fn to_json(&self) -> Value {
+        let mut o = Map::new();
+        o.insert(
+            "ts".into(),
+            Value::String(self.ts.format(&Rfc3339).unwrap_or_default()),
+        );
+        o.insert("kind".into(), Value::String(self.kind.as_str().into()));
+        o.insert("client".into(), Value::String(self.client.to_string()));
+        o.insert("server".into(), Value::String(self.server.to_string()));
+        o.insert("community_id".into(), Value::String(self.community_id()));
+        if let Some(sni) = &self.sni {
+            o.insert("sni".into(), Value::String(sni.clone()));
+        }
+        o.insert("evidence".into(), Value::String(self.evidence.join("; ")));
+        o.insert("detail".into(), Value::Object(self.detail.clone()));
+        Value::Object(o)
+    }
+}
+
+pub fn side_name(s: Side) -> &'static str {
+    match s {
+        Side::Client => "client",
+        Side::Server => "server",
+    }
+}
+
+pub fn alert_level_name(level: u8) -> &'static str {
+    match level {
+        1 => "warning",
+        2 => "fatal",
+        _ => "unknown",
+    }
+}
+
+/// RFC 8446/5246 alert descriptions; unknown codes map to "unknown" so that metric labels
+/// stay a closed set (the number is still in the diagnosis detail).
+pub fn alert_description_name(code: u8) -> &'static str {
+    match code {
+        0 => "close_notify",
+        10 => "unexpected_message",
+        20 => "bad_record_mac",
+        21 => "decryption_failed",
+        22 => "record_overflow",
+        30 => "decompression_failure",
+        40 => "handshake_failure",
+        41 => "no_certificate",
+        42 => "bad_certificate",
+        43 => "unsupported_certificate",
+        44 => "certificate_revoked",
+        45 => "certificate_expired",
+        46 => "certificate_unknown",
+        47 => "illegal_parameter",
+        48 => "unknown_ca",
+        49 => "access_denied",
+        50 => "decode_error",
+        51 => "decrypt_error",
+        60 => "export_restriction",
+        70 => "protocol_version",
+        71 => "insufficient_security",
+        80 => "internal_error",
+        86 => "inappropriate_fallback",
+        90 => "user_canceled",
+        100 => "no_renegotiation",
+        109 => "missing_extension",
+        110 => "unsupported_extension",
+        111 => "certificate_unobtainable",
+        112 => "unrecognized_name",
+        113 => "bad_certificate_status_response",
+        114 => "bad_certificate_hash_value",
+        115 => "unknown_psk_identity",
+        116 => "certificate_required",
+        120 => "no_application_protocol",
+        _ => "unknown",
+    }
+}
+
+/// Payload bytes as a reader would want them: printable ASCII quoted, else hex.
+pub fn show_bytes(b: &[u8]) -> String {
+    let printable = b
+        .iter()
+        .take_while(|c| c.is_ascii_graphic() || **c == b' ')
+        .count();
+    if printable >= 4 {
+        let text: String = b[..printable].iter().map(|&c| c as char).collect();
+        format!("'{}'", text.trim_end())
+    } else {
+        hex(b)
+    }
+}
+
+pub fn hex(b: &[u8]) -> String {
+    b.iter()
+        .map(|x| format!("{x:02x}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_line_has_the_contract_fields() {
+        let d = Diagnosis {
+            ts: OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap(),
+            kind: Kind::FatalAlert,
+            client: "[fd00::1]:40000".parse().unwrap(),
+            server: "[fd00::2]:443".parse().unwrap(),
+            sni: None,
+            evidence: vec!["a".into(), "b".into()],
+            detail: Map::new(),
+        };
+        let v = d.to_json();
+        assert_eq!(v["ts"], "2023-11-14T22:13:20Z");
+        assert_eq!(v["kind"], "fatal_alert");
+        assert_eq!(v["client"], "[fd00::1]:40000");
+        assert_eq!(v["server"], "[fd00::2]:443");
+        assert!(v["community_id"].as_str().unwrap().starts_with("1:"));
+        assert!(v.get("sni").is_none());
+        assert_eq!(v["evidence"], "a; b");
+    }
+
+    #[test]
+    fn bytes_shown_as_text_or_hex() {
+        assert_eq!(show_bytes(b"GET / HTTP/1.1\r\n"), "'GET / HTTP/1.1'");
+        assert_eq!(
+            show_bytes(&[0x15, 3, 1, 0, 2, 2, 10]),
+            "15 03 01 00 02 02 0a"
+        );
+    }
+}

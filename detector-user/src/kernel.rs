@@ -1,0 +1,231 @@
+//! Loading the kernel program and talking to its maps: configuration in, counters and
+//! events out. Live attachment and replay both start here.
+
+use std::{
+    io,
+    sync::{Arc, Mutex},
+};
+
+use anyhow::{Context as _, anyhow, bail};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
+    programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
+};
+use detector_common::{Config, Counter, names};
+
+/// The compiled kernel program, built by this crate's build script.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/detector"));
+
+/// The oldest kernel we load on: BPF ring buffers arrived in 5.8.
+const MIN_KERNEL: (u32, u32) = (5, 8);
+
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub flow_table_size: u32,
+    pub tls_ports: Vec<u16>,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            flow_table_size: detector_common::DEFAULT_FLOW_TABLE_SIZE,
+            tls_ports: detector_common::DEFAULT_TLS_PORTS.to_vec(),
+        }
+    }
+}
+
+/// The loaded program and its maps. Programs are loaded (verified) but not attached.
+pub struct Kernel {
+    pub ebpf: Ebpf,
+    config: Array<MapData, Config>,
+    counters: Counters,
+    events: RingBuf<MapData>,
+}
+
+/// Shared handle on the per-CPU counters, so the metrics endpoint can read them while the
+/// event loop owns the rest of the program.
+#[derive(Clone)]
+pub struct Counters(Arc<Mutex<PerCpuArray<MapData, u64>>>);
+
+impl Counters {
+    /// Every counter summed over CPUs, in [`Counter::ALL`] order.
+    pub fn read(&self) -> anyhow::Result<[u64; Counter::COUNT as usize]> {
+        let map = self
+            .0
+            .lock()
+            .map_err(|_| anyhow!("counter map lock poisoned"))?;
+        let mut out = [0u64; Counter::COUNT as usize];
+        for c in Counter::ALL {
+            let per_cpu = map
+                .get(&(c as u32), 0)
+                .with_context(|| format!("reading kernel counter {}", c.metric_name()))?;
+            out[c as usize] = per_cpu.iter().sum();
+        }
+        Ok(out)
+    }
+
+    pub fn get(&self, c: Counter) -> anyhow::Result<u64> {
+        Ok(self.read()?[c as usize])
+    }
+}
+
+impl Kernel {
+    pub fn load(opts: &Options) -> anyhow::Result<Kernel> {
+        check_kernel_version()?;
+        if opts.flow_table_size == 0 {
+            bail!("the flow table needs at least one entry");
+        }
+        if opts.tls_ports.len() > detector_common::MAX_TLS_PORTS as usize {
+            bail!(
+                "{} TLS ports given; the kernel's port set holds at most {}",
+                opts.tls_ports.len(),
+                detector_common::MAX_TLS_PORTS
+            );
+        }
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries(names::FLOWS, opts.flow_table_size)
+            .load(OBJECT)
+            .map_err(anyhow::Error::from)
+            .map_err(explain_privileges)
+            .context("loading the kernel program")?;
+
+        let xdp: &mut Xdp = program(&mut ebpf, names::XDP_PROGRAM)?.try_into()?;
+        xdp.load()
+            .context("verifying the XDP program")
+            .map_err(explain_privileges)?;
+        let tc: &mut SchedClassifier = program(&mut ebpf, names::TC_PROGRAM)?.try_into()?;
+        tc.load()
+            .context("verifying the TC program")
+            .map_err(explain_privileges)?;
+
+        let mut ports: HashMap<_, u16, u8> = HashMap::try_from(map(&mut ebpf, names::TLS_PORTS)?)?;
+        for &p in &opts.tls_ports {
+            ports
+                .insert(p, 1, 0)
+                .with_context(|| format!("adding TLS port {p} to the kernel's port set"))?;
+        }
+        let config = Array::try_from(take_map(&mut ebpf, names::CONFIG)?)?;
+        let counters = Counters(Arc::new(Mutex::new(PerCpuArray::try_from(take_map(
+            &mut ebpf,
+            names::COUNTERS,
+        )?)?)));
+        let events = RingBuf::try_from(take_map(&mut ebpf, names::EVENTS)?)?;
+        let mut k = Kernel {
+            ebpf,
+            config,
+            counters,
+            events,
+        };
+        k.set_config(Config::default())?;
+        Ok(k)
+    }
+
+    pub fn xdp(&mut self) -> anyhow::Result<&mut Xdp> {
+        Ok(program(&mut self.ebpf, names::XDP_PROGRAM)?.try_into()?)
+    }
+
+    pub fn tc(&mut self) -> anyhow::Result<&mut SchedClassifier> {
+        Ok(program(&mut self.ebpf, names::TC_PROGRAM)?.try_into()?)
+    }
+
+    pub fn counters(&self) -> Counters {
+        self.counters.clone()
+    }
+
+    pub fn events(&mut self) -> &mut RingBuf<MapData> {
+        &mut self.events
+    }
+
+    pub fn set_config(&mut self, c: Config) -> anyhow::Result<()> {
+        self.config
+            .set(0, c, 0)
+            .context("writing the kernel program's configuration")
+    }
+
+    /// Makes the program's clock read `ns` (replay); zero returns it to kernel time.
+    pub fn set_clock(&mut self, ns: u64) -> anyhow::Result<()> {
+        self.set_config(Config {
+            clock_override_ns: ns,
+        })
+    }
+
+    /// Runs the XDP program once on `frame` with BPF_PROG_TEST_RUN; returns its verdict.
+    pub fn run_xdp(&mut self, frame: &[u8]) -> anyhow::Result<u32> {
+        let opts = TestRunOptions {
+            data_in: Some(frame),
+            ..Default::default()
+        };
+        let r = self
+            .xdp()?
+            .test_run(opts)
+            .with_context(|| format!("BPF_PROG_TEST_RUN on a {}-byte frame", frame.len()))?;
+        Ok(r.return_value)
+    }
+
+    /// Takes every event waiting in the ring buffer.
+    pub fn drain_events(&mut self) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        while let Some(item) = self.events.next() {
+            out.push(item.to_vec());
+        }
+        out
+    }
+
+    /// Instructions of each program after verification (translated size / 8 bytes).
+    pub fn instruction_counts(&mut self) -> anyhow::Result<[(&'static str, u32); 2]> {
+        let xdp = self.xdp()?.info()?.size_translated().unwrap_or(0) / 8;
+        let tc = self.tc()?.info()?.size_translated().unwrap_or(0) / 8;
+        Ok([(names::XDP_PROGRAM, xdp), (names::TC_PROGRAM, tc)])
+    }
+}
+
+fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut aya::programs::Program> {
+    ebpf.program_mut(name)
+        .ok_or_else(|| anyhow!("program {name} missing from the compiled object"))
+}
+
+fn map<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut aya::maps::Map> {
+    ebpf.map_mut(name)
+        .ok_or_else(|| anyhow!("map {name} missing from the compiled object"))
+}
+
+fn take_map(ebpf: &mut Ebpf, name: &str) -> anyhow::Result<aya::maps::Map> {
+    ebpf.take_map(name)
+        .ok_or_else(|| anyhow!("map {name} missing from the compiled object"))
+}
+
+/// Turns a bare EPERM/EACCES somewhere in the chain into the advice a user needs.
+pub fn explain_privileges(e: anyhow::Error) -> anyhow::Error {
+    let denied = e.chain().any(|c| {
+        c.downcast_ref::<io::Error>()
+            .is_some_and(|io| matches!(io.raw_os_error(), Some(libc::EPERM) | Some(libc::EACCES)))
+    });
+    if denied {
+        e.context(
+            "permission denied: run as root, or grant CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON \
+             (e.g. `sudo setcap cap_bpf,cap_net_admin,cap_perfmon+ep target/release/detector`)",
+        )
+    } else {
+        e
+    }
+}
+
+fn check_kernel_version() -> anyhow::Result<()> {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .context("reading the kernel version from /proc/sys/kernel/osrelease")?;
+    let mut parts = release
+        .trim()
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|p| p.parse::<u32>().ok());
+    let version = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    if version < MIN_KERNEL {
+        bail!(
+            "kernel {} is too old: the detector needs Linux {}.{} or newer (BPF ring buffer)",
+            release.trim(),
+            MIN_KERNEL.0,
+            MIN_KERNEL.1
+        );
+    }
+    Ok(())
+}

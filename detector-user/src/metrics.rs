@@ -1,0 +1,220 @@
+//! Prometheus metrics and the `/metrics` endpoint.
+//!
+//! Labels come only from closed sets (diagnosis kind, alert level/description, side), never
+//! from addresses or ports, so cardinality stays bounded however much traffic is seen.
+
+use std::{net::SocketAddr, sync::Arc};
+
+use anyhow::Context as _;
+use detector_common::Counter;
+use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpListener,
+};
+
+use crate::{
+    diagnosis::{Diagnosis, Kind, alert_description_name, alert_level_name, side_name},
+    event::KernelEvent,
+    kernel::Counters,
+};
+
+/// Default `--listen` address. 9464 would be OpenTelemetry's; 9863 is not in Prometheus'
+/// list of registered exporter ports (as of this writing), and loopback keeps the endpoint
+/// private unless the operator opens it.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:9863";
+
+pub struct Metrics {
+    pub registry: Registry,
+    diagnoses: IntCounterVec,
+    alerts: IntCounterVec,
+    decode_errors: IntCounter,
+    sessions_evicted: IntCounter,
+    sessions_open: IntGauge,
+    kernel: Vec<(Counter, IntCounter)>,
+}
+
+impl Metrics {
+    pub fn new() -> anyhow::Result<Metrics> {
+        let registry = Registry::new_custom(Some("detector".into()), None)?;
+        let diagnoses = IntCounterVec::new(
+            Opts::new("diagnoses_total", "Diagnoses emitted, by kind"),
+            &["kind"],
+        )?;
+        for k in Kind::ALL {
+            diagnoses.with_label_values(&[k.as_str()]);
+        }
+        let alerts = IntCounterVec::new(
+            Opts::new(
+                "tls_alerts_total",
+                "Plaintext TLS alert records seen, by level, description and sender",
+            ),
+            &["level", "description", "sender"],
+        )?;
+        let decode_errors = IntCounter::new(
+            "event_decode_errors_total",
+            "Kernel events the agent could not decode (kernel/agent version mismatch)",
+        )?;
+        let sessions_evicted = IntCounter::new(
+            "sessions_evicted_total",
+            "Sessions judged before their correlation window ended because the table was full",
+        )?;
+        let sessions_open = IntGauge::new(
+            "sessions_open",
+            "Sessions with events waiting for their correlation window to end",
+        )?;
+        let build = IntGauge::with_opts(
+            Opts::new("build_info", "Build of the detector agent")
+                .const_label("version", env!("CARGO_PKG_VERSION")),
+        )?;
+        build.set(1);
+        let mut kernel = Vec::new();
+        for c in Counter::ALL {
+            let m = IntCounter::new(format!("{}_total", c.metric_name()), c.help())?;
+            registry.register(Box::new(m.clone()))?;
+            kernel.push((c, m));
+        }
+        for m in [
+            Box::new(diagnoses.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(alerts.clone()),
+            Box::new(decode_errors.clone()),
+            Box::new(sessions_evicted.clone()),
+            Box::new(sessions_open.clone()),
+            Box::new(build),
+        ] {
+            registry.register(m)?;
+        }
+        Ok(Metrics {
+            registry,
+            diagnoses,
+            alerts,
+            decode_errors,
+            sessions_evicted,
+            sessions_open,
+            kernel,
+        })
+    }
+
+    pub fn on_event(&self, e: &KernelEvent) {
+        if let Some(a) = e.plaintext_alert {
+            self.alerts
+                .with_label_values(&[
+                    alert_level_name(a.level),
+                    alert_description_name(a.description),
+                    side_name(e.sender),
+                ])
+                .inc();
+        }
+    }
+
+    pub fn on_decode_error(&self) {
+        self.decode_errors.inc();
+    }
+
+    pub fn on_diagnosis(&self, d: &Diagnosis) {
+        self.diagnoses.with_label_values(&[d.kind.as_str()]).inc();
+    }
+
+    pub fn set_sessions(&self, open: usize, evicted_total: u64) {
+        self.sessions_open.set(open as i64);
+        let seen = self.sessions_evicted.get();
+        self.sessions_evicted
+            .inc_by(evicted_total.saturating_sub(seen));
+    }
+
+    /// Brings the kernel counters up to the values in the maps (they only grow).
+    pub fn refresh_kernel(&self, values: &[u64; Counter::COUNT as usize]) {
+        for (c, m) in &self.kernel {
+            let v = values[*c as usize];
+            m.inc_by(v.saturating_sub(m.get()));
+        }
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> anyhow::Result<String> {
+        let mut buf = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .context("encoding metrics")?;
+        Ok(String::from_utf8(buf)?)
+    }
+}
+
+/// Serves `GET /metrics` on `addr` until the task is dropped. Kernel counters are read at
+/// scrape time, so they are never staler than the scrape.
+pub async fn serve(
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    counters: Counters,
+) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("listening for metrics scrapes on {addr}"))?;
+    log::info!("metrics on http://{addr}/metrics");
+    loop {
+        let (mut sock, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                log::warn!("metrics: accept failed: {e}");
+                continue;
+            }
+        };
+        let metrics = metrics.clone();
+        let counters = counters.clone();
+        tokio::spawn(async move {
+            // One small request per connection; a scrape never sends more than a few
+            // hundred bytes of headers.
+            let mut buf = vec![0u8; 4096];
+            let n =
+                match tokio::time::timeout(std::time::Duration::from_secs(5), sock.read(&mut buf))
+                    .await
+                {
+                    Ok(Ok(n)) => n,
+                    _ => return,
+                };
+            let request = String::from_utf8_lossy(&buf[..n]);
+            let path = request.split_whitespace().nth(1).unwrap_or("");
+            let response = if request.starts_with("GET ") && (path == "/metrics" || path == "/") {
+                if let Ok(values) = counters.read() {
+                    metrics.refresh_kernel(&values);
+                }
+                match metrics.render() {
+                    Ok(body) => format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    ),
+                    Err(e) => {
+                        log::warn!("metrics: {e:#}");
+                        "HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".into()
+                    }
+                }
+            } else {
+                log::debug!("metrics: {peer} asked for {path:?}");
+                "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".into()
+            };
+            let _ = sock.write_all(response.as_bytes()).await;
+            let _ = sock.shutdown().await;
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposes_prefixed_names_and_zeroed_kinds() {
+        let m = Metrics::new().unwrap();
+        let mut v = [0u64; Counter::COUNT as usize];
+        v[Counter::EventsDropped as usize] = 3;
+        m.refresh_kernel(&v);
+        m.refresh_kernel(&v); // idempotent: values are absolute
+        let text = m.render().unwrap();
+        assert!(
+            text.contains("detector_kernel_events_dropped_total 3"),
+            "{text}"
+        );
+        assert!(text.contains("detector_diagnoses_total{kind=\"http_to_tls_port\"} 0"));
+        assert!(text.contains("detector_build_info{version="));
+    }
+}

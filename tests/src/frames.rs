@@ -1,0 +1,265 @@
+//! Crafted Ethernet frames for running the kernel program with BPF_PROG_TEST_RUN.
+//!
+//! A [`Frame`] is one TCP segment with whatever L2/L3 wrapping a test needs (VLAN tags,
+//! IPv4 options, IPv6 extension headers); a [`Conversation`] keeps sequence numbers for a
+//! client and a server so that tests read like the exchange they model.
+
+use std::net::IpAddr;
+
+pub const FIN: u8 = 0x01;
+pub const SYN: u8 = 0x02;
+pub const RST: u8 = 0x04;
+pub const PSH: u8 = 0x08;
+pub const ACK: u8 = 0x10;
+
+#[derive(Clone, Debug)]
+pub struct Frame {
+    /// (TPID, TCI) pairs, outermost first: 0x8100 for 802.1Q, 0x88a8 for 802.1ad.
+    pub vlans: Vec<(u16, u16)>,
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    pub sport: u16,
+    pub dport: u16,
+    pub seq: u32,
+    pub ack: u32,
+    pub flags: u8,
+    pub payload: Vec<u8>,
+    /// Raw IPv4 option bytes (padded to 4 by the builder).
+    pub ipv4_options: Vec<u8>,
+    /// IPv6 extension headers in order: (header type, body after next-header/length).
+    pub ipv6_ext: Vec<(u8, Vec<u8>)>,
+    /// IPv4 fragment field (flags + offset), for fragment tests.
+    pub ipv4_frag: u16,
+    /// Overrides the IP protocol number (e.g. 17 for a UDP packet).
+    pub protocol: u8,
+}
+
+impl Frame {
+    pub fn tcp(src: IpAddr, sport: u16, dst: IpAddr, dport: u16) -> Frame {
+        Frame {
+            vlans: vec![],
+            src,
+            dst,
+            sport,
+            dport,
+            seq: 0,
+            ack: 0,
+            flags: ACK,
+            payload: vec![],
+            ipv4_options: vec![],
+            ipv6_ext: vec![],
+            ipv4_frag: 0,
+            protocol: 6,
+        }
+    }
+
+    pub fn build(&self) -> Vec<u8> {
+        let mut f = Vec::new();
+        f.extend_from_slice(&[0x02, 0, 0, 0, 0, 2]); // dst MAC
+        f.extend_from_slice(&[0x02, 0, 0, 0, 0, 1]); // src MAC
+        for (tpid, tci) in &self.vlans {
+            f.extend_from_slice(&tpid.to_be_bytes());
+            f.extend_from_slice(&tci.to_be_bytes());
+        }
+        let tcp = self.tcp_header();
+        match (self.src, self.dst) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => {
+                f.extend_from_slice(&0x0800u16.to_be_bytes());
+                let mut opts = self.ipv4_options.clone();
+                while opts.len() % 4 != 0 {
+                    opts.push(0); // end-of-options padding
+                }
+                let ihl = 20 + opts.len();
+                let total = ihl + tcp.len() + self.payload.len();
+                f.push(0x40 | (ihl / 4) as u8);
+                f.push(0);
+                f.extend_from_slice(&(total as u16).to_be_bytes());
+                f.extend_from_slice(&[0, 1]);
+                f.extend_from_slice(&self.ipv4_frag.to_be_bytes());
+                f.push(64);
+                f.push(self.protocol);
+                f.extend_from_slice(&[0, 0]);
+                f.extend_from_slice(&s.octets());
+                f.extend_from_slice(&d.octets());
+                f.extend_from_slice(&opts);
+            }
+            (IpAddr::V6(s), IpAddr::V6(d)) => {
+                f.extend_from_slice(&0x86ddu16.to_be_bytes());
+                let mut ext = Vec::new();
+                let mut types: Vec<u8> = self.ipv6_ext.iter().map(|(t, _)| *t).collect();
+                types.push(self.protocol);
+                for (i, (_, body)) in self.ipv6_ext.iter().enumerate() {
+                    // Header = next header, length in 8-octet units minus one, body; padded.
+                    let mut h = vec![types[i + 1], 0];
+                    h.extend_from_slice(body);
+                    while h.len() % 8 != 0 {
+                        h.push(0);
+                    }
+                    h[1] = (h.len() / 8 - 1) as u8;
+                    ext.extend_from_slice(&h);
+                }
+                let plen = ext.len() + tcp.len() + self.payload.len();
+                f.extend_from_slice(&[0x60, 0, 0, 0]);
+                f.extend_from_slice(&(plen as u16).to_be_bytes());
+                f.push(types[0]);
+                f.push(64);
+                f.extend_from_slice(&s.octets());
+                f.extend_from_slice(&d.octets());
+                f.extend_from_slice(&ext);
+            }
+            _ => panic!("source and destination must be of one family"),
+        }
+        f.extend_from_slice(&tcp);
+        f.extend_from_slice(&self.payload);
+        f
+    }
+
+    /// Offsets where each header ends, for truncation tests: Ethernet (with tags), IP (with
+    /// options/extensions), TCP.
+    pub fn header_ends(&self) -> [usize; 3] {
+        let l2 = 14 + 4 * self.vlans.len();
+        let l3 = match self.src {
+            IpAddr::V4(_) => 20 + self.ipv4_options.len().div_ceil(4) * 4,
+            IpAddr::V6(_) => {
+                40 + self
+                    .ipv6_ext
+                    .iter()
+                    .map(|(_, b)| (b.len() + 2).div_ceil(8) * 8)
+                    .sum::<usize>()
+            }
+        };
+        [l2, l2 + l3, l2 + l3 + 20]
+    }
+
+    fn tcp_header(&self) -> Vec<u8> {
+        let mut t = Vec::with_capacity(20);
+        t.extend_from_slice(&self.sport.to_be_bytes());
+        t.extend_from_slice(&self.dport.to_be_bytes());
+        t.extend_from_slice(&self.seq.to_be_bytes());
+        t.extend_from_slice(&self.ack.to_be_bytes());
+        t.push(5 << 4);
+        t.push(self.flags);
+        t.extend_from_slice(&65535u16.to_be_bytes());
+        t.extend_from_slice(&[0, 0, 0, 0]);
+        t
+    }
+}
+
+/// A TCP connection between a client and a server, with sequence numbers kept.
+pub struct Conversation {
+    pub client: (IpAddr, u16),
+    pub server: (IpAddr, u16),
+    client_seq: u32,
+    server_seq: u32,
+    /// Applied to every frame built (VLAN tags, IP options...).
+    pub template: Frame,
+}
+
+impl Conversation {
+    pub fn new(client: (IpAddr, u16), server: (IpAddr, u16)) -> Conversation {
+        Conversation {
+            client,
+            server,
+            client_seq: 1_000,
+            server_seq: 50_000,
+            template: Frame::tcp(client.0, client.1, server.0, server.1),
+        }
+    }
+
+    pub fn v4(server_port: u16) -> Conversation {
+        Conversation::new(
+            ("10.1.0.1".parse().unwrap(), 40_000),
+            ("10.2.0.1".parse().unwrap(), server_port),
+        )
+    }
+
+    fn frame(&self, from_client: bool, flags: u8, payload: &[u8]) -> Frame {
+        let mut f = self.template.clone();
+        let ((src, sport), (dst, dport)) = if from_client {
+            (self.client, self.server)
+        } else {
+            (self.server, self.client)
+        };
+        f.src = src;
+        f.sport = sport;
+        f.dst = dst;
+        f.dport = dport;
+        f.flags = flags;
+        f.payload = payload.to_vec();
+        if from_client {
+            f.seq = self.client_seq;
+            f.ack = self.server_seq;
+        } else {
+            f.seq = self.server_seq;
+            f.ack = self.client_seq;
+        }
+        f
+    }
+
+    pub fn syn(&self) -> Frame {
+        let mut f = self.frame(true, SYN, &[]);
+        f.seq = self.client_seq.wrapping_sub(1);
+        f.ack = 0;
+        f
+    }
+
+    /// The server's SYN-ACK: what makes the kernel create the flow with known roles.
+    pub fn syn_ack(&self) -> Frame {
+        let mut f = self.frame(false, SYN | ACK, &[]);
+        f.seq = self.server_seq.wrapping_sub(1);
+        f
+    }
+
+    pub fn client(&mut self, payload: &[u8]) -> Frame {
+        let f = self.frame(true, ACK | PSH, payload);
+        self.client_seq = self.client_seq.wrapping_add(payload.len() as u32);
+        f
+    }
+
+    pub fn server(&mut self, payload: &[u8]) -> Frame {
+        let f = self.frame(false, ACK | PSH, payload);
+        self.server_seq = self.server_seq.wrapping_add(payload.len() as u32);
+        f
+    }
+
+    pub fn client_flags(&mut self, flags: u8) -> Frame {
+        self.frame(true, flags, &[])
+    }
+
+    pub fn server_flags(&mut self, flags: u8) -> Frame {
+        self.frame(false, flags, &[])
+    }
+}
+
+/// A minimal but well-formed TLS 1.2-style ClientHello record, with SNI `host`.
+pub fn client_hello(host: &str) -> Vec<u8> {
+    let mut body = vec![0x03, 0x03];
+    body.extend_from_slice(&[0x11; 32]); // random
+    body.push(0); // session id
+    body.extend_from_slice(&[0, 2, 0x13, 0x01]); // one cipher suite
+    body.extend_from_slice(&[1, 0]); // null compression
+    let name = host.as_bytes();
+    let mut sni = Vec::new();
+    sni.extend_from_slice(&((name.len() + 3) as u16).to_be_bytes());
+    sni.push(0);
+    sni.extend_from_slice(&(name.len() as u16).to_be_bytes());
+    sni.extend_from_slice(name);
+    let mut ext = Vec::new();
+    ext.extend_from_slice(&0u16.to_be_bytes());
+    ext.extend_from_slice(&(sni.len() as u16).to_be_bytes());
+    ext.extend_from_slice(&sni);
+    body.extend_from_slice(&(ext.len() as u16).to_be_bytes());
+    body.extend_from_slice(&ext);
+    let mut hs = vec![1];
+    hs.extend_from_slice(&(body.len() as u32).to_be_bytes()[1..]);
+    hs.extend_from_slice(&body);
+    let mut rec = vec![0x16, 0x03, 0x01];
+    rec.extend_from_slice(&(hs.len() as u16).to_be_bytes());
+    rec.extend_from_slice(&hs);
+    rec
+}
+
+/// A plaintext alert record.
+pub fn alert(level: u8, description: u8) -> Vec<u8> {
+    vec![0x15, 0x03, 0x03, 0x00, 0x02, level, description]
+}

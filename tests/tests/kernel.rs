@@ -1,0 +1,315 @@
+//! The compiled kernel program on crafted frames, through BPF_PROG_TEST_RUN.
+
+use std::net::IpAddr;
+
+use detector_common::{Counter, PayloadClass, Side};
+use detector_user::diagnosis::Kind;
+use tests::{
+    frames::{self, Conversation, Frame, SYN},
+    harness::{Harness, diagnose},
+};
+
+const GET: &[u8] = b"GET / HTTP/1.1\r\nHost: example\r\n\r\n";
+
+fn v6(client: &str, server: &str, port: u16) -> Conversation {
+    Conversation::new(
+        (client.parse().unwrap(), 40_000),
+        (server.parse().unwrap(), port),
+    )
+}
+
+/// An HTTP request to port 443 after a seen handshake: the event every L2/L3 variant
+/// must reach.
+fn http_to_443(mut conv: Conversation) -> (Vec<tests::frames::Frame>, Conversation) {
+    let frames = vec![conv.syn(), conv.syn_ack(), conv.client(GET)];
+    (frames, conv)
+}
+
+fn assert_http_mismatch(h: &mut Harness, conv: Conversation) {
+    let (frames, conv) = http_to_443(conv);
+    let events = h.run_all(&frames);
+    assert_eq!(events.len(), 1, "{events:?}");
+    let e = &events[0];
+    assert!(e.protocol_mismatch);
+    assert_eq!(e.sender, Side::Client);
+    assert_eq!(e.client, conv.client.into());
+    assert_eq!(e.server, conv.server.into());
+    assert_eq!(e.client_first, PayloadClass::HttpRequest);
+    assert!(e.handshake_seen && e.tls_port);
+    assert_eq!(e.snippet, GET[..16]);
+}
+
+#[test]
+fn plain_ethernet_ipv4() {
+    assert_http_mismatch(&mut Harness::new(), Conversation::v4(443));
+}
+
+#[test]
+fn vlan_802_1q() {
+    let mut conv = Conversation::v4(443);
+    conv.template.vlans = vec![(0x8100, 100)];
+    assert_http_mismatch(&mut Harness::new(), conv);
+}
+
+#[test]
+fn qinq_802_1ad() {
+    let mut conv = Conversation::v4(443);
+    conv.template.vlans = vec![(0x88a8, 10), (0x8100, 20)];
+    assert_http_mismatch(&mut Harness::new(), conv);
+}
+
+#[test]
+fn ipv4_with_options() {
+    let mut conv = Conversation::v4(443);
+    // Record-route option (type 7, length 11, pointer 4), padded to 12 bytes.
+    conv.template.ipv4_options = vec![7, 11, 4, 0, 0, 0, 0, 0, 0, 0, 0];
+    assert_http_mismatch(&mut Harness::new(), conv);
+}
+
+#[test]
+fn ipv6_plain_and_with_extension_headers() {
+    assert_http_mismatch(&mut Harness::new(), v6("fd00::1", "fd00::2", 443));
+    let mut conv = v6("fd00::1", "fd00::2", 443);
+    // Hop-by-hop (PadN) then destination options (PadN).
+    conv.template.ipv6_ext = vec![(0, vec![1, 4, 0, 0, 0, 0]), (60, vec![1, 4, 0, 0, 0, 0])];
+    let mut h = Harness::new();
+    assert_http_mismatch(&mut h, conv);
+}
+
+#[test]
+fn vlan_and_ipv6_extension_together() {
+    let mut conv = v6("fd00::1", "fd00::2", 443);
+    conv.template.vlans = vec![(0x8100, 7)];
+    conv.template.ipv6_ext = vec![(43, vec![0, 0, 0, 0, 0, 0])];
+    assert_http_mismatch(&mut Harness::new(), conv);
+}
+
+#[test]
+fn truncation_at_every_header_byte_passes_without_event() {
+    let variants: Vec<Conversation> = vec![Conversation::v4(443), {
+        let mut c = v6("fd00::1", "fd00::2", 443);
+        c.template.vlans = vec![(0x88a8, 1), (0x8100, 2)];
+        c.template.ipv6_ext = vec![(0, vec![1, 4, 0, 0, 0, 0])];
+        c
+    }];
+    for mut conv in variants {
+        let mut h = Harness::new();
+        h.run_all(&[conv.syn_ack()]);
+        let frame = conv.client(GET);
+        let bytes = frame.build();
+        let [l2, l3, l4] = frame.header_ends();
+        let truncated_before = h.counter(Counter::Truncated);
+        // Below 14 bytes BPF_PROG_TEST_RUN refuses the frame before the program runs.
+        for cut in 14..l4 {
+            let events = h.run_raw(&bytes[..cut]);
+            assert!(events.is_empty(), "cut at {cut}: {events:?}");
+        }
+        // Every cut inside IP or TCP headers is a malformed packet, counted.
+        let counted = h.counter(Counter::Truncated) - truncated_before;
+        assert!(
+            counted >= (l4 - l3) as u64,
+            "only {counted} truncated packets counted for cuts in {l2}..{l4}"
+        );
+        // The whole frame still produces its event: the flow was not derailed.
+        assert_eq!(h.run_raw(&bytes).len(), 1);
+    }
+}
+
+#[test]
+fn server_plaintext_alert_is_reported_with_sender() {
+    let mut h = Harness::new();
+    let mut conv = Conversation::v4(443);
+    let mut frames = vec![conv.syn_ack()];
+    frames.push(conv.client(&frames::client_hello("example.org")));
+    frames.push(conv.server(&[0x15, 0x03, 0x01, 0x00, 0x02, 0x02, 0x0a]));
+    let events = h.run_all(&frames);
+    assert_eq!(events.len(), 1, "{events:?}");
+    let a = events[0].plaintext_alert.expect("an alert");
+    assert_eq!((a.level, a.description), (2, 10));
+    assert_eq!(events[0].sender, Side::Server);
+    let d = diagnose(&events);
+    assert_eq!(d.len(), 1);
+    assert_eq!(d[0].kind, Kind::FatalAlert);
+    assert_eq!(d[0].detail["sender"], "server");
+    assert_eq!(d[0].detail["description"], "unexpected_message");
+}
+
+#[test]
+fn http_request_to_443_answered_by_alert_is_one_diagnosis() {
+    let mut h = Harness::new();
+    let mut conv = Conversation::v4(443);
+    let mut frames = vec![conv.syn_ack(), conv.client(GET)];
+    frames.push(conv.server(&[0x15, 0x03, 0x01, 0x00, 0x02, 0x02, 0x0a]));
+    let events = h.run_all(&frames);
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert!(events[1].protocol_mismatch && events[1].plaintext_alert.is_some());
+    let d = diagnose(&events);
+    assert_eq!(d.len(), 1, "{d:?}");
+    assert_eq!(d[0].kind, Kind::HttpToTlsPort);
+    assert_eq!(d[0].client, conv.client.into());
+    assert_eq!(d[0].detail["server_answer"], "tls_alert");
+}
+
+#[test]
+fn http_answered_in_tls_on_an_unlisted_port() {
+    let mut h = Harness::new();
+    let mut conv = Conversation::v4(4433);
+    let frames = vec![
+        conv.syn_ack(),
+        conv.client(GET),
+        conv.server(&frames::alert(2, 10)),
+    ];
+    let events = h.run_all(&frames);
+    // The request alone is not suspicious on 4433; the TLS answer makes it so.
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].sender, Side::Server);
+    let d = diagnose(&events);
+    assert_eq!(d[0].kind, Kind::HttpToTlsPort);
+    assert_eq!(d[0].detail["tls_port"], false);
+}
+
+#[test]
+fn client_hello_answered_by_http_400() {
+    let mut h = Harness::new();
+    let mut conv = Conversation::v4(80);
+    let frames = vec![
+        conv.syn_ack(),
+        conv.client(&frames::client_hello("example.org")),
+        conv.server(b"HTTP/1.1 400 Bad Request\r\nServer: nginx\r\n\r\n"),
+    ];
+    let events = h.run_all(&frames);
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].client_first, PayloadClass::ClientHello);
+    assert_eq!(events[0].server_first, PayloadClass::HttpResponse);
+    let d = diagnose(&events);
+    assert_eq!(d.len(), 1);
+    assert_eq!(d[0].kind, Kind::TlsToPlaintextPort);
+    assert_eq!(d[0].server, conv.server.into());
+}
+
+#[test]
+fn clean_tls_and_clean_http_raise_nothing() {
+    let mut h = Harness::new();
+    let mut tls = Conversation::v4(443);
+    let mut frames = vec![tls.syn_ack(), tls.client(&frames::client_hello("a"))];
+    frames.push(tls.server(&[0x16, 0x03, 0x03, 0x00, 0x04, 0x02, 0, 0, 0]));
+    frames.push(tls.client(&[0x17, 0x03, 0x03, 0x00, 0x03, 1, 2, 3]));
+    let mut http = Conversation::new(
+        ("10.1.0.1".parse().unwrap(), 40_001),
+        ("10.2.0.1".parse().unwrap(), 80),
+    );
+    frames.extend([
+        http.syn_ack(),
+        http.client(GET),
+        http.server(b"HTTP/1.1 200 OK\r\n\r\n"),
+    ]);
+    assert!(h.run_all(&frames).is_empty());
+    assert_eq!(h.counter(Counter::FlowsCreated), 2);
+    assert!(h.counter(Counter::TlsRecords) >= 3);
+}
+
+#[test]
+fn bare_syn_creates_no_flow() {
+    let mut h = Harness::new();
+    for port in 0..50u16 {
+        let conv = Conversation::new(
+            ("10.1.0.1".parse().unwrap(), 30_000 + port),
+            ("10.2.0.1".parse().unwrap(), 443),
+        );
+        h.run(&conv.syn());
+    }
+    assert_eq!(h.counter(Counter::FlowsCreated), 0);
+    assert_eq!(h.counter(Counter::TcpPackets), 50);
+}
+
+#[test]
+fn mid_stream_http_bytes_are_not_trusted() {
+    // No SYN-ACK seen: the first payload might be any point of the stream.
+    let mut h = Harness::new();
+    let mut conv = Conversation::v4(443);
+    let events = h.run_all(&[conv.client(GET), conv.server(&frames::alert(1, 0))]);
+    assert!(events.iter().all(|e| !e.protocol_mismatch), "{events:?}");
+    assert_eq!(h.counter(Counter::FlowsCreated), 1);
+}
+
+#[test]
+fn roles_come_from_the_handshake_not_the_direction() {
+    // The client listens on the lower port: a guess by port would swap roles.
+    let mut h = Harness::new();
+    let mut conv = Conversation::new(
+        ("10.9.0.1".parse().unwrap(), 22),
+        ("10.1.0.1".parse().unwrap(), 8443),
+    );
+    let events = h.run_all(&[conv.syn_ack(), conv.client(GET)]);
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].client, conv.client.into());
+    assert_eq!(events[0].server, conv.server.into());
+}
+
+#[test]
+fn configured_tls_ports_replace_the_defaults() {
+    let mut h = Harness::with(detector_user::kernel::Options {
+        tls_ports: vec![10443],
+        ..Default::default()
+    });
+    let mut on_default = Conversation::v4(443);
+    let mut on_custom = Conversation::new(
+        ("10.1.0.1".parse().unwrap(), 40_002),
+        ("10.2.0.1".parse().unwrap(), 10443),
+    );
+    assert!(
+        h.run_all(&[on_default.syn_ack(), on_default.client(GET)])
+            .is_empty()
+    );
+    assert_eq!(
+        h.run_all(&[on_custom.syn_ack(), on_custom.client(GET)])
+            .len(),
+        1
+    );
+}
+
+#[test]
+fn retransmitted_synack_keeps_state_and_reused_tuple_resets_it() {
+    let mut h = Harness::new();
+    let mut conv = Conversation::v4(443);
+    let synack = conv.syn_ack();
+    let events = h.run_all(&[synack.clone(), synack, conv.client(GET)]);
+    assert_eq!(
+        events.len(),
+        1,
+        "retransmitted SYN-ACK must not lose the roles"
+    );
+    // The same 4-tuple reused by a new connection: new ISNs, classified afresh.
+    let mut again = Conversation::v4(443);
+    let mut synack = again.syn_ack();
+    synack.seq = synack.seq.wrapping_add(1_000_000);
+    let mut req = again.client(GET);
+    req.ack = synack.seq.wrapping_add(1);
+    assert_eq!(h.run_all(&[synack, req]).len(), 1);
+}
+
+#[test]
+fn non_tcp_and_fragments_leave_early() {
+    let mut h = Harness::new();
+    let mut udp = Frame::tcp(
+        "10.1.0.1".parse::<IpAddr>().unwrap(),
+        1,
+        "10.2.0.1".parse().unwrap(),
+        443,
+    );
+    udp.protocol = 17;
+    udp.payload = GET.to_vec();
+    let mut frag = udp.clone();
+    frag.protocol = 6;
+    frag.flags = SYN;
+    frag.ipv4_frag = 0x2000; // more fragments
+    let mut arp = vec![0u8; 42];
+    arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
+    assert!(h.run(&udp).is_empty());
+    assert!(h.run(&frag).is_empty());
+    assert!(h.run_raw(&arp).is_empty());
+    assert_eq!(h.counter(Counter::Packets), 3);
+    assert_eq!(h.counter(Counter::TcpPackets), 0);
+    assert_eq!(h.counter(Counter::Fragments), 1);
+    assert_eq!(h.counter(Counter::FlowsCreated), 0);
+}
