@@ -34,10 +34,23 @@ struct Session {
     last_ns: u64,
     tls_port: bool,
     client_first: Option<PayloadClass>,
-    client_bytes: Option<Vec<u8>>,
+    client_bytes: Option<Bytes>,
     server_first: Option<PayloadClass>,
-    server_bytes: Option<Vec<u8>>,
+    server_bytes: Option<Bytes>,
     alerts: Vec<SeenAlert>,
+}
+
+/// The first bytes of a payload, and whether the payload went on beyond them.
+struct Bytes {
+    head: Vec<u8>,
+    cut: bool,
+}
+
+impl Bytes {
+    fn shown(&self) -> String {
+        let s = show_bytes(&self.head);
+        if self.cut { format!("{s}...") } else { s }
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -103,7 +116,10 @@ impl Correlator {
                 Side::Client => &mut s.client_bytes,
                 Side::Server => &mut s.server_bytes,
             };
-            slot.get_or_insert_with(|| e.snippet.clone());
+            slot.get_or_insert_with(|| Bytes {
+                head: e.snippet.clone(),
+                cut: e.payload_len as usize > e.snippet.len(),
+            });
         }
         if let Some(alert) = e.plaintext_alert {
             // A retransmitted alert is the same alert.
@@ -176,10 +192,10 @@ impl Correlator {
                 if s.tls_port || answer.is_some_and(PayloadClass::is_tls) =>
             {
                 let mut evidence = vec![format!(
-                    "client's first bytes {} are an HTTP request{}",
+                    "client's first payload {}is an HTTP request{}",
                     s.client_bytes
-                        .as_deref()
-                        .map(show_bytes)
+                        .as_ref()
+                        .map(|b| format!("{} ", b.shown()))
                         .unwrap_or_default(),
                     if s.tls_port {
                         format!(" to TLS port {}", server.port())
@@ -198,7 +214,7 @@ impl Correlator {
                     (Some(c), Some(b)) if c != PayloadClass::None => evidence.push(format!(
                         "server answered {} {}",
                         if c.is_tls() { "in TLS:" } else { "with" },
-                        show_bytes(b)
+                        b.shown()
                     )),
                     _ => evidence.push("no answer from the server seen".into()),
                 }
@@ -215,10 +231,10 @@ impl Correlator {
                 detail.insert("tls_port".into(), json!(s.tls_port));
                 detail.insert("server_answer".into(), json!(answer_word));
                 if let Some(b) = &s.client_bytes {
-                    detail.insert("client_bytes".into(), json!(hex(b)));
+                    detail.insert("client_bytes".into(), json!(hex(&b.head)));
                 }
                 if let Some(b) = &s.server_bytes {
-                    detail.insert("server_bytes".into(), json!(hex(b)));
+                    detail.insert("server_bytes".into(), json!(hex(&b.head)));
                 }
                 detail.insert("alerts".into(), alerts_json(&s.alerts));
                 out.push(make(Kind::HttpToTlsPort, evidence, detail));
@@ -226,21 +242,22 @@ impl Correlator {
             (Some(PayloadClass::ClientHello), Some(PayloadClass::HttpResponse)) => {
                 let evidence = vec![
                     format!(
-                        "client's first bytes {} are a TLS ClientHello",
-                        s.client_bytes.as_deref().map(hex).unwrap_or_default()
+                        "client's first payload is a TLS ClientHello (record type 22, \
+                         handshake type 1) to port {}",
+                        server.port()
                     ),
                     format!(
                         "server answered in plaintext HTTP: {}",
                         s.server_bytes
-                            .as_deref()
-                            .map(show_bytes)
+                            .as_ref()
+                            .map(Bytes::shown)
                             .unwrap_or_default()
                     ),
                 ];
                 let mut detail = Map::new();
                 detail.insert("sender".into(), json!("server"));
                 if let Some(b) = &s.server_bytes {
-                    detail.insert("server_bytes".into(), json!(hex(b)));
+                    detail.insert("server_bytes".into(), json!(hex(&b.head)));
                 }
                 out.push(make(Kind::TlsToPlaintextPort, evidence, detail));
             }
@@ -330,6 +347,7 @@ mod tests {
         req.protocol_mismatch = true;
         req.client_first = PayloadClass::HttpRequest;
         req.snippet = b"GET / HTTP/1.1\r\nHo".to_vec();
+        req.payload_len = 40;
         let mut answer = event(Side::Server);
         answer.ts_ns = 2_000;
         answer.protocol_mismatch = true;
@@ -351,7 +369,7 @@ mod tests {
         assert_eq!(d[0].kind, Kind::HttpToTlsPort);
         assert_eq!(d[0].detail["server_answer"], "tls_alert");
         let ev = d[0].evidence.join("; ");
-        assert!(ev.contains("'GET / HTTP/1.1'"), "{ev}");
+        assert!(ev.contains("'GET / HTTP/1.1'..."), "{ev}");
         assert!(ev.contains("fatal unexpected_message"), "{ev}");
         assert_eq!(c.open_sessions(), 0);
     }

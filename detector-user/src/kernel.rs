@@ -15,7 +15,7 @@ use aya::{
 use detector_common::{Config, Counter, names};
 
 /// The compiled kernel program, built by this crate's build script.
-static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/detector"));
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/detector-ebpf"));
 
 /// The oldest kernel we load on: BPF ring buffers arrived in 5.8.
 const MIN_KERNEL: (u32, u32) = (5, 8);

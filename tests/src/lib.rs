@@ -1,6 +1,7 @@
 //! Shared pieces of the detector's tests: crafted frames for the kernel program, and the
 //! lab (network namespaces, real servers and clients, captures) for live tests.
 
+pub mod agent;
 pub mod frames;
 pub mod harness;
 pub mod lab;

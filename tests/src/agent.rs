@@ -1,0 +1,142 @@
+//! The real `detector` binary, run live inside a lab namespace or on a capture.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail, ensure};
+use serde_json::Value;
+
+use crate::lab::{Lab, LabProcess};
+
+/// The agent binary cargo built next to the test executables (`target/<profile>/detector`).
+pub fn detector_bin() -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    // target/<profile>/deps/<test>-<hash> → target/<profile>/detector
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|d| d.join("detector"))
+        .context("locating the target directory")?;
+    ensure!(
+        bin.is_file(),
+        "{} is missing: build it first (`cargo xtask test` does)",
+        bin.display()
+    );
+    Ok(bin)
+}
+
+/// Parses the JSON lines the agent printed.
+pub fn parse_lines(stdout: &str) -> Result<Vec<Value>> {
+    stdout
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).with_context(|| format!("diagnosis line {l:?}")))
+        .collect()
+}
+
+pub struct LiveAgent {
+    pub process: LabProcess,
+    ns: String,
+    listen: String,
+}
+
+impl LiveAgent {
+    /// Starts `detector run` in `ns` on `ifaces` and waits until it is attached.
+    pub fn start(lab: &Lab, ns: &str, ifaces: &[&str], extra: &[&str]) -> Result<LiveAgent> {
+        let listen = "127.0.0.1:9863".to_string();
+        let bin = detector_bin()?;
+        let mut args: Vec<String> = vec![bin.display().to_string(), "run".into()];
+        for i in ifaces {
+            args.extend(["--iface".into(), i.to_string()]);
+        }
+        args.extend(["--listen".into(), listen.clone()]);
+        // Short window: the test waits for diagnoses, and nothing here is slow.
+        args.extend(["--correlation-window".into(), "0.5".into()]);
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let process = lab.spawn(ns, "detector", &args)?;
+        process
+            .wait_for_output("watching", Duration::from_secs(20))
+            .context("the agent did not attach")?;
+        Ok(LiveAgent {
+            process,
+            ns: ns.to_string(),
+            listen,
+        })
+    }
+
+    pub fn diagnoses(&self) -> Result<Vec<Value>> {
+        parse_lines(&self.process.stdout())
+    }
+
+    /// Waits (bounded) until at least `n` diagnoses have been printed.
+    pub fn wait_for(&self, n: usize, timeout: Duration) -> Result<Vec<Value>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let d = self.diagnoses()?;
+            if d.len() >= n {
+                return Ok(d);
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{} diagnoses after {timeout:?}, expected {n}; agent output:\n{}",
+                    d.len(),
+                    self.process.output()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Scrapes /metrics from inside the agent's namespace.
+    pub fn metrics(&self, lab: &Lab) -> Result<String> {
+        lab.run_ok(
+            &self.ns,
+            &[
+                "curl",
+                "-sS",
+                "--max-time",
+                "5",
+                &format!("http://{}/metrics", self.listen),
+            ],
+            Duration::from_secs(10),
+        )
+    }
+
+    /// SIGTERM, and the agent must exit cleanly (detaching its programs).
+    pub fn stop(self) -> Result<Vec<Value>> {
+        self.process.signal(libc::SIGTERM)?;
+        let status = self.process.wait_timeout(Duration::from_secs(10))?;
+        ensure!(
+            status.success(),
+            "agent exited with {status}:\n{}",
+            self.process.output()
+        );
+        self.diagnoses()
+    }
+}
+
+/// `detector replay FILE`: the diagnoses, and stderr (which holds the summary).
+pub fn replay(file: &Path, extra: &[&str]) -> Result<(Vec<Value>, String)> {
+    let out = Command::new(detector_bin()?)
+        .arg("replay")
+        .arg(file)
+        .args(extra)
+        .output()
+        .context("running detector replay")?;
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    ensure!(
+        out.status.success(),
+        "detector replay {} failed: {stderr}",
+        file.display()
+    );
+    Ok((parse_lines(&String::from_utf8_lossy(&out.stdout))?, stderr))
+}
+
+/// A diagnosis reduced to what must match between runs: kind, client, server.
+pub fn identity(d: &Value) -> (String, String, String) {
+    let s = |k: &str| d[k].as_str().unwrap_or_default().to_string();
+    (s("kind"), s("client"), s("server"))
+}

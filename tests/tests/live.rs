@@ -1,0 +1,272 @@
+//! The agent attached live in lab namespaces, with real nginx, openssl and curl; then the
+//! capture of the same traffic through `detector replay`.
+
+use std::{collections::BTreeSet, net::IpAddr, path::Path, time::Duration};
+
+use anyhow::{Context as _, Result};
+use serde_json::Value;
+use tests::{
+    agent::{LiveAgent, identity, replay},
+    lab::{Lab, NginxSite, url},
+};
+
+const T: Duration = Duration::from_secs(15);
+
+/// What the field-case-3 traffic must produce: (kind, client IP, server ip:port).
+struct Expected {
+    kind: &'static str,
+    client: IpAddr,
+    server: String,
+}
+
+/// Starts real servers in the server namespace, plays bad and clean traffic from the
+/// client namespace, and returns what must be diagnosed.
+fn play_field_case_3(lab: &Lab) -> Result<(Vec<Expected>, Vec<Box<dyn std::any::Any>>)> {
+    let s_ns = lab.server_ns();
+    let c_ns = lab.client_ns();
+    let (c4, c6) = (IpAddr::V4(lab.client_v4()), IpAddr::V6(lab.client_v6()));
+    let (s4, s6) = (IpAddr::V4(lab.server_v4()), IpAddr::V6(lab.server_v6()));
+    let tls = lab.nginx(
+        s_ns,
+        NginxSite {
+            tls: true,
+            port: 443,
+            ipv6: true,
+            ..Default::default()
+        },
+    )?;
+    let plain = lab.nginx(
+        s_ns,
+        NginxSite {
+            tls: false,
+            port: 80,
+            ipv6: true,
+            ..Default::default()
+        },
+    )?;
+    let files = tls.tls.clone().context("TLS site has a certificate")?;
+    let cert = files.cert.display().to_string();
+    let key = files.key.display().to_string();
+    let s_server = lab.s_server(s_ns, 8443, &["-cert", &cert, "-key", &key, "-www"])?;
+    let ca = files.ca_cert.display().to_string();
+
+    let curl = |args: &[&str]| -> Result<std::process::Output> {
+        let mut full = vec!["curl", "-sS", "--max-time", "5"];
+        full.extend_from_slice(args);
+        lab.run(c_ns, &full, T)
+    };
+    // Clean controls first: none of these may produce a diagnosis.
+    for _ in 0..3 {
+        let out = curl(&["--cacert", &ca, &url("https", s4, 443, "/")])?;
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "ok\n", "clean HTTPS");
+    }
+    let out = curl(&["--cacert", &ca, &url("https", s6, 443, "/")])?;
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "ok\n",
+        "clean HTTPS v6"
+    );
+    for _ in 0..2 {
+        let out = curl(&[&url("http", s4, 80, "/")])?;
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "ok\n", "clean HTTP");
+    }
+
+    // Plaintext HTTP to TLS ports: nginx answers 400, s_server gives up.
+    let out = curl(&[&url("http", s4, 443, "/")])?;
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("400"),
+        "nginx should answer 400 to plain HTTP on its TLS port"
+    );
+    curl(&[&url("http", s6, 443, "/")])?;
+    curl(&[&url("http", s4, 8443, "/")])?;
+    // A ClientHello to the plaintext server.
+    lab.run(
+        c_ns,
+        &[
+            "sh",
+            "-c",
+            &format!("openssl s_client -connect {s4}:80 </dev/null"),
+        ],
+        T,
+    )?;
+
+    let expected = vec![
+        Expected {
+            kind: "http_to_tls_port",
+            client: c4,
+            server: format!("{s4}:443"),
+        },
+        Expected {
+            kind: "http_to_tls_port",
+            client: c6,
+            server: format!("[{s6}]:443"),
+        },
+        Expected {
+            kind: "http_to_tls_port",
+            client: c4,
+            server: format!("{s4}:8443"),
+        },
+        Expected {
+            kind: "tls_to_plaintext_port",
+            client: c4,
+            server: format!("{s4}:80"),
+        },
+    ];
+    Ok((
+        expected,
+        vec![Box::new(tls), Box::new(plain), Box::new(s_server)],
+    ))
+}
+
+fn assert_matches(got: &[Value], expected: &[Expected], what: &str) {
+    let mut got_ids: Vec<(String, IpAddr, String)> = got
+        .iter()
+        .map(|d| {
+            let (kind, client, server) = identity(d);
+            let client_ip: std::net::SocketAddr = client.parse().expect("client is ip:port");
+            (kind, client_ip.ip(), server)
+        })
+        .collect();
+    let mut want: Vec<(String, IpAddr, String)> = expected
+        .iter()
+        .map(|e| (e.kind.to_string(), e.client, e.server.clone()))
+        .collect();
+    got_ids.sort();
+    want.sort();
+    assert_eq!(got_ids, want, "{what}: diagnoses differ; got {got:#?}");
+    for d in got {
+        assert!(d["community_id"].as_str().unwrap().starts_with("1:"));
+        assert!(!d["evidence"].as_str().unwrap().is_empty());
+        assert!(d["ts"].as_str().unwrap().contains('T'));
+    }
+}
+
+fn metric(text: &str, line_start: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(line_start))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+fn check_metrics(text: &str, expected: &[Expected]) {
+    let count = |k: &str| expected.iter().filter(|e| e.kind == k).count() as f64;
+    for kind in ["http_to_tls_port", "tls_to_plaintext_port"] {
+        assert_eq!(
+            metric(
+                text,
+                &format!("detector_diagnoses_total{{kind=\"{kind}\"}}")
+            ),
+            Some(count(kind)),
+            "metric for {kind} in:\n{text}"
+        );
+    }
+    assert_eq!(
+        metric(text, "detector_kernel_events_dropped_total"),
+        Some(0.0)
+    );
+    assert!(metric(text, "detector_kernel_packets_total").unwrap_or(0.0) > 0.0);
+}
+
+fn replay_matches(capture: &Path, live: &[Value]) {
+    let (replayed, summary) = replay(capture, &[]).expect("replay");
+    let ids = |v: &[Value]| v.iter().map(identity).collect::<BTreeSet<_>>();
+    assert_eq!(
+        ids(&replayed),
+        ids(live),
+        "replay of {} disagrees with live; summary: {summary}",
+        capture.display()
+    );
+    assert!(summary.contains("diagnoses"), "{summary}");
+}
+
+#[test]
+fn router_sees_both_directions_as_ingress() -> Result<()> {
+    let lab = Lab::routed()?;
+    let router = lab
+        .router_ns()
+        .context("routed lab has a router")?
+        .to_string();
+    let rc = lab
+        .router_client_if()
+        .context("router client side")?
+        .to_string();
+    let rs = lab
+        .router_server_if()
+        .context("router server side")?
+        .to_string();
+    let capture = lab.capture(&router, &rs, lab.dir().join("router.pcap"))?;
+    let agent = LiveAgent::start(&lab, &router, &[&rc, &rs], &["--no-egress"])?;
+
+    let (expected, _servers) = play_field_case_3(&lab)?;
+    let live = agent.wait_for(expected.len(), T)?;
+    // Give stragglers (a second diagnosis per session would be a bug) a window to show.
+    std::thread::sleep(Duration::from_millis(1200));
+    check_metrics(&agent.metrics(&lab)?, &expected);
+    let live_final = agent.stop()?;
+    assert_eq!(
+        live_final.len(),
+        live.len(),
+        "late extra diagnoses: {live_final:#?}"
+    );
+    assert_matches(&live_final, &expected, "live on the router");
+
+    let pcap = capture.stop()?;
+    replay_matches(&pcap, &live_final);
+    Ok(())
+}
+
+#[test]
+fn server_host_sees_its_replies_through_tc_egress() -> Result<()> {
+    let lab = Lab::direct()?;
+    let s_ns = lab.server_ns().to_string();
+    let s_if = lab.server_if().to_string();
+    let capture = lab.capture(&s_ns, &s_if, lab.dir().join("server.pcap"))?;
+    let agent = LiveAgent::start(&lab, &s_ns, &[&s_if], &[])?;
+
+    let (expected, _servers) = play_field_case_3(&lab)?;
+    let live = agent.wait_for(expected.len(), T)?;
+    std::thread::sleep(Duration::from_millis(1200));
+    let metrics = agent.metrics(&lab)?;
+    check_metrics(&metrics, &expected);
+    let live_final = agent.stop()?;
+    assert_eq!(
+        live_final.len(),
+        live.len(),
+        "late extra diagnoses: {live_final:#?}"
+    );
+    assert_matches(&live_final, &expected, "live on the server");
+    // The server's answers (nginx's 400, the HTTP reply to the ClientHello) leave by
+    // egress: only the TC program can have seen them.
+    let tls_to_plain = live_final
+        .iter()
+        .find(|d| d["kind"] == "tls_to_plaintext_port")
+        .expect("tls_to_plaintext_port");
+    assert!(
+        tls_to_plain["evidence"]
+            .as_str()
+            .unwrap()
+            .contains("HTTP/1.1 400"),
+        "{tls_to_plain}"
+    );
+
+    let pcap = capture.stop()?;
+    replay_matches(&pcap, &live_final);
+    Ok(())
+}
+
+#[test]
+fn missing_interface_is_a_one_line_error() -> Result<()> {
+    let out = std::process::Command::new(tests::agent::detector_bin()?)
+        .args(["run", "--iface", "no-such-if0"])
+        .output()?;
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("detector:")).collect();
+    assert_eq!(lines.len(), 1, "{err}");
+    assert!(lines[0].contains("no-such-if0") && lines[0].contains("does not exist"));
+    assert!(
+        !err.contains("panicked") && !err.contains("backtrace"),
+        "{err}"
+    );
+    Ok(())
+}
