@@ -41,7 +41,7 @@ pub fn track<P: Packet>(p: &P, t: &Tcp, now: u64) {
         return;
     }
 
-    let state = match FLOWS.get_ptr_mut(&key) {
+    let state = match FLOWS.get_ptr_mut(key) {
         // SAFETY: map values stay valid for the program's run; fields are written in place
         // and a torn read between CPUs at worst re-classifies one payload.
         Some(s) => unsafe { &mut *s },
@@ -140,7 +140,7 @@ fn create(key: &FlowKey, t: &Tcp, sender_is_a: bool, now: u64) -> Option<&'stati
         return None;
     };
     // Another CPU may have created it meanwhile: then its entry is as good as ours.
-    let _ = FLOWS.insert(key, &state, BPF_NOEXIST as u64);
+    let _ = FLOWS.insert(key, state, BPF_NOEXIST as u64);
     count(Counter::FlowsCreated);
     // SAFETY: as in `track`.
     FLOWS.get_ptr_mut(key).map(|s| unsafe { &mut *s })
@@ -227,7 +227,7 @@ fn endpoint_le(a: &Addr, a_port: u16, b: &Addr, b_port: u16) -> bool {
 #[inline(always)]
 fn is_tls_port(port: u16) -> bool {
     // SAFETY: the value is a plain u8 marker; we only test for presence.
-    unsafe { TLS_PORTS.get(&port).is_some() }
+    unsafe { TLS_PORTS.get(port).is_some() }
 }
 
 #[inline(always)]

@@ -47,12 +47,9 @@ pub fn is_tls_header(h: &Head) -> bool {
 #[inline(always)]
 pub fn plaintext_alert(h: &Head) -> Option<(u8, u8)> {
     let b = &h.bytes;
-    if h.len >= 7 && b[0] == TLS_ALERT && b[1] == 3 && b[2] <= 4 && b[3] == 0 && b[4] == 2 {
-        if b[5] == 1 || b[5] == 2 {
-            return Some((b[5], b[6]));
-        }
-    }
-    None
+    let header =
+        h.len >= 7 && b[0] == TLS_ALERT && b[1] == 3 && b[2] <= 4 && b[3] == 0 && b[4] == 2;
+    (header && (b[5] == 1 || b[5] == 2)).then_some((b[5], b[6]))
 }
 
 #[inline(always)]

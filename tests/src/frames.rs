@@ -66,7 +66,7 @@ impl Frame {
             (IpAddr::V4(s), IpAddr::V4(d)) => {
                 f.extend_from_slice(&0x0800u16.to_be_bytes());
                 let mut opts = self.ipv4_options.clone();
-                while opts.len() % 4 != 0 {
+                while !opts.len().is_multiple_of(4) {
                     opts.push(0); // end-of-options padding
                 }
                 let ihl = 20 + opts.len();
@@ -92,7 +92,7 @@ impl Frame {
                     // Header = next header, length in 8-octet units minus one, body; padded.
                     let mut h = vec![types[i + 1], 0];
                     h.extend_from_slice(body);
-                    while h.len() % 8 != 0 {
+                    while !h.len().is_multiple_of(8) {
                         h.push(0);
                     }
                     h[1] = (h.len() / 8 - 1) as u8;

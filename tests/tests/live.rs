@@ -7,7 +7,7 @@ use anyhow::{Context as _, Result};
 use serde_json::Value;
 use tests::{
     agent::{LiveAgent, identity, replay},
-    lab::{Lab, NginxSite, url},
+    lab::{Lab, LabProcess, Nginx, NginxSite, url},
 };
 
 const T: Duration = Duration::from_secs(15);
@@ -19,9 +19,15 @@ struct Expected {
     server: String,
 }
 
+/// The servers of a played scenario (kept running until dropped) and what must be seen.
+struct Played {
+    expected: Vec<Expected>,
+    _servers: (Nginx, Nginx, LabProcess),
+}
+
 /// Starts real servers in the server namespace, plays bad and clean traffic from the
 /// client namespace, and returns what must be diagnosed.
-fn play_field_case_3(lab: &Lab) -> Result<(Vec<Expected>, Vec<Box<dyn std::any::Any>>)> {
+fn play_field_case_3(lab: &Lab) -> Result<Played> {
     let s_ns = lab.server_ns();
     let c_ns = lab.client_ns();
     let (c4, c6) = (IpAddr::V4(lab.client_v4()), IpAddr::V6(lab.client_v6()));
@@ -112,10 +118,10 @@ fn play_field_case_3(lab: &Lab) -> Result<(Vec<Expected>, Vec<Box<dyn std::any::
             server: format!("{s4}:80"),
         },
     ];
-    Ok((
+    Ok(Played {
         expected,
-        vec![Box::new(tls), Box::new(plain), Box::new(s_server)],
-    ))
+        _servers: (tls, plain, s_server),
+    })
 }
 
 fn assert_matches(got: &[Value], expected: &[Expected], what: &str) {
@@ -197,18 +203,19 @@ fn router_sees_both_directions_as_ingress() -> Result<()> {
     let capture = lab.capture(&router, &rs, lab.dir().join("router.pcap"))?;
     let agent = LiveAgent::start(&lab, &router, &[&rc, &rs], &["--no-egress"])?;
 
-    let (expected, _servers) = play_field_case_3(&lab)?;
+    let played = play_field_case_3(&lab)?;
+    let expected = &played.expected;
     let live = agent.wait_for(expected.len(), T)?;
     // Give stragglers (a second diagnosis per session would be a bug) a window to show.
     std::thread::sleep(Duration::from_millis(1200));
-    check_metrics(&agent.metrics(&lab)?, &expected);
+    check_metrics(&agent.metrics(&lab)?, expected);
     let live_final = agent.stop()?;
     assert_eq!(
         live_final.len(),
         live.len(),
         "late extra diagnoses: {live_final:#?}"
     );
-    assert_matches(&live_final, &expected, "live on the router");
+    assert_matches(&live_final, expected, "live on the router");
 
     let pcap = capture.stop()?;
     replay_matches(&pcap, &live_final);
@@ -223,18 +230,19 @@ fn server_host_sees_its_replies_through_tc_egress() -> Result<()> {
     let capture = lab.capture(&s_ns, &s_if, lab.dir().join("server.pcap"))?;
     let agent = LiveAgent::start(&lab, &s_ns, &[&s_if], &[])?;
 
-    let (expected, _servers) = play_field_case_3(&lab)?;
+    let played = play_field_case_3(&lab)?;
+    let expected = &played.expected;
     let live = agent.wait_for(expected.len(), T)?;
     std::thread::sleep(Duration::from_millis(1200));
     let metrics = agent.metrics(&lab)?;
-    check_metrics(&metrics, &expected);
+    check_metrics(&metrics, expected);
     let live_final = agent.stop()?;
     assert_eq!(
         live_final.len(),
         live.len(),
         "late extra diagnoses: {live_final:#?}"
     );
-    assert_matches(&live_final, &expected, "live on the server");
+    assert_matches(&live_final, expected, "live on the server");
     // The server's answers (nginx's 400, the HTTP reply to the ClientHello) leave by
     // egress: only the TC program can have seen them.
     let tls_to_plain = live_final

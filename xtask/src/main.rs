@@ -106,8 +106,10 @@ fn build() -> anyhow::Result<PathBuf> {
 fn lint(path: &OsString) -> anyhow::Result<()> {
     run(cargo(path).args(["fmt", "--all", "--", "--check"]))
         .context("formatting differs: run `cargo fmt --all`")?;
+    // --release shares the build (and the embedded eBPF object) with `test` and `build`.
     run(cargo(path).args([
         "clippy",
+        "--release",
         "--workspace",
         "--all-targets",
         "--",
