@@ -85,7 +85,7 @@ pub struct Packet {
 #[derive(Debug, thiserror::Error)]
 pub enum PcapError {
     /// The underlying reader failed (not end-of-file: that is [`Self::Truncated`]).
-    #[error("I/O error at offset {offset}: {source}")]
+    #[error("I/O error at offset {offset}")]
     Io {
         offset: u64,
         #[source]

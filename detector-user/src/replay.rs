@@ -34,7 +34,7 @@ impl std::fmt::Display for Summary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "replayed {} packets ({} frames, {} skipped): {} kernel events ({} dropped), {} diagnoses",
+            "replayed {} packets ({} frames, {} skipped); kernel events: {} ({} dropped); diagnoses: {}",
             self.packets,
             self.frames,
             self.skipped,

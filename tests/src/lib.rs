@@ -5,3 +5,4 @@ pub mod agent;
 pub mod frames;
 pub mod harness;
 pub mod lab;
+pub mod pcapfile;

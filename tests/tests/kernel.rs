@@ -313,3 +313,15 @@ fn non_tcp_and_fragments_leave_early() {
     assert_eq!(h.counter(Counter::Fragments), 1);
     assert_eq!(h.counter(Counter::FlowsCreated), 0);
 }
+
+#[test]
+fn program_size_as_loaded() {
+    let mut h = Harness::new();
+    let counts = h.kernel.instruction_counts().unwrap();
+    for (name, n) in counts {
+        println!("{name}: {n} instructions as loaded (after verification)");
+        assert!(n > 100, "{name}: {n} instructions is implausibly small");
+        // The verifier's own limit is 1M processed; a program this size stays far below.
+        assert!(n < 20_000, "{name}: {n} instructions");
+    }
+}

@@ -201,6 +201,8 @@ fn router_sees_both_directions_as_ingress() -> Result<()> {
         .context("router server side")?
         .to_string();
     let capture = lab.capture(&router, &rs, lab.dir().join("router.pcap"))?;
+    // `-i any` writes Linux cooked (SLL2) frames, and sees each forwarded packet twice.
+    let cooked = lab.capture(&router, "any", lab.dir().join("router-any.pcap"))?;
     let agent = LiveAgent::start(&lab, &router, &[&rc, &rs], &["--no-egress"])?;
 
     let played = play_field_case_3(&lab)?;
@@ -218,6 +220,8 @@ fn router_sees_both_directions_as_ingress() -> Result<()> {
     assert_matches(&live_final, expected, "live on the router");
 
     let pcap = capture.stop()?;
+    replay_matches(&pcap, &live_final);
+    let pcap = cooked.stop()?;
     replay_matches(&pcap, &live_final);
     Ok(())
 }
