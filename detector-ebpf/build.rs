@@ -1,8 +1,8 @@
 use which::which;
 
-/// Rebuild when bpf-linker changes: it is not tracked as a dependency, and a new linker can
-/// change the object the agent embeds.
 fn main() {
+    // Rebuild when bpf-linker changes: it is not tracked as a dependency, and a new linker
+    // can change the object the agent embeds.
     match which("bpf-linker") {
         Ok(path) => println!("cargo:rerun-if-changed={}", path.display()),
         Err(e) => println!(

@@ -11,6 +11,8 @@ pub mod names {
     pub const XDP_PROGRAM: &str = "detector_xdp";
     pub const TC_PROGRAM: &str = "detector_tc";
     pub const FLOWS: &str = "FLOWS";
+    pub const SNI: &str = "SNI";
+    pub const SCRATCH: &str = "SCRATCH";
     pub const EVENTS: &str = "EVENTS";
     pub const COUNTERS: &str = "COUNTERS";
     pub const CONFIG: &str = "CONFIG";
@@ -25,12 +27,27 @@ pub const EVENT_RING_BYTES: u32 = 1 << 20;
 pub const MAX_TLS_PORTS: u32 = 64;
 /// Ports treated as TLS when the operator names none.
 pub const DEFAULT_TLS_PORTS: [u16; 7] = [443, 465, 636, 853, 993, 995, 8443];
+/// Largest record length TLS allows (2^14 + 2048); anything longer is not TLS.
+pub const MAX_TLS_RECORD: u32 = (1 << 14) + 2048;
 /// Bytes of the triggering payload copied into an event, so the agent can show them.
 pub const SNIPPET_LEN: usize = 16;
 
-/// An IP address as 16 bytes; IPv4 is stored IPv4-mapped (`::ffff:a.b.c.d`) so that one
-/// key type serves both families.
-pub type Addr = [u8; 16];
+/// An IP address: 16 bytes in network order, IPv4 stored IPv4-mapped (`::ffff:a.b.c.d`)
+/// so that one key type serves both families. Held as two 64-bit words because BPF code
+/// then moves an address in two registers; as `[u8; 16]` the compiler keeps, and spills,
+/// each byte in a register of its own, which alone can exhaust BPF's 512-byte stack.
+pub type Addr = [u64; 2];
+
+/// Converts between [`Addr`] and the 16 network-order bytes it holds.
+pub const fn addr_from_bytes(b: [u8; 16]) -> Addr {
+    // SAFETY: same size; every bit pattern is valid for both.
+    unsafe { core::mem::transmute::<[u8; 16], Addr>(b) }
+}
+
+pub const fn addr_to_bytes(a: Addr) -> [u8; 16] {
+    // SAFETY: same size; every bit pattern is valid for both.
+    unsafe { core::mem::transmute::<Addr, [u8; 16]>(a) }
+}
 
 /// A flow under a direction-normalised key: the endpoint that sorts lower (address, then
 /// port) is `a`. Both directions of a connection therefore find the same entry.
@@ -41,6 +58,48 @@ pub struct FlowKey {
     pub addr_b: Addr,
     pub port_a: u16,
     pub port_b: u16,
+    pub _pad: u32,
+}
+
+impl FlowKey {
+    /// The key for a packet from `src` to `dst`, and whether `src` is endpoint `a`.
+    /// Endpoints order by address, then port, compared as big-endian numbers.
+    #[inline(always)]
+    pub fn normalised(src: &Addr, sport: u16, dst: &Addr, dport: u16) -> (FlowKey, bool) {
+        let src_first = endpoint_le(src, sport, dst, dport);
+        let key = if src_first {
+            FlowKey {
+                addr_a: *src,
+                addr_b: *dst,
+                port_a: sport,
+                port_b: dport,
+                _pad: 0,
+            }
+        } else {
+            FlowKey {
+                addr_a: *dst,
+                addr_b: *src,
+                port_a: dport,
+                port_b: sport,
+                _pad: 0,
+            }
+        };
+        (key, src_first)
+    }
+}
+
+#[inline(always)]
+fn endpoint_le(a: &Addr, a_port: u16, b: &Addr, b_port: u16) -> bool {
+    // Words hold network-order bytes: from_be turns them into comparable numbers.
+    let (a_hi, b_hi) = (u64::from_be(a[0]), u64::from_be(b[0]));
+    if a_hi != b_hi {
+        return a_hi < b_hi;
+    }
+    let (a_lo, b_lo) = (u64::from_be(a[1]), u64::from_be(b[1]));
+    if a_lo != b_lo {
+        return a_lo < b_lo;
+    }
+    a_port <= b_port
 }
 
 /// Who said it, by role in the connection (not by ingress/egress).
@@ -109,6 +168,122 @@ pub mod flow_flags {
     pub const CLIENT_IS_A: u8 = 1 << 1;
     /// The server port is in the configured TLS port set.
     pub const TLS_PORT: u8 = 1 << 2;
+    /// TLS was first seen in the middle of the stream: the handshake was not observed.
+    pub const MIDSTREAM_TLS: u8 = 1 << 3;
+    /// The handshake ended before it finished, and that was reported (once per flow).
+    pub const ABORT_REPORTED: u8 = 1 << 4;
+}
+
+/// What the record walker expects at [`Direction::cursor`].
+pub mod item {
+    /// A TLS record header (type, version, length).
+    pub const RECORD: u8 = 0;
+    /// A handshake message header (type, 3-byte length) inside a plaintext record.
+    pub const HANDSHAKE: u8 = 1;
+    /// ClientHello/ServerHello fields, in wire order.
+    pub const HELLO_VERSION: u8 = 2;
+    pub const HELLO_SESSION_ID: u8 = 3;
+    pub const HELLO_CIPHER_SUITES: u8 = 4;
+    pub const HELLO_COMPRESSION: u8 = 5;
+    pub const HELLO_EXTENSIONS: u8 = 6;
+    pub const EXTENSION: u8 = 7;
+    /// The two bytes of a plaintext alert.
+    pub const ALERT_BODY: u8 = 8;
+}
+
+/// Bits of [`Direction::flags`]: what one side has done.
+pub mod dir_flags {
+    /// The record walker knows where this side's next record starts.
+    pub const SYNCED: u16 = 1 << 0;
+    /// This side sent ChangeCipherSpec: its later records are encrypted.
+    pub const CCS: u16 = 1 << 1;
+    /// This side sent application data (a type-23 record).
+    pub const APPDATA: u16 = 1 << 2;
+    /// This side sent its hello (ClientHello / ServerHello).
+    pub const HELLO: u16 = 1 << 3;
+    /// This side sent a Certificate (a full, not an abbreviated, handshake).
+    pub const CERTIFICATE: u16 = 1 << 4;
+    /// This side sent its Finished (the first encrypted handshake record after CCS).
+    pub const FINISHED: u16 = 1 << 5;
+    pub const FIN: u16 = 1 << 6;
+    pub const RST: u16 = 1 << 7;
+    /// The record walker is inside a ClientHello/ServerHello and parses its fields.
+    pub const IN_HELLO: u16 = 1 << 8;
+    /// The last handshake message continues in the next handshake record.
+    pub const MSG_CONTINUES: u16 = 1 << 9;
+    /// Renegotiation by this side was reported (once per side and flow).
+    pub const RENEGOTIATED: u16 = 1 << 10;
+}
+
+/// Bits of [`Tls::flags`]: facts about the session, from both hellos.
+pub mod tls_flags {
+    /// The ClientHello carried a pre_shared_key extension (TLS 1.3 resumption).
+    pub const PSK_OFFERED: u16 = 1 << 0;
+    /// The ClientHello carried psk_key_exchange_modes.
+    pub const PSK_MODES: u16 = 1 << 1;
+    /// The ServerHello echoed the ClientHello's session ID (TLS 1.2 resumption accepted).
+    pub const SESSION_ID_ECHOED: u16 = 1 << 2;
+    /// The ServerHello selected a pre-shared key (TLS 1.3 resumption accepted).
+    pub const PSK_ACCEPTED: u16 = 1 << 3;
+    /// The server's ChangeCipherSpec followed its ServerHello with no Certificate: an
+    /// abbreviated (resumed) TLS 1.2 handshake.
+    pub const ABBREVIATED: u16 = 1 << 4;
+    /// Both sides finished the handshake.
+    pub const HANDSHAKE_DONE: u16 = 1 << 5;
+    /// The ClientHello carried an SNI, stored in the `SNI` map under the flow key.
+    pub const SNI: u16 = 1 << 6;
+}
+
+/// Zeek-style history letters kept per flow (client upper case, server lower case).
+pub const HISTORY_LEN: usize = 16;
+
+/// One side's byte stream: where the next TLS item is, and what the side has done.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Direction {
+    /// Bytes of a header that straddled a segment end, big-endian in the low bits.
+    pub pend: u64,
+    pub last_seen_ns: u64,
+    /// Sequence number of the next item ([`item`]) to read.
+    pub cursor: u32,
+    /// Where the current record ends.
+    pub rec_end: u32,
+    /// Where the current handshake message ends.
+    pub msg_end: u32,
+    /// Where the current hello's extensions end.
+    pub ext_end: u32,
+    /// One past the highest sequence number seen from this side.
+    pub max_end: u32,
+    pub isn: u32,
+    pub item: u8,
+    pub pend_len: u8,
+    /// [`dir_flags`] bits.
+    pub flags: u16,
+    /// First-payload class ([`PayloadClass`]).
+    pub first_class: u8,
+    /// Type and length of the last record header walked.
+    pub last_record_type: u8,
+    pub last_record_len: u16,
+}
+
+/// TLS facts of a flow: the hellos' contents and the message history.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Tls {
+    /// First bytes of the ClientHello's session ID, to see whether the server echoes it.
+    pub session_id_prefix: u64,
+    /// Letters used so far (may exceed [`HISTORY_LEN`]; the rest are dropped). 64 bits
+    /// because BPF's atomic fetch-and-add, which appends take, is 64-bit in Rust's core.
+    pub history_len: u64,
+    /// Versions offered, bit n = 0x0300 + n (SSL 3.0 … TLS 1.3).
+    pub offered_versions: u8,
+    pub session_id_len: u8,
+    pub session_ticket_len: u16,
+    /// The ServerHello's version (supported_versions wins over the legacy field).
+    pub negotiated_version: u16,
+    /// [`tls_flags`] bits.
+    pub flags: u16,
+    pub history: [u8; HISTORY_LEN],
 }
 
 /// What the kernel keeps per flow. Updated in place through a map-value pointer.
@@ -117,21 +292,67 @@ pub mod flow_flags {
 pub struct FlowState {
     pub first_seen_ns: u64,
     pub last_seen_ns: u64,
-    /// Initial sequence number per side, indexed by [`Side`]; valid with `SYNACK_SEEN`.
-    pub isn: [u32; 2],
-    /// First-payload class per side, indexed by [`Side`] ([`PayloadClass`] values).
-    pub first_class: [u8; 2],
+    /// Indexed by [`Side`].
+    pub dir: [Direction; 2],
+    pub tls: Tls,
+    /// [`flow_flags`] bits.
     pub flags: u8,
-    pub _pad: [u8; 5],
+    pub _pad: [u8; 7],
 }
 
-/// Why an event was sent: bits of [`Event::reasons`]. One packet can have several.
-pub mod reasons {
-    /// A plaintext TLS alert record (type 21, length 2).
-    pub const PLAINTEXT_ALERT: u8 = 1 << 0;
-    /// The first payloads of the two sides disagree on the protocol, or an HTTP request
-    /// went to a TLS port.
-    pub const PROTOCOL_MISMATCH: u8 = 1 << 1;
+/// An SNI host name, kept out of the per-packet state in its own map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Sni {
+    pub len: u8,
+    pub name: [u8; SNI_MAX],
+}
+
+/// Longest SNI kept; longer names are cut.
+pub const SNI_MAX: usize = 64;
+
+/// What an [`Event`] reports.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    /// The first payloads contradict the port or each other (HTTP to a TLS port, TLS
+    /// answered by `HTTP/`, HTTP answered in TLS).
+    ProtocolMismatch = 1,
+    /// A plaintext alert record: level and description are in the event.
+    PlaintextAlert = 2,
+    /// An alert record after the sender's ChangeCipherSpec: its content is encrypted.
+    EncryptedAlert = 3,
+    /// A plaintext HelloRequest (handshake type 0) from the server.
+    HelloRequest = 4,
+    /// A handshake record after application data in TLS 1.2 or older: renegotiation.
+    Renegotiation = 5,
+    /// TLS 1.3: a short last application-data record (close_notify sized) then FIN.
+    /// A heuristic: the record is encrypted.
+    Tls13CloseHeuristic = 6,
+    /// The handshake ended (fatal alert, RST or FIN) before it finished.
+    HandshakeAborted = 7,
+}
+
+impl EventKind {
+    pub const fn from_u8(v: u8) -> Option<EventKind> {
+        Some(match v {
+            1 => EventKind::ProtocolMismatch,
+            2 => EventKind::PlaintextAlert,
+            3 => EventKind::EncryptedAlert,
+            4 => EventKind::HelloRequest,
+            5 => EventKind::Renegotiation,
+            6 => EventKind::Tls13CloseHeuristic,
+            7 => EventKind::HandshakeAborted,
+            _ => return None,
+        })
+    }
+}
+
+/// How a handshake ended early ([`Event::detail`] of a `HandshakeAborted` event).
+pub mod abort {
+    pub const ALERT: u8 = 1;
+    pub const RST: u8 = 2;
+    pub const FIN: u8 = 3;
 }
 
 /// One suspicious packet, as sent through the ring buffer. It carries the flow's facts so
@@ -147,8 +368,8 @@ pub struct Event {
     pub server_addr: Addr,
     pub client_port: u16,
     pub server_port: u16,
-    /// [`reasons`] bits.
-    pub reasons: u8,
+    /// [`EventKind`].
+    pub kind: u8,
     /// [`Side`] that sent the packet.
     pub sender: u8,
     /// First-payload classes ([`PayloadClass`]) of client and server at the time.
@@ -158,13 +379,33 @@ pub struct Event {
     pub flow_flags: u8,
     pub alert_level: u8,
     pub alert_description: u8,
+    /// Kind-specific: for `HandshakeAborted`, one of [`abort`].
+    pub detail: u8,
     /// How many bytes of `snippet` are valid.
     pub snippet_len: u8,
+    pub history_len: u8,
     /// The first bytes of the packet's TCP payload.
     pub snippet: [u8; SNIPPET_LEN],
+    pub history: [u8; HISTORY_LEN],
     pub tcp_seq: u32,
     pub payload_len: u32,
-    pub _pad: u32,
+    /// Length of the record that triggered the event (alerts, handshake records).
+    pub record_len: u16,
+    /// [`dir_flags`] of client and server.
+    pub dir_flags: [u16; 2],
+    pub tls: TlsSummary,
+    pub _pad: u16,
+}
+
+/// The TLS facts an event carries (a copy of [`Tls`] without the history).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TlsSummary {
+    pub offered_versions: u8,
+    pub session_id_len: u8,
+    pub session_ticket_len: u16,
+    pub negotiated_version: u16,
+    pub flags: u16,
 }
 
 /// Configuration the agent writes into the single-entry `CONFIG` array.
@@ -190,10 +431,15 @@ pub enum Counter {
     Fragments = 6,
     /// Packets cut short inside a header they claimed to have.
     Truncated = 7,
+    /// Times the record walker lost its place in a stream (implausible header, gap it
+    /// could not bridge, more records in one packet than it walks).
+    TlsSyncLost = 8,
+    /// Times it found its place again from evidence (mid-stream pickup, after a loss).
+    TlsResynced = 9,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 8;
+    pub const COUNT: u32 = 10;
     pub const ALL: [Counter; Counter::COUNT as usize] = [
         Counter::Packets,
         Counter::TcpPackets,
@@ -203,6 +449,8 @@ impl Counter {
         Counter::FlowsCreated,
         Counter::Fragments,
         Counter::Truncated,
+        Counter::TlsSyncLost,
+        Counter::TlsResynced,
     ];
 
     /// The counter's name in metrics (without prefix and `_total`).
@@ -216,6 +464,8 @@ impl Counter {
             Counter::FlowsCreated => "kernel_flows_created",
             Counter::Fragments => "kernel_ip_fragments",
             Counter::Truncated => "kernel_truncated_packets",
+            Counter::TlsSyncLost => "kernel_tls_sync_lost",
+            Counter::TlsResynced => "kernel_tls_resynced",
         }
     }
 
@@ -231,6 +481,12 @@ impl Counter {
             Counter::FlowsCreated => "Flows created in the kernel flow table",
             Counter::Fragments => "IP fragments left unparsed",
             Counter::Truncated => "Packets shorter than the headers they announce",
+            Counter::TlsSyncLost => {
+                "Times the TLS record walker lost its place in a stream and stopped reading it"
+            }
+            Counter::TlsResynced => {
+                "Times the TLS record walker found record boundaries again from evidence"
+            }
         }
     }
 }
@@ -243,10 +499,14 @@ mod pod {
     unsafe impl aya::Pod for super::FlowState {}
     unsafe impl aya::Pod for super::Event {}
     unsafe impl aya::Pod for super::Config {}
+    unsafe impl aya::Pod for super::Sni {}
 }
 
 // The kernel writes these layouts and the agent reads them; a silent change of size would
 // make one misread the other, so pin them.
-const _: () = assert!(core::mem::size_of::<FlowKey>() == 36);
-const _: () = assert!(core::mem::size_of::<FlowState>() == 32);
-const _: () = assert!(core::mem::size_of::<Event>() == 88);
+const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
+const _: () = assert!(core::mem::size_of::<Direction>() == 48);
+const _: () = assert!(core::mem::size_of::<Tls>() == 40);
+const _: () = assert!(core::mem::size_of::<FlowState>() == 160);
+const _: () = assert!(core::mem::size_of::<Event>() == 120);
+const _: () = assert!(core::mem::size_of::<Sni>() == 1 + SNI_MAX);

@@ -3,7 +3,12 @@
 //! of its own sessions. It never alters or drops a packet.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
+// Atomic fetch-and-add for the flow history (see tls.rs); the crate builds on nightly.
+#![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
+#![cfg_attr(target_arch = "bpf", allow(internal_features))]
 
+#[cfg(target_arch = "bpf")]
+mod emit;
 #[cfg(target_arch = "bpf")]
 mod flow;
 #[cfg(target_arch = "bpf")]
@@ -12,6 +17,8 @@ mod packet;
 mod parse;
 #[cfg(target_arch = "bpf")]
 mod payload;
+#[cfg(target_arch = "bpf")]
+mod tls;
 
 #[cfg(target_arch = "bpf")]
 mod program {
@@ -24,7 +31,7 @@ mod program {
     };
     use detector_common::{
         Config, Counter, DEFAULT_FLOW_TABLE_SIZE, EVENT_RING_BYTES, FlowKey, FlowState,
-        MAX_TLS_PORTS,
+        MAX_TLS_PORTS, Sni,
     };
 
     use crate::{
@@ -37,6 +44,17 @@ mod program {
     #[map]
     pub static FLOWS: LruHashMap<FlowKey, FlowState> =
         LruHashMap::with_max_entries(DEFAULT_FLOW_TABLE_SIZE, 0);
+
+    /// SNI host names of flows, kept out of the per-packet state; sized like FLOWS.
+    #[map]
+    pub static SNI: LruHashMap<FlowKey, Sni> =
+        LruHashMap::with_max_entries(DEFAULT_FLOW_TABLE_SIZE, 0);
+
+    /// Per-CPU room to build values too large for the BPF stack.
+    #[map]
+    pub static SCRATCH: PerCpuArray<FlowState> = PerCpuArray::with_max_entries(1, 0);
+    #[map]
+    pub static SNI_SCRATCH: PerCpuArray<Sni> = PerCpuArray::with_max_entries(1, 0);
 
     #[map]
     pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENT_RING_BYTES, 0);
@@ -104,7 +122,7 @@ mod program {
 }
 
 #[cfg(target_arch = "bpf")]
-pub use program::{COUNTERS, EVENTS, FLOWS, TLS_PORTS, count};
+pub use program::{EVENTS, FLOWS, SCRATCH, SNI, SNI_SCRATCH, TLS_PORTS, count};
 
 /// Built for the host only so that `cargo check --workspace` passes; the real program is
 /// built for the bpf target by detector-user's build script.

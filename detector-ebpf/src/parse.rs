@@ -22,7 +22,9 @@ const NEXTHDR_FRAGMENT: u8 = 44;
 const NEXTHDR_DEST: u8 = 60;
 
 pub mod tcp_flags {
+    pub const FIN: u8 = 0x01;
     pub const SYN: u8 = 0x02;
+    pub const RST: u8 = 0x04;
     pub const ACK: u8 = 0x10;
 }
 
@@ -86,18 +88,18 @@ pub fn parse<P: Packet>(p: &P) -> Result<Tcp, Skip> {
             }
             // TSO/BIG TCP super-packets on egress may carry tot_len 0: the skb length rules.
             let end = if tot_len == 0 { p.len() } else { l3 + tot_len };
-            let src = v4_mapped([ip[12], ip[13], ip[14], ip[15]]);
-            let dst = v4_mapped([ip[16], ip[17], ip[18], ip[19]]);
+            let src = v4_mapped(u32::from_le_bytes([ip[12], ip[13], ip[14], ip[15]]));
+            let dst = v4_mapped(u32::from_le_bytes([ip[16], ip[17], ip[18], ip[19]]));
             (src, dst, l3 + ihl, end)
         }
         ETH_P_IPV6 => {
-            let ip: [u8; IPV6_HLEN] = p.read(l3).ok_or(Skip::Malformed)?;
-            let payload_len = u16::from_be_bytes([ip[4], ip[5]]) as usize;
-            let mut next = ip[6];
-            let mut src: Addr = [0; 16];
-            let mut dst: Addr = [0; 16];
-            src.copy_from_slice(&ip[8..24]);
-            dst.copy_from_slice(&ip[24..40]);
+            // Fixed fields, then the addresses straight into place (copying them out of
+            // one 40-byte buffer costs a stack slot per byte with 32-bit subregisters).
+            let fixed: [u8; 8] = p.read(l3).ok_or(Skip::Malformed)?;
+            let payload_len = u16::from_be_bytes([fixed[4], fixed[5]]) as usize;
+            let mut next = fixed[6];
+            let src = addr_at(p, l3 + 8)?;
+            let dst = addr_at(p, l3 + 24)?;
             let mut l4 = l3 + IPV6_HLEN;
             for _ in 0..MAX_IPV6_EXT_HEADERS {
                 match next {
@@ -150,9 +152,22 @@ pub fn parse<P: Packet>(p: &P) -> Result<Tcp, Skip> {
     })
 }
 
+/// An IPv6 address, copied by the load-bytes helper straight into its two words.
 #[inline(always)]
-fn v4_mapped(a: [u8; 4]) -> Addr {
-    [
-        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a[0], a[1], a[2], a[3],
-    ]
+fn addr_at<P: Packet>(p: &P, off: usize) -> Result<Addr, Skip> {
+    let mut a: Addr = [0; 2];
+    // SAFETY: an Addr is 16 bytes; viewing it as bytes is valid for any contents.
+    let bytes = unsafe { &mut *a.as_mut_ptr().cast::<[u8; 16]>() };
+    if p.load_into(off, 16, bytes) {
+        Ok(a)
+    } else {
+        Err(Skip::Malformed)
+    }
+}
+
+/// `::ffff:a.b.c.d` from the address's bytes read as a little-endian word (so that the
+/// bytes land in memory order).
+#[inline(always)]
+fn v4_mapped(le: u32) -> Addr {
+    [0, 0xffff_0000 | (le as u64) << 32]
 }

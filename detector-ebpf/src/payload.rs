@@ -1,19 +1,23 @@
 //! What the first bytes of a TCP payload say about its protocol.
 
-use detector_common::{PayloadClass, SNIPPET_LEN};
+use detector_common::{MAX_TLS_RECORD, PayloadClass, SNIPPET_LEN};
 
 use crate::packet::Packet;
 
-pub const TLS_ALERT: u8 = 21;
 const TLS_HANDSHAKE: u8 = 22;
 const HS_CLIENT_HELLO: u8 = 1;
-/// Largest record length TLS allows (2^14 + 2048); anything longer is not TLS.
-const TLS_MAX_RECORD: u16 = (1 << 14) + 2048;
 
 /// The first bytes of a payload, zero padded.
 pub struct Head {
     pub bytes: [u8; SNIPPET_LEN],
     pub len: usize,
+}
+
+impl Head {
+    pub const EMPTY: Head = Head {
+        bytes: [0; SNIPPET_LEN],
+        len: 0,
+    };
 }
 
 #[inline(always)]
@@ -40,16 +44,7 @@ pub fn is_tls_header(h: &Head) -> bool {
         && b[1] == 3
         && b[2] <= 4
         && len > 0
-        && len <= TLS_MAX_RECORD
-}
-
-/// A plaintext alert record `15 03 0X 00 02` with a valid level: returns (level, description).
-#[inline(always)]
-pub fn plaintext_alert(h: &Head) -> Option<(u8, u8)> {
-    let b = &h.bytes;
-    let header =
-        h.len >= 7 && b[0] == TLS_ALERT && b[1] == 3 && b[2] <= 4 && b[3] == 0 && b[4] == 2;
-    (header && (b[5] == 1 || b[5] == 2)).then_some((b[5], b[6]))
+        && len as u32 <= MAX_TLS_RECORD
 }
 
 #[inline(always)]

@@ -2,12 +2,14 @@
 //!
 //! The kernel reports single packets; a diagnosis needs the session's story: an HTTP
 //! request to port 443 is the cause, the server's `15 03 01 00 02 02 0a` a few
-//! milliseconds later is its consequence, not a second failure. So events are held per
-//! session until the session has been quiet for a correlation window, then judged together.
+//! milliseconds later is its consequence, not a second failure; a client's renegotiation
+//! right after the server's HelloRequest is the answer to it. So events are held per
+//! session until the session has been quiet for a correlation window, then judged
+//! together, and each session gets at most one diagnosis per root cause.
 
 use std::{collections::HashMap, net::SocketAddr, time::Duration};
 
-use detector_common::{PayloadClass, Side};
+use detector_common::{EventKind, PayloadClass, Side, dir_flags};
 use serde_json::{Map, Value, json};
 
 use crate::{
@@ -15,7 +17,7 @@ use crate::{
     diagnosis::{
         Diagnosis, Kind, alert_description_name, alert_level_name, hex, show_bytes, side_name,
     },
-    event::{Alert, KernelEvent},
+    event::{Abort, Alert, KernelEvent, TlsFacts, version_name},
 };
 
 type SessionKey = (SocketAddr, SocketAddr);
@@ -33,11 +35,25 @@ struct Session {
     first_ns: u64,
     last_ns: u64,
     tls_port: bool,
+    midstream: bool,
+    sni: Option<String>,
     client_first: Option<PayloadClass>,
     client_bytes: Option<Bytes>,
     server_first: Option<PayloadClass>,
     server_bytes: Option<Bytes>,
     alerts: Vec<SeenAlert>,
+    encrypted_alerts: Vec<(Side, u16)>,
+    /// Plaintext HelloRequests (server).
+    hello_requests: u32,
+    /// Handshake records after application data, per side, with the record length (0 for
+    /// a plaintext ClientHello).
+    renegotiation: [Option<(u64, u16)>; 2],
+    tls13_close: Option<Side>,
+    aborted: Option<(Abort, Side, Option<Alert>)>,
+    /// The latest history and facts (later events know more).
+    history: String,
+    tls: TlsFacts,
+    server_hello_seen: bool,
 }
 
 /// The first bytes of a payload, and whether the payload went on beyond them.
@@ -80,8 +96,17 @@ impl Correlator {
         self.sessions.len()
     }
 
-    /// Adds an event; returns diagnoses of sessions pushed out to make room.
-    pub fn ingest(&mut self, e: &KernelEvent) -> Vec<Diagnosis> {
+    /// Whether the session of this event already knows its SNI (so the caller can skip a
+    /// map lookup).
+    pub fn has_sni(&self, e: &KernelEvent) -> bool {
+        self.sessions
+            .get(&(e.client, e.server))
+            .is_some_and(|s| s.sni.is_some())
+    }
+
+    /// Adds an event (with the SNI, if the caller found one); returns diagnoses of
+    /// sessions pushed out to make room.
+    pub fn ingest(&mut self, e: &KernelEvent, sni: Option<String>) -> Vec<Diagnosis> {
         let key = (e.client, e.server);
         let mut out = Vec::new();
         if !self.sessions.contains_key(&key) && self.sessions.len() >= self.max_sessions {
@@ -103,36 +128,59 @@ impl Correlator {
         });
         s.last_ns = s.last_ns.max(e.ts_ns);
         s.tls_port |= e.tls_port;
-        // The kernel sends each side's first-payload class with every event; keep the
-        // first real one and the bytes of the packet that was that first payload.
+        s.midstream |= e.midstream_tls;
+        if s.sni.is_none() {
+            s.sni = sni;
+        }
+        if e.history.len() >= s.history.len() {
+            s.history = e.history.clone();
+        }
+        s.tls = e.tls;
+        s.server_hello_seen |= e.server_flags & dir_flags::HELLO != 0;
+        // Every event carries each side's first-payload class; keep the first real one.
         if e.client_first != PayloadClass::None {
             s.client_first.get_or_insert(e.client_first);
         }
         if e.server_first != PayloadClass::None {
             s.server_first.get_or_insert(e.server_first);
         }
-        if e.protocol_mismatch {
-            let slot = match e.sender {
-                Side::Client => &mut s.client_bytes,
-                Side::Server => &mut s.server_bytes,
-            };
-            slot.get_or_insert_with(|| Bytes {
-                head: e.snippet.clone(),
-                cut: e.payload_len as usize > e.snippet.len(),
-            });
-        }
-        if let Some(alert) = e.plaintext_alert {
-            // A retransmitted alert is the same alert.
-            let dup = s
-                .alerts
-                .iter()
-                .any(|a| a.sender == e.sender && a.tcp_seq == e.tcp_seq);
-            if !dup {
-                s.alerts.push(SeenAlert {
-                    sender: e.sender,
-                    alert,
-                    tcp_seq: e.tcp_seq,
+        match e.kind {
+            EventKind::ProtocolMismatch => {
+                let slot = match e.sender {
+                    Side::Client => &mut s.client_bytes,
+                    Side::Server => &mut s.server_bytes,
+                };
+                slot.get_or_insert_with(|| Bytes {
+                    head: e.snippet.clone(),
+                    cut: e.payload_len as usize > e.snippet.len(),
                 });
+            }
+            EventKind::PlaintextAlert => {
+                if let Some(alert) = e.alert {
+                    // A retransmitted alert is the same alert.
+                    let dup = s
+                        .alerts
+                        .iter()
+                        .any(|a| a.sender == e.sender && a.tcp_seq == e.tcp_seq);
+                    if !dup {
+                        s.alerts.push(SeenAlert {
+                            sender: e.sender,
+                            alert,
+                            tcp_seq: e.tcp_seq,
+                        });
+                    }
+                }
+            }
+            EventKind::EncryptedAlert => s.encrypted_alerts.push((e.sender, e.record_len)),
+            EventKind::HelloRequest => s.hello_requests += 1,
+            EventKind::Renegotiation => {
+                s.renegotiation[e.sender as usize].get_or_insert((e.ts_ns, e.record_len));
+            }
+            EventKind::Tls13CloseHeuristic => s.tls13_close = Some(e.sender),
+            EventKind::HandshakeAborted => {
+                if let Some(how) = e.abort {
+                    s.aborted.get_or_insert((how, e.sender, e.alert));
+                }
             }
         }
         out
@@ -170,131 +218,291 @@ impl Correlator {
     }
 
     fn judge(&self, (client, server): SessionKey, s: Session) -> Vec<Diagnosis> {
-        let make = |kind, evidence, detail| Diagnosis {
-            ts: self.clock.to_wall(s.first_ns),
-            kind,
-            client,
-            server,
-            sni: None,
-            evidence,
-            detail,
-        };
-        let mut out = Vec::new();
-        let server_alerts: Vec<&SeenAlert> = s
-            .alerts
-            .iter()
-            .filter(|a| a.sender == Side::Server)
-            .collect();
-        let mut alerts_explained = false;
-
-        match (s.client_first, s.server_first) {
-            (Some(PayloadClass::HttpRequest), answer)
-                if s.tls_port || answer.is_some_and(PayloadClass::is_tls) =>
-            {
-                let mut evidence = vec![format!(
-                    "client's first payload {}is an HTTP request{}",
-                    s.client_bytes
-                        .as_ref()
-                        .map(|b| format!("{} ", b.shown()))
-                        .unwrap_or_default(),
-                    if s.tls_port {
-                        format!(" to TLS port {}", server.port())
-                    } else {
-                        String::new()
-                    }
-                )];
-                let answer_word = match answer {
-                    Some(c) if c.is_tls() && !server_alerts.is_empty() => "tls_alert",
-                    Some(c) if c.is_tls() => "tls",
-                    Some(PayloadClass::HttpResponse) => "http",
-                    Some(PayloadClass::None) | None => "none_seen",
-                    Some(_) => "other",
-                };
-                match (answer, &s.server_bytes) {
-                    (Some(c), Some(b)) if c != PayloadClass::None => evidence.push(format!(
-                        "server answered {} {}",
-                        if c.is_tls() { "in TLS:" } else { "with" },
-                        b.shown()
-                    )),
-                    _ => evidence.push("no answer from the server seen".into()),
-                }
-                for a in &server_alerts {
-                    evidence.push(format!(
-                        "server sent plaintext alert {} {} (how analyzers show 'HTTP continuation')",
-                        alert_level_name(a.alert.level),
-                        alert_description_name(a.alert.description)
-                    ));
-                }
-                alerts_explained = true;
-                let mut detail = Map::new();
-                detail.insert("sender".into(), json!("client"));
-                detail.insert("tls_port".into(), json!(s.tls_port));
-                detail.insert("server_answer".into(), json!(answer_word));
-                if let Some(b) = &s.client_bytes {
-                    detail.insert("client_bytes".into(), json!(hex(&b.head)));
-                }
-                if let Some(b) = &s.server_bytes {
-                    detail.insert("server_bytes".into(), json!(hex(&b.head)));
-                }
-                detail.insert("alerts".into(), alerts_json(&s.alerts));
-                out.push(make(Kind::HttpToTlsPort, evidence, detail));
+        let mut found: Vec<Found> = Vec::new();
+        renegotiation(&s, &mut found);
+        // A protocol mismatch is the root cause of whatever ended the session after it
+        // (nginx's 400 and close, OpenSSL's alert): those are evidence, not diagnoses.
+        if let Some(d) = protocol_mismatch(&s, server) {
+            found.push(d);
+        } else if let Some(d) = aborted_handshake(&s) {
+            let explains_alerts = d.0 == Kind::ResumptionRejected;
+            found.push(d);
+            if !explains_alerts {
+                found.extend(fatal_alert(&s));
             }
-            (Some(PayloadClass::ClientHello), Some(PayloadClass::HttpResponse)) => {
-                let evidence = vec![
-                    format!(
-                        "client's first payload is a TLS ClientHello (record type 22, \
-                         handshake type 1) to port {}",
-                        server.port()
-                    ),
-                    format!(
-                        "server answered in plaintext HTTP: {}",
-                        s.server_bytes
-                            .as_ref()
-                            .map(Bytes::shown)
-                            .unwrap_or_default()
-                    ),
-                ];
-                let mut detail = Map::new();
-                detail.insert("sender".into(), json!("server"));
-                if let Some(b) = &s.server_bytes {
-                    detail.insert("server_bytes".into(), json!(hex(&b.head)));
-                }
-                out.push(make(Kind::TlsToPlaintextPort, evidence, detail));
-            }
-            _ => {}
+        } else {
+            found.extend(fatal_alert(&s));
         }
-
-        if !alerts_explained {
-            let fatal: Vec<&SeenAlert> = s.alerts.iter().filter(|a| a.alert.level == 2).collect();
-            if let Some(first) = fatal.first() {
-                let evidence = fatal
-                    .iter()
-                    .map(|a| {
-                        format!(
-                            "{} sent plaintext alert record 15 03 xx 00 02 {:02x} {:02x}: {} {} ({})",
-                            side_name(a.sender),
-                            a.alert.level,
-                            a.alert.description,
-                            alert_level_name(a.alert.level),
-                            alert_description_name(a.alert.description),
-                            a.alert.description
-                        )
-                    })
-                    .collect();
-                let mut detail = Map::new();
-                detail.insert("sender".into(), json!(side_name(first.sender)));
-                detail.insert("level".into(), json!(alert_level_name(first.alert.level)));
-                detail.insert(
-                    "description".into(),
-                    json!(alert_description_name(first.alert.description)),
-                );
-                detail.insert("code".into(), json!(first.alert.description));
-                detail.insert("alerts".into(), alerts_json(&s.alerts));
-                out.push(make(Kind::FatalAlert, evidence, detail));
-            }
-        }
-        out
+        found
+            .into_iter()
+            .map(|(kind, evidence, mut detail)| {
+                if !s.history.is_empty() {
+                    detail.insert("ssl_history".into(), json!(s.history));
+                }
+                if let Some(v) = s.tls.negotiated_version {
+                    detail.insert("tls_version".into(), json!(version_name(v)));
+                }
+                if s.midstream {
+                    detail.insert("midstream".into(), json!(true));
+                }
+                Diagnosis {
+                    ts: self.clock.to_wall(s.first_ns),
+                    kind,
+                    client,
+                    server,
+                    sni: s.sni.clone(),
+                    evidence,
+                    detail,
+                }
+            })
+            .collect()
     }
+}
+
+type Found = (Kind, Vec<String>, Map<String, Value>);
+
+/// Field case 3: plaintext HTTP where TLS is expected, or a ClientHello to a plaintext
+/// server.
+fn protocol_mismatch(s: &Session, server: SocketAddr) -> Option<Found> {
+    let server_alerts: Vec<&SeenAlert> = s
+        .alerts
+        .iter()
+        .filter(|a| a.sender == Side::Server)
+        .collect();
+    match (s.client_first, s.server_first) {
+        (Some(PayloadClass::HttpRequest), answer)
+            if s.tls_port || answer.is_some_and(PayloadClass::is_tls) =>
+        {
+            let mut evidence = vec![format!(
+                "client's first payload {}is an HTTP request{}",
+                s.client_bytes
+                    .as_ref()
+                    .map(|b| format!("{} ", b.shown()))
+                    .unwrap_or_default(),
+                if s.tls_port {
+                    format!(" to TLS port {}", server.port())
+                } else {
+                    String::new()
+                }
+            )];
+            let answer_word = match answer {
+                Some(c) if c.is_tls() && !server_alerts.is_empty() => "tls_alert",
+                Some(c) if c.is_tls() => "tls",
+                Some(PayloadClass::HttpResponse) => "http",
+                Some(PayloadClass::None) | None => "none_seen",
+                Some(_) => "other",
+            };
+            match (answer, &s.server_bytes) {
+                (Some(c), Some(b)) if c != PayloadClass::None => evidence.push(format!(
+                    "server answered {} {}",
+                    if c.is_tls() { "in TLS:" } else { "with" },
+                    b.shown()
+                )),
+                _ => evidence.push("no answer from the server seen".into()),
+            }
+            for a in &server_alerts {
+                evidence.push(format!(
+                    "server sent plaintext alert {} {} (how analyzers show 'HTTP continuation')",
+                    alert_level_name(a.alert.level),
+                    alert_description_name(a.alert.description)
+                ));
+            }
+            let mut detail = Map::new();
+            detail.insert("sender".into(), json!("client"));
+            detail.insert("tls_port".into(), json!(s.tls_port));
+            detail.insert("server_answer".into(), json!(answer_word));
+            if let Some(b) = &s.client_bytes {
+                detail.insert("client_bytes".into(), json!(hex(&b.head)));
+            }
+            if let Some(b) = &s.server_bytes {
+                detail.insert("server_bytes".into(), json!(hex(&b.head)));
+            }
+            detail.insert("alerts".into(), alerts_json(&s.alerts));
+            Some((Kind::HttpToTlsPort, evidence, detail))
+        }
+        (Some(PayloadClass::ClientHello), Some(PayloadClass::HttpResponse)) => {
+            let evidence = vec![
+                format!(
+                    "client's first payload is a TLS ClientHello (record type 22, handshake \
+                     type 1) to port {}",
+                    server.port()
+                ),
+                format!(
+                    "server answered in plaintext HTTP: {}",
+                    s.server_bytes
+                        .as_ref()
+                        .map(Bytes::shown)
+                        .unwrap_or_default()
+                ),
+            ];
+            let mut detail = Map::new();
+            detail.insert("sender".into(), json!("server"));
+            if let Some(b) = &s.server_bytes {
+                detail.insert("server_bytes".into(), json!(hex(&b.head)));
+            }
+            Some((Kind::TlsToPlaintextPort, evidence, detail))
+        }
+        _ => None,
+    }
+}
+
+/// Field case 1: the server asks for renegotiation (HelloRequest), or the client starts it.
+/// A client renegotiating right after a server's request is answering it, not starting it.
+fn renegotiation(s: &Session, found: &mut Vec<Found>) {
+    let server = s.renegotiation[Side::Server as usize];
+    let client = s.renegotiation[Side::Client as usize];
+    if s.hello_requests > 0 || server.is_some() {
+        let mut evidence = Vec::new();
+        if s.hello_requests > 0 {
+            evidence.push(
+                "server sent a plaintext HelloRequest (handshake type 0, empty body: \
+                 16 03 0x 00 04 00 00 00 00)"
+                    .to_string(),
+            );
+        }
+        if let Some((_, len)) = server {
+            evidence.push(format!(
+                "server sent an encrypted handshake record ({len} bytes) after application data \
+                 had flowed: a HelloRequest (TLS 1.2 renegotiation request)"
+            ));
+        }
+        if client.is_some() {
+            evidence.push("client answered with a renegotiation handshake".into());
+        }
+        for (side, len) in &s.encrypted_alerts {
+            evidence.push(format!(
+                "{} then sent an encrypted alert ({len} bytes)",
+                side_name(*side)
+            ));
+        }
+        let mut detail = Map::new();
+        detail.insert("sender".into(), json!("server"));
+        detail.insert("encrypted".into(), json!(s.hello_requests == 0));
+        detail.insert("client_renegotiated".into(), json!(client.is_some()));
+        found.push((Kind::ServerHelloRequest, evidence, detail));
+    } else if let Some((_, len)) = client {
+        let what = if len == 0 {
+            "a plaintext ClientHello".to_string()
+        } else {
+            format!("an encrypted handshake record ({len} bytes)")
+        };
+        let evidence = vec![format!(
+            "client sent {what} after application data had flowed: client-initiated \
+             renegotiation (TLS 1.2 or older)"
+        )];
+        let mut detail = Map::new();
+        detail.insert("sender".into(), json!("client"));
+        found.push((Kind::ClientRenegotiation, evidence, detail));
+    }
+}
+
+/// Field case 2 and handshake failures: a handshake that ended before it finished.
+fn aborted_handshake(s: &Session) -> Option<Found> {
+    let (how, sender, alert) = s.aborted?;
+    let killed_by = match (how, alert) {
+        (Abort::Alert, Some(a)) => format!(
+            "a fatal alert {} from the {}",
+            alert_description_name(a.description),
+            side_name(sender)
+        ),
+        _ => format!(
+            "{} from the {}",
+            how.as_str().to_uppercase(),
+            side_name(sender)
+        ),
+    };
+    let mut detail = Map::new();
+    detail.insert("sender".into(), json!(side_name(sender)));
+    detail.insert("ended_by".into(), json!(how.as_str()));
+    if let Some(a) = alert {
+        detail.insert(
+            "description".into(),
+            json!(alert_description_name(a.description)),
+        );
+        detail.insert("code".into(), json!(a.description));
+    }
+    detail.insert("server_hello_seen".into(), json!(s.server_hello_seen));
+    detail.insert("offered_versions".into(), json!(s.tls.offered()));
+    if let Some(method) = s.tls.resumption_offered() {
+        let accepted = s.tls.resumption_accepted();
+        let mut evidence = vec![format!(
+            "client offered to resume a cached session ({})",
+            method_words(method, &s.tls)
+        )];
+        evidence.push(if !s.server_hello_seen {
+            "no ServerHello came back".into()
+        } else if accepted {
+            "the server accepted the resumption (echoed the session / abbreviated handshake)".into()
+        } else {
+            "the server did not accept it (full handshake)".into()
+        });
+        evidence.push(format!(
+            "the handshake was ended by {killed_by} before it finished"
+        ));
+        detail.insert("method".into(), json!(method));
+        detail.insert("accepted".into(), json!(accepted));
+        return Some((Kind::ResumptionRejected, evidence, detail));
+    }
+    match how {
+        // A plaintext fatal alert is diagnosed as fatal_alert, with the abort as context.
+        Abort::Alert => None,
+        Abort::Rst | Abort::Fin => {
+            let evidence = vec![format!(
+                "the handshake was ended by {killed_by} after the ClientHello, {}",
+                if s.server_hello_seen {
+                    "after the ServerHello but before the handshake finished"
+                } else {
+                    "with no ServerHello"
+                }
+            )];
+            Some((Kind::HandshakeReset, evidence, detail))
+        }
+    }
+}
+
+fn method_words(method: &str, tls: &TlsFacts) -> String {
+    match method {
+        "tls13_psk" => "TLS 1.3 pre_shared_key extension".into(),
+        "tls12_session_ticket" => format!(
+            "TLS 1.2 session_ticket extension, {} bytes",
+            tls.session_ticket_len
+        ),
+        _ => format!("TLS 1.2 session ID, {} bytes", tls.session_id_len),
+    }
+}
+
+/// A plaintext fatal alert not explained by a protocol mismatch or a rejected resumption.
+fn fatal_alert(s: &Session) -> Option<Found> {
+    let fatal: Vec<&SeenAlert> = s.alerts.iter().filter(|a| a.alert.level == 2).collect();
+    let first = fatal.first()?;
+    let mut evidence: Vec<String> = fatal
+        .iter()
+        .map(|a| {
+            format!(
+                "{} sent plaintext alert record 15 03 xx 00 02 {:02x} {:02x}: {} {} ({})",
+                side_name(a.sender),
+                a.alert.level,
+                a.alert.description,
+                alert_level_name(a.alert.level),
+                alert_description_name(a.alert.description),
+                a.alert.description
+            )
+        })
+        .collect();
+    if s.aborted.is_some() {
+        evidence.push("the handshake had not finished".into());
+    }
+    let mut detail = Map::new();
+    detail.insert("sender".into(), json!(side_name(first.sender)));
+    detail.insert("level".into(), json!(alert_level_name(first.alert.level)));
+    detail.insert(
+        "description".into(),
+        json!(alert_description_name(first.alert.description)),
+    );
+    detail.insert("code".into(), json!(first.alert.description));
+    detail.insert("during_handshake".into(), json!(!s.tls.handshake_done()));
+    detail.insert("alerts".into(), alerts_json(&s.alerts));
+    Some((Kind::FatalAlert, evidence, detail))
 }
 
 fn alerts_json(alerts: &[SeenAlert]) -> Value {
@@ -315,24 +523,33 @@ fn alerts_json(alerts: &[SeenAlert]) -> Value {
 
 #[cfg(test)]
 mod tests {
+    use detector_common::tls_flags;
+
     use super::*;
 
-    fn event(sender: Side) -> KernelEvent {
+    fn event(kind: EventKind, sender: Side) -> KernelEvent {
         KernelEvent {
+            kind,
             ts_ns: 1_000,
             flow_first_seen_ns: 0,
             client: "10.0.0.1:40000".parse().unwrap(),
             server: "10.0.0.2:443".parse().unwrap(),
             sender,
-            plaintext_alert: None,
-            protocol_mismatch: false,
+            alert: None,
+            abort: None,
             client_first: PayloadClass::None,
             server_first: PayloadClass::None,
             handshake_seen: true,
             tls_port: true,
+            midstream_tls: false,
+            record_len: 0,
             snippet: vec![],
             tcp_seq: 1,
             payload_len: 0,
+            history: String::new(),
+            client_flags: 0,
+            server_flags: 0,
+            tls: TlsFacts::default(),
         }
     }
 
@@ -340,26 +557,28 @@ mod tests {
         Correlator::new(Clock::Capture, Duration::from_secs(1), 16)
     }
 
+    fn alert(level: u8, description: u8) -> Option<Alert> {
+        Some(Alert { level, description })
+    }
+
     #[test]
     fn http_request_and_server_alert_make_one_diagnosis() {
         let mut c = correlator();
-        let mut req = event(Side::Client);
-        req.protocol_mismatch = true;
+        let mut req = event(EventKind::ProtocolMismatch, Side::Client);
         req.client_first = PayloadClass::HttpRequest;
         req.snippet = b"GET / HTTP/1.1\r\nHo".to_vec();
         req.payload_len = 40;
-        let mut answer = event(Side::Server);
+        let mut answer = event(EventKind::ProtocolMismatch, Side::Server);
         answer.ts_ns = 2_000;
-        answer.protocol_mismatch = true;
         answer.client_first = PayloadClass::HttpRequest;
         answer.server_first = PayloadClass::TlsRecord;
-        answer.plaintext_alert = Some(Alert {
-            level: 2,
-            description: 10,
-        });
         answer.snippet = vec![0x15, 3, 1, 0, 2, 2, 10];
-        assert!(c.ingest(&req).is_empty());
-        assert!(c.ingest(&answer).is_empty());
+        let mut a = answer.clone();
+        a.kind = EventKind::PlaintextAlert;
+        a.alert = alert(2, 10);
+        for e in [&req, &answer, &a] {
+            assert!(c.ingest(e, None).is_empty());
+        }
         assert!(
             c.expire(2_000 + 999_999_999).is_empty(),
             "window not over yet"
@@ -377,45 +596,105 @@ mod tests {
     #[test]
     fn lone_fatal_alert_names_sender_and_description() {
         let mut c = correlator();
-        let mut a = event(Side::Client);
-        a.plaintext_alert = Some(Alert {
-            level: 2,
-            description: 48,
-        });
-        c.ingest(&a);
-        c.ingest(&a); // retransmission
+        let mut a = event(EventKind::PlaintextAlert, Side::Client);
+        a.alert = alert(2, 48);
+        a.history = "CsxknL".into();
+        c.ingest(&a, Some("example.org".into()));
+        c.ingest(&a, None); // retransmission
         let d = c.flush();
         assert_eq!(d.len(), 1);
         assert_eq!(d[0].kind, Kind::FatalAlert);
         assert_eq!(d[0].detail["sender"], "client");
         assert_eq!(d[0].detail["description"], "unknown_ca");
+        assert_eq!(d[0].detail["ssl_history"], "CsxknL");
+        assert_eq!(d[0].sni.as_deref(), Some("example.org"));
         assert_eq!(d[0].detail["alerts"].as_array().unwrap().len(), 1);
     }
 
     #[test]
     fn warning_alert_alone_is_no_diagnosis() {
         let mut c = correlator();
-        let mut a = event(Side::Server);
-        a.plaintext_alert = Some(Alert {
-            level: 1,
-            description: 0,
-        });
-        c.ingest(&a);
+        let mut a = event(EventKind::PlaintextAlert, Side::Server);
+        a.alert = alert(1, 0);
+        c.ingest(&a, None);
         assert!(c.flush().is_empty());
+    }
+
+    #[test]
+    fn resumption_killed_by_alert_is_one_resumption_rejected() {
+        let mut c = correlator();
+        let tls = TlsFacts {
+            offered_versions: 1 << 3,
+            session_ticket_len: 160,
+            ..TlsFacts::default()
+        };
+        let mut a = event(EventKind::PlaintextAlert, Side::Server);
+        a.alert = alert(2, 40);
+        a.tls = tls;
+        let mut ab = a.clone();
+        ab.kind = EventKind::HandshakeAborted;
+        ab.abort = Some(Abort::Alert);
+        c.ingest(&a, None);
+        c.ingest(&ab, None);
+        let d = c.flush();
+        assert_eq!(d.len(), 1, "{d:?}");
+        assert_eq!(d[0].kind, Kind::ResumptionRejected);
+        assert_eq!(d[0].detail["method"], "tls12_session_ticket");
+        assert_eq!(d[0].detail["accepted"], false);
+        assert_eq!(d[0].detail["description"], "handshake_failure");
+        assert_eq!(d[0].detail["sender"], "server");
+    }
+
+    #[test]
+    fn reset_after_client_hello_is_handshake_reset() {
+        let mut c = correlator();
+        let mut ab = event(EventKind::HandshakeAborted, Side::Server);
+        ab.abort = Some(Abort::Rst);
+        c.ingest(&ab, None);
+        let d = c.flush();
+        assert_eq!(d.len(), 1);
+        assert_eq!(d[0].kind, Kind::HandshakeReset);
+        assert_eq!(d[0].detail["server_hello_seen"], false);
+    }
+
+    #[test]
+    fn client_answer_to_hello_request_is_not_client_renegotiation() {
+        let mut c = correlator();
+        let mut s = event(EventKind::Renegotiation, Side::Server);
+        s.record_len = 32;
+        let mut cl = event(EventKind::Renegotiation, Side::Client);
+        cl.ts_ns = 2_000;
+        cl.record_len = 300;
+        c.ingest(&s, None);
+        c.ingest(&cl, None);
+        let d = c.flush();
+        assert_eq!(d.len(), 1, "{d:?}");
+        assert_eq!(d[0].kind, Kind::ServerHelloRequest);
+        assert_eq!(d[0].detail["client_renegotiated"], true);
+        assert_eq!(d[0].detail["encrypted"], true);
+    }
+
+    #[test]
+    fn client_initiated_renegotiation() {
+        let mut c = correlator();
+        let mut cl = event(EventKind::Renegotiation, Side::Client);
+        cl.record_len = 300;
+        cl.tls.flags = tls_flags::HANDSHAKE_DONE;
+        c.ingest(&cl, None);
+        let d = c.flush();
+        assert_eq!(d.len(), 1);
+        assert_eq!(d[0].kind, Kind::ClientRenegotiation);
     }
 
     #[test]
     fn full_table_judges_the_quietest_session_instead_of_losing_it() {
         let mut c = Correlator::new(Clock::Capture, Duration::from_secs(1), 1);
-        let mut a = event(Side::Server);
-        a.plaintext_alert = Some(Alert {
-            level: 2,
-            description: 40,
-        });
-        c.ingest(&a);
+        let mut a = event(EventKind::PlaintextAlert, Side::Server);
+        a.alert = alert(2, 40);
+        c.ingest(&a, None);
         let mut b = a.clone();
         b.client = "10.0.0.9:1".parse().unwrap();
-        let pushed = c.ingest(&b);
+        let pushed = c.ingest(&b, None);
         assert_eq!(pushed.len(), 1);
         assert_eq!(pushed[0].client, a.client);
         assert_eq!(c.evicted(), 1);

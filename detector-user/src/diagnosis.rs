@@ -15,23 +15,44 @@ use crate::community_id::community_id_v1;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Kind {
+    ServerHelloRequest,
+    ClientRenegotiation,
+    ResumptionRejected,
     HttpToTlsPort,
     TlsToPlaintextPort,
     FatalAlert,
+    IdleClose,
+    RstAfterIdle,
+    IdleTimeoutDrop,
+    HandshakeReset,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 3] = [
+    pub const ALL: [Kind; 10] = [
+        Kind::ServerHelloRequest,
+        Kind::ClientRenegotiation,
+        Kind::ResumptionRejected,
         Kind::HttpToTlsPort,
         Kind::TlsToPlaintextPort,
         Kind::FatalAlert,
+        Kind::IdleClose,
+        Kind::RstAfterIdle,
+        Kind::IdleTimeoutDrop,
+        Kind::HandshakeReset,
     ];
 
     pub const fn as_str(self) -> &'static str {
         match self {
+            Kind::ServerHelloRequest => "server_hello_request",
+            Kind::ClientRenegotiation => "client_renegotiation",
+            Kind::ResumptionRejected => "resumption_rejected",
             Kind::HttpToTlsPort => "http_to_tls_port",
             Kind::TlsToPlaintextPort => "tls_to_plaintext_port",
             Kind::FatalAlert => "fatal_alert",
+            Kind::IdleClose => "idle_close",
+            Kind::RstAfterIdle => "rst_after_idle",
+            Kind::IdleTimeoutDrop => "idle_timeout_drop",
+            Kind::HandshakeReset => "handshake_reset",
         }
     }
 }

@@ -2,7 +2,10 @@
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
-use detector_common::{Addr, Event, PayloadClass, Side, flow_flags, reasons};
+use detector_common::{
+    Addr, Event, EventKind, PayloadClass, Side, abort, addr_from_bytes, addr_to_bytes, flow_flags,
+    tls_flags,
+};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DecodeError {
@@ -15,29 +18,119 @@ pub enum DecodeError {
 /// One suspicious packet reported by the kernel.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KernelEvent {
+    pub kind: EventKind,
     /// Program clock, see [`crate::clock`].
     pub ts_ns: u64,
     pub flow_first_seen_ns: u64,
     pub client: SocketAddr,
     pub server: SocketAddr,
     pub sender: Side,
-    pub plaintext_alert: Option<Alert>,
-    pub protocol_mismatch: bool,
+    /// Level and description, for plaintext alerts (and handshakes they ended).
+    pub alert: Option<Alert>,
+    /// How a handshake ended early, for `HandshakeAborted`.
+    pub abort: Option<Abort>,
     pub client_first: PayloadClass,
     pub server_first: PayloadClass,
     /// The kernel saw the SYN-ACK, so roles are known rather than guessed.
     pub handshake_seen: bool,
     pub tls_port: bool,
+    /// TLS was picked up mid-stream: no handshake facts.
+    pub midstream_tls: bool,
+    /// Length of the record behind the event (alerts, handshake records).
+    pub record_len: u16,
     /// The first bytes of the packet's payload.
     pub snippet: Vec<u8>,
     pub tcp_seq: u32,
     pub payload_len: u32,
+    /// Zeek-style ssl_history letters so far (client upper case, server lower case).
+    pub history: String,
+    /// [`dir_flags`] of client and server.
+    pub client_flags: u16,
+    pub server_flags: u16,
+    pub tls: TlsFacts,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Alert {
     pub level: u8,
     pub description: u8,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Abort {
+    Alert,
+    Rst,
+    Fin,
+}
+
+impl Abort {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Abort::Alert => "fatal_alert",
+            Abort::Rst => "rst",
+            Abort::Fin => "fin",
+        }
+    }
+}
+
+/// What the hellos said.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TlsFacts {
+    /// Bit n: version 0x0300 + n offered.
+    pub offered_versions: u8,
+    pub session_id_len: u8,
+    pub session_ticket_len: u16,
+    /// The ServerHello's version, if one was seen.
+    pub negotiated_version: Option<u16>,
+    /// [`tls_flags`] bits.
+    pub flags: u16,
+}
+
+impl TlsFacts {
+    /// How the client offered to resume, if it did: TLS 1.3 PSK, a TLS 1.2 ticket, or a
+    /// TLS 1.2 session ID (in that order of precedence: a TLS 1.3 client also sends a
+    /// random legacy session ID, which is not a resumption offer when a PSK is absent and
+    /// the client offers TLS 1.3).
+    pub fn resumption_offered(&self) -> Option<&'static str> {
+        if self.flags & tls_flags::PSK_OFFERED != 0 {
+            Some("tls13_psk")
+        } else if self.session_ticket_len > 0 {
+            Some("tls12_session_ticket")
+        } else if self.session_id_len > 0 && self.offered_versions & (1 << 4) == 0 {
+            Some("tls12_session_id")
+        } else {
+            None
+        }
+    }
+
+    pub fn resumption_accepted(&self) -> bool {
+        self.flags
+            & (tls_flags::SESSION_ID_ECHOED | tls_flags::PSK_ACCEPTED | tls_flags::ABBREVIATED)
+            != 0
+    }
+
+    pub fn handshake_done(&self) -> bool {
+        self.flags & tls_flags::HANDSHAKE_DONE != 0
+    }
+
+    /// Offered versions as names ("TLS1.2", ...).
+    pub fn offered(&self) -> Vec<&'static str> {
+        (0..=4)
+            .filter(|n| self.offered_versions & (1 << n) != 0)
+            .map(|n| version_name(0x0300 + n))
+            .collect()
+    }
+}
+
+pub fn version_name(v: u16) -> &'static str {
+    match v {
+        0x0300 => "SSL3.0",
+        0x0301 => "TLS1.0",
+        0x0302 => "TLS1.1",
+        0x0303 => "TLS1.2",
+        0x0304 => "TLS1.3",
+        _ => "unknown",
+    }
 }
 
 impl KernelEvent {
@@ -54,8 +147,30 @@ impl KernelEvent {
         let e: Event = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
         let class =
             |field, v| PayloadClass::from_u8(v).ok_or(DecodeError::Field { field, value: v });
+        let kind = EventKind::from_u8(e.kind).ok_or(DecodeError::Field {
+            field: "kind",
+            value: e.kind,
+        })?;
         let snippet_len = usize::from(e.snippet_len).min(e.snippet.len());
+        let history_len = usize::from(e.history_len).min(e.history.len());
+        let alert = (e.alert_level != 0).then_some(Alert {
+            level: e.alert_level,
+            description: e.alert_description,
+        });
+        let abort = match (kind, e.detail) {
+            (EventKind::HandshakeAborted, abort::ALERT) => Some(Abort::Alert),
+            (EventKind::HandshakeAborted, abort::RST) => Some(Abort::Rst),
+            (EventKind::HandshakeAborted, abort::FIN) => Some(Abort::Fin),
+            (EventKind::HandshakeAborted, v) => {
+                return Err(DecodeError::Field {
+                    field: "detail",
+                    value: v,
+                });
+            }
+            _ => None,
+        };
         Ok(KernelEvent {
+            kind,
             ts_ns: e.ts_ns,
             flow_first_seen_ns: e.flow_first_seen_ns,
             client: SocketAddr::new(ip(e.client_addr), e.client_port),
@@ -64,25 +179,44 @@ impl KernelEvent {
                 field: "sender",
                 value: e.sender,
             })?,
-            plaintext_alert: (e.reasons & reasons::PLAINTEXT_ALERT != 0).then_some(Alert {
-                level: e.alert_level,
-                description: e.alert_description,
-            }),
-            protocol_mismatch: e.reasons & reasons::PROTOCOL_MISMATCH != 0,
+            alert,
+            abort,
             client_first: class("client_first", e.client_first)?,
             server_first: class("server_first", e.server_first)?,
             handshake_seen: e.flow_flags & flow_flags::SYNACK_SEEN != 0,
             tls_port: e.flow_flags & flow_flags::TLS_PORT != 0,
+            midstream_tls: e.flow_flags & flow_flags::MIDSTREAM_TLS != 0,
+            record_len: e.record_len,
             snippet: e.snippet[..snippet_len].to_vec(),
             tcp_seq: e.tcp_seq,
             payload_len: e.payload_len,
+            history: e.history[..history_len]
+                .iter()
+                .map(|&c| {
+                    if c.is_ascii_alphabetic() {
+                        c as char
+                    } else {
+                        '?'
+                    }
+                })
+                .collect(),
+            client_flags: e.dir_flags[0],
+            server_flags: e.dir_flags[1],
+            tls: TlsFacts {
+                offered_versions: e.tls.offered_versions,
+                session_id_len: e.tls.session_id_len,
+                session_ticket_len: e.tls.session_ticket_len,
+                negotiated_version: (e.tls.negotiated_version != 0)
+                    .then_some(e.tls.negotiated_version),
+                flags: e.tls.flags,
+            },
         })
     }
 }
 
 /// The kernel stores IPv4 as IPv4-mapped IPv6; show it as plain IPv4.
 pub fn ip(a: Addr) -> IpAddr {
-    let v6 = Ipv6Addr::from(a);
+    let v6 = Ipv6Addr::from(addr_to_bytes(a));
     match v6.to_ipv4_mapped() {
         Some(v4) => IpAddr::V4(v4),
         None => IpAddr::V6(v6),
@@ -92,8 +226,8 @@ pub fn ip(a: Addr) -> IpAddr {
 /// The inverse of [`ip`], for building keys and crafted packets.
 pub fn addr(ip: IpAddr) -> Addr {
     match ip {
-        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
-        IpAddr::V6(v6) => v6.octets(),
+        IpAddr::V4(v4) => addr_from_bytes(v4.to_ipv6_mapped().octets()),
+        IpAddr::V6(v6) => addr_from_bytes(v6.octets()),
     }
 }
 
@@ -108,47 +242,47 @@ mod tests {
     }
 
     fn sample() -> Event {
-        let mut snippet = [0u8; 16];
-        snippet[..7].copy_from_slice(&[0x15, 3, 1, 0, 2, 2, 10]);
-        Event {
-            ts_ns: 5,
-            flow_first_seen_ns: 1,
-            client_addr: addr("10.0.0.1".parse().unwrap()),
-            server_addr: addr("10.0.0.2".parse().unwrap()),
-            client_port: 40000,
-            server_port: 443,
-            reasons: reasons::PLAINTEXT_ALERT,
-            sender: Side::Server as u8,
-            client_first: PayloadClass::HttpRequest as u8,
-            server_first: PayloadClass::TlsRecord as u8,
-            flow_flags: flow_flags::SYNACK_SEEN | flow_flags::TLS_PORT,
-            alert_level: 2,
-            alert_description: 10,
-            snippet_len: 7,
-            snippet,
-            tcp_seq: 9,
-            payload_len: 7,
-            _pad: 0,
-        }
+        // SAFETY: all-zero is a valid Event.
+        let mut e: Event = unsafe { std::mem::zeroed() };
+        e.kind = EventKind::HandshakeAborted as u8;
+        e.detail = abort::ALERT;
+        e.ts_ns = 5;
+        e.client_addr = addr("10.0.0.1".parse().unwrap());
+        e.server_addr = addr("10.0.0.2".parse().unwrap());
+        e.client_port = 40000;
+        e.server_port = 443;
+        e.sender = Side::Server as u8;
+        e.client_first = PayloadClass::ClientHello as u8;
+        e.server_first = PayloadClass::TlsRecord as u8;
+        e.flow_flags = flow_flags::SYNACK_SEEN | flow_flags::TLS_PORT;
+        e.alert_level = 2;
+        e.alert_description = 40;
+        e.history[..3].copy_from_slice(b"CsL");
+        e.history_len = 3;
+        e.tls.session_ticket_len = 192;
+        e.tls.negotiated_version = 0x0303;
+        e
     }
 
     #[test]
     fn decodes_every_field() {
         let e = KernelEvent::decode(&raw(&sample())).unwrap();
+        assert_eq!(e.kind, EventKind::HandshakeAborted);
+        assert_eq!(e.abort, Some(Abort::Alert));
         assert_eq!(e.client, "10.0.0.1:40000".parse().unwrap());
         assert_eq!(e.server, "10.0.0.2:443".parse().unwrap());
         assert_eq!(e.sender, Side::Server);
         assert_eq!(
-            e.plaintext_alert,
+            e.alert,
             Some(Alert {
                 level: 2,
-                description: 10
+                description: 40
             })
         );
-        assert!(!e.protocol_mismatch);
-        assert_eq!(e.client_first, PayloadClass::HttpRequest);
+        assert_eq!(e.history, "CsL");
+        assert_eq!(e.tls.negotiated_version, Some(0x0303));
+        assert_eq!(e.tls.resumption_offered(), Some("tls12_session_ticket"));
         assert!(e.handshake_seen && e.tls_port);
-        assert_eq!(e.snippet, vec![0x15, 3, 1, 0, 2, 2, 10]);
     }
 
     #[test]
@@ -167,6 +301,25 @@ mod tests {
                 value: 7
             })
         );
+        let mut bad = sample();
+        bad.kind = 99;
+        assert!(KernelEvent::decode(&raw(&bad)).is_err());
+    }
+
+    #[test]
+    fn tls13_legacy_session_id_is_not_a_resumption_offer() {
+        let facts = TlsFacts {
+            offered_versions: 1 << 4 | 1 << 3,
+            session_id_len: 32,
+            ..TlsFacts::default()
+        };
+        assert_eq!(facts.resumption_offered(), None);
+        let tls12 = TlsFacts {
+            offered_versions: 1 << 3,
+            session_id_len: 32,
+            ..TlsFacts::default()
+        };
+        assert_eq!(tls12.resumption_offered(), Some("tls12_session_id"));
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 use std::{
     io,
+    net::SocketAddr,
     sync::{Arc, Mutex},
 };
 
@@ -12,13 +13,14 @@ use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
     programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
 };
-use detector_common::{Config, Counter, names};
+use detector_common::{Config, Counter, FlowKey, Sni, names};
 
 /// The compiled kernel program, built by this crate's build script.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/detector-ebpf"));
 
-/// The oldest kernel we load on: BPF ring buffers arrived in 5.8.
-const MIN_KERNEL: (u32, u32) = (5, 8);
+/// The oldest kernel we load on: bpf_xdp_load_bytes arrived in 5.18 (ring buffers in 5.8,
+/// BPF ISA v3 atomics in 5.12).
+const MIN_KERNEL: (u32, u32) = (5, 18);
 
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -41,6 +43,24 @@ pub struct Kernel {
     config: Array<MapData, Config>,
     counters: Counters,
     events: RingBuf<MapData>,
+    sni: Option<SniMap>,
+}
+
+/// The kernel's SNI map: host names of flows, read when an event needs one.
+pub struct SniMap(HashMap<MapData, FlowKey, Sni>);
+
+impl SniMap {
+    pub fn lookup(&self, client: SocketAddr, server: SocketAddr) -> Option<String> {
+        let (key, _) = FlowKey::normalised(
+            &crate::event::addr(client.ip()),
+            client.port(),
+            &crate::event::addr(server.ip()),
+            server.port(),
+        );
+        let sni = self.0.get(&key, 0).ok()?;
+        let name = &sni.name[..usize::from(sni.len).min(sni.name.len())];
+        Some(String::from_utf8_lossy(name).into_owned())
+    }
 }
 
 /// Shared handle on the per-CPU counters, so the metrics endpoint can read them while the
@@ -85,6 +105,7 @@ impl Kernel {
         }
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(names::FLOWS, opts.flow_table_size)
+            .map_max_entries(names::SNI, opts.flow_table_size)
             .load(OBJECT)
             .map_err(anyhow::Error::from)
             .map_err(explain_privileges)
@@ -111,11 +132,13 @@ impl Kernel {
             names::COUNTERS,
         )?)?)));
         let events = RingBuf::try_from(take_map(&mut ebpf, names::EVENTS)?)?;
+        let sni = Some(SniMap(HashMap::try_from(take_map(&mut ebpf, names::SNI)?)?));
         let mut k = Kernel {
             ebpf,
             config,
             counters,
             events,
+            sni,
         };
         k.set_config(Config::default())?;
         Ok(k)
@@ -135,6 +158,11 @@ impl Kernel {
 
     pub fn events(&mut self) -> &mut RingBuf<MapData> {
         &mut self.events
+    }
+
+    /// Hands the SNI map to whoever correlates events (once).
+    pub fn take_sni(&mut self) -> Option<SniMap> {
+        self.sni.take()
     }
 
     pub fn set_config(&mut self, c: Config) -> anyhow::Result<()> {
@@ -221,7 +249,7 @@ fn check_kernel_version() -> anyhow::Result<()> {
     let version = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
     if version < MIN_KERNEL {
         bail!(
-            "kernel {} is too old: the detector needs Linux {}.{} or newer (BPF ring buffer)",
+            "kernel {} is too old: the detector needs Linux {}.{} or newer",
             release.trim(),
             MIN_KERNEL.0,
             MIN_KERNEL.1

@@ -75,7 +75,8 @@ pub async fn run(opts: RunOptions, out: impl Write) -> anyhow::Result<()> {
         metrics.clone(),
         kernel.counters(),
     ));
-    let mut pipeline = Pipeline::new(Clock::boot(), opts.window, metrics, out);
+    let sni = kernel.take_sni();
+    let mut pipeline = Pipeline::new(Clock::boot(), opts.window, metrics, sni, out);
 
     let events = readable(kernel.events().as_raw_fd())
         .context("registering the event ring buffer with the reactor")?;

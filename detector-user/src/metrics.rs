@@ -6,7 +6,7 @@
 use std::{net::SocketAddr, sync::Arc};
 
 use anyhow::Context as _;
-use detector_common::Counter;
+use detector_common::{Counter, EventKind};
 use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -28,6 +28,7 @@ pub struct Metrics {
     pub registry: Registry,
     diagnoses: IntCounterVec,
     alerts: IntCounterVec,
+    encrypted_alerts: IntCounterVec,
     decode_errors: IntCounter,
     sessions_evicted: IntCounter,
     sessions_open: IntGauge,
@@ -50,6 +51,13 @@ impl Metrics {
                 "Plaintext TLS alert records seen, by level, description and sender",
             ),
             &["level", "description", "sender"],
+        )?;
+        let encrypted_alerts = IntCounterVec::new(
+            Opts::new(
+                "tls_encrypted_alerts_total",
+                "Encrypted TLS alert records seen (content unreadable), by sender",
+            ),
+            &["sender"],
         )?;
         let decode_errors = IntCounter::new(
             "event_decode_errors_total",
@@ -77,6 +85,7 @@ impl Metrics {
         for m in [
             Box::new(diagnoses.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(alerts.clone()),
+            Box::new(encrypted_alerts.clone()),
             Box::new(decode_errors.clone()),
             Box::new(sessions_evicted.clone()),
             Box::new(sessions_open.clone()),
@@ -88,6 +97,7 @@ impl Metrics {
             registry,
             diagnoses,
             alerts,
+            encrypted_alerts,
             decode_errors,
             sessions_evicted,
             sessions_open,
@@ -96,14 +106,20 @@ impl Metrics {
     }
 
     pub fn on_event(&self, e: &KernelEvent) {
-        if let Some(a) = e.plaintext_alert {
-            self.alerts
+        match (e.kind, e.alert) {
+            (EventKind::PlaintextAlert, Some(a)) => self
+                .alerts
                 .with_label_values(&[
                     alert_level_name(a.level),
                     alert_description_name(a.description),
                     side_name(e.sender),
                 ])
-                .inc();
+                .inc(),
+            (EventKind::EncryptedAlert, _) => self
+                .encrypted_alerts
+                .with_label_values(&[side_name(e.sender)])
+                .inc(),
+            _ => {}
         }
     }
 

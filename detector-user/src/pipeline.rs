@@ -7,7 +7,8 @@ use std::{io::Write, sync::Arc, time::Duration};
 use anyhow::Context as _;
 
 use crate::{
-    clock::Clock, correlate::Correlator, diagnosis::Diagnosis, event::KernelEvent, metrics::Metrics,
+    clock::Clock, correlate::Correlator, diagnosis::Diagnosis, event::KernelEvent, kernel::SniMap,
+    metrics::Metrics,
 };
 
 /// How long a session must be quiet before it is judged: long enough for the server's
@@ -18,6 +19,7 @@ pub const DEFAULT_MAX_SESSIONS: usize = 65_536;
 
 pub struct Pipeline<W: Write> {
     correlator: Correlator,
+    sni: Option<SniMap>,
     metrics: Arc<Metrics>,
     out: W,
     events: u64,
@@ -25,9 +27,16 @@ pub struct Pipeline<W: Write> {
 }
 
 impl<W: Write> Pipeline<W> {
-    pub fn new(clock: Clock, window: Duration, metrics: Arc<Metrics>, out: W) -> Pipeline<W> {
+    pub fn new(
+        clock: Clock,
+        window: Duration,
+        metrics: Arc<Metrics>,
+        sni: Option<SniMap>,
+        out: W,
+    ) -> Pipeline<W> {
         Pipeline {
             correlator: Correlator::new(clock, window, DEFAULT_MAX_SESSIONS),
+            sni,
             metrics,
             out,
             events: 0,
@@ -48,7 +57,11 @@ impl<W: Write> Pipeline<W> {
             Ok(e) => {
                 self.events += 1;
                 self.metrics.on_event(&e);
-                let pushed = self.correlator.ingest(&e);
+                let sni = match &self.sni {
+                    Some(map) if !self.correlator.has_sni(&e) => map.lookup(e.client, e.server),
+                    _ => None,
+                };
+                let pushed = self.correlator.ingest(&e, sni);
                 self.emit(pushed)
             }
             Err(err) => {

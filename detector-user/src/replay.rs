@@ -57,7 +57,8 @@ pub fn replay(
     let mut reader = pcap::Reader::open(path)
         .with_context(|| format!("{}: cannot read as a capture", path.display()))?;
     let mut kernel = Kernel::load(opts)?;
-    let mut pipeline = Pipeline::new(Clock::Capture, window, metrics, out);
+    let sni = kernel.take_sni();
+    let mut pipeline = Pipeline::new(Clock::Capture, window, metrics, sni, out);
     let mut summary = Summary::default();
 
     let result = loop {

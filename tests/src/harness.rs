@@ -76,7 +76,7 @@ impl Default for Harness {
 /// What the agent would conclude from these events.
 pub fn diagnose(events: &[KernelEvent]) -> Vec<Diagnosis> {
     let mut c = Correlator::new(Clock::Capture, Duration::from_secs(2), 1024);
-    let mut out: Vec<Diagnosis> = events.iter().flat_map(|e| c.ingest(e)).collect();
+    let mut out: Vec<Diagnosis> = events.iter().flat_map(|e| c.ingest(e, None)).collect();
     out.extend(c.flush());
     out
 }

@@ -2,7 +2,7 @@
 
 use std::net::IpAddr;
 
-use detector_common::{Counter, PayloadClass, Side};
+use detector_common::{Counter, EventKind, PayloadClass, Side};
 use detector_user::diagnosis::Kind;
 use tests::{
     frames::{self, Conversation, Frame, SYN},
@@ -30,7 +30,7 @@ fn assert_http_mismatch(h: &mut Harness, conv: Conversation) {
     let events = h.run_all(&frames);
     assert_eq!(events.len(), 1, "{events:?}");
     let e = &events[0];
-    assert!(e.protocol_mismatch);
+    assert_eq!(e.kind, EventKind::ProtocolMismatch);
     assert_eq!(e.sender, Side::Client);
     assert_eq!(e.client, conv.client.into());
     assert_eq!(e.server, conv.server.into());
@@ -123,10 +123,18 @@ fn server_plaintext_alert_is_reported_with_sender() {
     frames.push(conv.client(&frames::client_hello("example.org")));
     frames.push(conv.server(&[0x15, 0x03, 0x01, 0x00, 0x02, 0x02, 0x0a]));
     let events = h.run_all(&frames);
-    assert_eq!(events.len(), 1, "{events:?}");
-    let a = events[0].plaintext_alert.expect("an alert");
+    let kinds: Vec<EventKind> = events.iter().map(|e| e.kind).collect();
+    // The alert, and the handshake it ended.
+    assert_eq!(
+        kinds,
+        [EventKind::PlaintextAlert, EventKind::HandshakeAborted],
+        "{events:?}"
+    );
+    let a = events[0].alert.expect("an alert");
     assert_eq!((a.level, a.description), (2, 10));
     assert_eq!(events[0].sender, Side::Server);
+    assert_eq!(events[1].abort, Some(detector_user::event::Abort::Alert));
+    assert_eq!(events[1].history, "Cl");
     let d = diagnose(&events);
     assert_eq!(d.len(), 1);
     assert_eq!(d[0].kind, Kind::FatalAlert);
@@ -141,8 +149,15 @@ fn http_request_to_443_answered_by_alert_is_one_diagnosis() {
     let mut frames = vec![conv.syn_ack(), conv.client(GET)];
     frames.push(conv.server(&[0x15, 0x03, 0x01, 0x00, 0x02, 0x02, 0x0a]));
     let events = h.run_all(&frames);
-    assert_eq!(events.len(), 2, "{events:?}");
-    assert!(events[1].protocol_mismatch && events[1].plaintext_alert.is_some());
+    let kinds: Vec<EventKind> = events.iter().map(|e| e.kind).collect();
+    assert_eq!(
+        kinds,
+        [
+            EventKind::ProtocolMismatch,
+            EventKind::ProtocolMismatch,
+            EventKind::PlaintextAlert
+        ]
+    );
     let d = diagnose(&events);
     assert_eq!(d.len(), 1, "{d:?}");
     assert_eq!(d[0].kind, Kind::HttpToTlsPort);
@@ -161,7 +176,7 @@ fn http_answered_in_tls_on_an_unlisted_port() {
     ];
     let events = h.run_all(&frames);
     // The request alone is not suspicious on 4433; the TLS answer makes it so.
-    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].kind, EventKind::ProtocolMismatch, "{events:?}");
     assert_eq!(events[0].sender, Side::Server);
     let d = diagnose(&events);
     assert_eq!(d[0].kind, Kind::HttpToTlsPort);
@@ -228,7 +243,10 @@ fn mid_stream_http_bytes_are_not_trusted() {
     let mut h = Harness::new();
     let mut conv = Conversation::v4(443);
     let events = h.run_all(&[conv.client(GET), conv.server(&frames::alert(1, 0))]);
-    assert!(events.iter().all(|e| !e.protocol_mismatch), "{events:?}");
+    assert!(
+        events.iter().all(|e| e.kind != EventKind::ProtocolMismatch),
+        "{events:?}"
+    );
     assert_eq!(h.counter(Counter::FlowsCreated), 1);
 }
 

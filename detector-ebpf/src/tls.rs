@@ -1,0 +1,753 @@
+//! The TLS record walker: follows each side's byte stream by TCP sequence number, one
+//! header ("item") at a time, across segment boundaries and with several records per
+//! segment, and turns what it reads into handshake state and events.
+//!
+//! Each side keeps a cursor: the sequence number of the next item (a record header, a
+//! handshake message header, a hello field). A segment that ends before the cursor holds
+//! only record bodies or retransmitted bytes and costs one comparison. A header cut by a
+//! segment end is kept in `pend` until the rest arrives. The walker never guesses: when
+//! it cannot know where the next header is (a gap it cannot bridge, an implausible
+//! header, more items in one packet than it walks) it stops reading that side, counted,
+//! until a segment proves a boundary again (see [`resync`]).
+
+use detector_common::{
+    Counter, EventKind, FlowState, MAX_TLS_RECORD, SNI_MAX, Side, abort, dir_flags, flow_flags,
+    item, tls_flags,
+};
+
+use aya_ebpf::{cty::c_void, helpers::generated::bpf_loop};
+
+use crate::{
+    SNI, SNI_SCRATCH, count,
+    emit::{Cx, Extra, emit},
+    packet::Packet,
+};
+
+/// Items read per packet. A ClientHello with a dozen extensions needs about 20; a GSO
+/// super-packet on egress holds at most a few 16 KB records. Past it, the side loses sync.
+const MAX_ITEMS: usize = 32;
+/// How far a side's data may run ahead of its cursor (reordering, loss) before the walker
+/// stops waiting for the missing bytes.
+const MAX_GAP: u32 = 1 << 20;
+/// Records checked when looking for evidence of a boundary.
+const RESYNC_RECORDS: usize = 4;
+
+const CHANGE_CIPHER_SPEC: u8 = 20;
+const ALERT: u8 = 21;
+const HANDSHAKE: u8 = 22;
+const APPLICATION_DATA: u8 = 23;
+const HEARTBEAT: u8 = 24;
+const TLS13: u16 = 0x0304;
+
+/// `a` comes before `b` in sequence space (modulo 2^32).
+#[inline(always)]
+fn before(a: u32, b: u32) -> bool {
+    (a.wrapping_sub(b) as i32) < 0
+}
+
+#[inline(always)]
+fn item_len(it: u8) -> u32 {
+    match it {
+        item::RECORD => 5,
+        item::HANDSHAKE | item::EXTENSION => 4,
+        item::HELLO_VERSION
+        | item::HELLO_CIPHER_SUITES
+        | item::HELLO_EXTENSIONS
+        | item::ALERT_BODY => 2,
+        _ => 1,
+    }
+}
+
+/// A plausible record header: known type, version 3.0 to 1.3, a length TLS allows.
+#[inline(always)]
+fn plausible(typ: u8, major: u8, minor: u8, len: u32) -> bool {
+    (CHANGE_CIPHER_SPEC..=HEARTBEAT).contains(&typ)
+        && major == 3
+        && minor <= 4
+        && len <= MAX_TLS_RECORD
+        && (len > 0 || typ == APPLICATION_DATA)
+}
+
+/// The current segment of one side's stream.
+struct Seg {
+    start: u32,
+    end: u32,
+    payload_off: usize,
+}
+
+impl Seg {
+    /// Reads `n` (1..=8) bytes at sequence number `at` as a big-endian number, if the
+    /// segment holds them all.
+    #[inline(always)]
+    fn read<P: Packet>(&self, p: &P, at: u32, n: u32) -> Option<u64> {
+        if before(at, self.start) || before(self.end, at.wrapping_add(n)) {
+            return None;
+        }
+        read_be(
+            p,
+            self.payload_off + at.wrapping_sub(self.start) as usize,
+            n,
+        )
+    }
+}
+
+#[inline(always)]
+fn read_be<P: Packet>(p: &P, off: usize, n: u32) -> Option<u64> {
+    let mut buf = [0u8; 8];
+    if !p.load_into(off, n as usize, &mut buf) {
+        return None;
+    }
+    Some(u64::from_be_bytes(buf) >> (8 * (8 - n.min(8))))
+}
+
+/// Walks the records in the sender's segment.
+///
+/// Stack: BPF allows 512 bytes for the deepest call chain, here the program, the bpf_loop
+/// callback and `emit`. So this is inlined (a frame of its own would sit in that chain)
+/// and `resync`, which runs before the loop, is not (its frame is gone by then).
+#[inline(always)]
+pub fn walk<P: Packet>(cx: &Cx<P>, flow: &mut FlowState) {
+    let side = cx.sender as usize;
+    let seg = Seg {
+        start: cx.t.seq,
+        end: cx.t.seq.wrapping_add(cx.t.payload_len as u32),
+        payload_off: cx.t.payload_off,
+    };
+    let prior_max = flow.dir[side].max_end;
+    if before(prior_max, seg.end) || flow.dir[side].flags & dir_flags::SYNCED == 0 {
+        flow.dir[side].max_end = seg.end;
+    }
+    if flow.dir[side].flags & dir_flags::SYNCED == 0 && !resync(cx, flow, &seg) {
+        return;
+    }
+    if !before(flow.dir[side].cursor, seg.end) {
+        // Only record bodies, or bytes walked already.
+        return;
+    }
+
+    // One item per iteration of bpf_loop: the verifier checks the step once instead of
+    // once per unrolled iteration and branch combination.
+    let mut w = Walk {
+        cx: cx as *const Cx<P>,
+        flow: flow as *mut FlowState,
+        seg,
+        outcome: Outcome::Running,
+    };
+    // SAFETY: `walk_step::<P>` has the callback signature bpf_loop expects, and `w` lives
+    // on this frame for the whole call.
+    unsafe {
+        bpf_loop(
+            MAX_ITEMS as u32,
+            walk_step::<P> as *mut c_void,
+            (&mut w as *mut Walk<P>).cast(),
+            0,
+        );
+    }
+    match w.outcome {
+        // More items in this packet than the walker reads: the rest went by unread.
+        Outcome::Running => lose(flow, side),
+        // The next item lies in bytes an earlier, out-of-order packet already carried:
+        // they went by unread, so the boundary after them is unknown.
+        Outcome::Done if before(flow.dir[side].cursor, prior_max) => lose(flow, side),
+        _ => {}
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Running,
+    /// The cursor is past this segment.
+    Done,
+    /// Waiting for more bytes, or sync lost.
+    Stopped,
+}
+
+/// The walker's state across bpf_loop iterations (raw pointers: it crosses the helper).
+struct Walk<'a, P: Packet> {
+    cx: *const Cx<'a, P>,
+    flow: *mut FlowState,
+    seg: Seg,
+    outcome: Outcome,
+}
+
+extern "C" fn walk_step<P: Packet>(_index: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: bpf_loop hands back the pointer `walk` passed, to a live `Walk<P>`, whose
+    // pointers are valid for the duration of the loop.
+    let w = unsafe { &mut *ctx.cast::<Walk<P>>() };
+    let (cx, flow) = unsafe { (&*w.cx, &mut *w.flow) };
+    w.outcome = next_item(cx, flow, &w.seg);
+    (w.outcome != Outcome::Running) as i64
+}
+
+/// Reads and handles the item at the cursor, if this segment completes it.
+#[inline(always)]
+fn next_item<P: Packet>(cx: &Cx<P>, flow: &mut FlowState, seg: &Seg) -> Outcome {
+    let side = cx.sender as usize;
+    let d = &mut flow.dir[side];
+    let cursor = d.cursor;
+    if !before(cursor, seg.end) {
+        return Outcome::Done;
+    }
+    let need = item_len(d.item);
+    // Bytes of the item that precede this segment must be the ones kept in `pend`.
+    let early = if before(cursor, seg.start) {
+        seg.start.wrapping_sub(cursor)
+    } else {
+        0
+    };
+    if early > d.pend_len as u32 || early >= need {
+        if seg.start.wrapping_sub(cursor) > MAX_GAP {
+            lose(flow, side);
+        }
+        // Otherwise wait: the missing bytes may still arrive (reordering).
+        return Outcome::Stopped;
+    }
+    let first = if early > 0 {
+        d.pend >> (8 * (d.pend_len as u32 - early))
+    } else {
+        0
+    };
+    let at = cursor.wrapping_add(early);
+    let avail = seg.end.wrapping_sub(at);
+    let take = if need - early < avail {
+        need - early
+    } else {
+        avail
+    };
+    let Some(v) = read_be(
+        cx.p,
+        seg.payload_off + at.wrapping_sub(seg.start) as usize,
+        take,
+    ) else {
+        lose(flow, side);
+        return Outcome::Stopped;
+    };
+    let value = (first << (8 * take)) | v;
+    if early + take < need {
+        // Cut by the segment end: keep what we have for the next segment.
+        d.pend = value;
+        d.pend_len = (early + take) as u8;
+        return Outcome::Stopped;
+    }
+    d.pend_len = 0;
+    if step(cx, flow, seg, value) {
+        Outcome::Running
+    } else {
+        Outcome::Stopped
+    }
+}
+
+#[inline(always)]
+fn lose(flow: &mut FlowState, side: usize) {
+    let d = &mut flow.dir[side];
+    d.flags &= !(dir_flags::SYNCED | dir_flags::IN_HELLO);
+    d.pend_len = 0;
+    count(Counter::TlsSyncLost);
+}
+
+/// Starts walking a side at the first byte of its stream (the caller saw a TLS record
+/// there).
+#[inline(always)]
+pub fn sync_at_start(flow: &mut FlowState, side: usize, seq: u32) {
+    let d = &mut flow.dir[side];
+    d.flags |= dir_flags::SYNCED;
+    d.cursor = seq;
+    d.item = item::RECORD;
+    d.pend_len = 0;
+}
+
+/// Evidence of a record boundary mid-stream: the segment starts with a plausible header,
+/// and a chain of plausible headers ends exactly where the segment ends. Ciphertext
+/// passes that test by chance about once in 2^40 segments.
+#[inline(never)]
+fn resync<P: Packet>(cx: &Cx<P>, flow: &mut FlowState, seg: &Seg) -> bool {
+    let len = seg.end.wrapping_sub(seg.start);
+    let mut off = 0u32;
+    let mut aligned = false;
+    for _ in 0..RESYNC_RECORDS {
+        let Some(h) = seg.read(cx.p, seg.start.wrapping_add(off), 5) else {
+            return false;
+        };
+        let rec_len = (h & 0xffff) as u32;
+        if !plausible((h >> 32) as u8, (h >> 24) as u8, (h >> 16) as u8, rec_len) {
+            return false;
+        }
+        off += 5 + rec_len;
+        if off >= len {
+            aligned = off == len;
+            break;
+        }
+    }
+    if !aligned {
+        return false;
+    }
+    let side = cx.sender as usize;
+    let hellos = flow.dir[0].flags | flow.dir[1].flags;
+    if hellos & dir_flags::HELLO == 0 {
+        // Picked up after the handshake: this side is past its ChangeCipherSpec.
+        flow.flags |= flow_flags::MIDSTREAM_TLS;
+        flow.dir[side].flags |= dir_flags::CCS;
+    }
+    sync_at_start(flow, side, seg.start);
+    count(Counter::TlsResynced);
+    true
+}
+
+/// Appends a history letter: upper case for the client, lower case for the server.
+/// Both directions can append at once from two CPUs, so the slot is taken atomically.
+#[inline(always)]
+fn history(flow: &mut FlowState, sender: Side, upper: u8) {
+    let letter = match sender {
+        Side::Client => upper,
+        Side::Server => upper | 0x20,
+    };
+    // SAFETY: history_len is a properly aligned u64 inside a map value we hold. core's
+    // AtomicU64 has no fetch_add on BPF, but the instruction (BPF_ATOMIC | BPF_FETCH) exists.
+    // SeqCst, not Relaxed: LLVM 22 lowers a relaxed fetch-add to the non-fetching XADD and
+    // then reads the old value from the addend register (seen in the disassembly). BPF
+    // atomics are full barriers anyway.
+    let i = unsafe {
+        core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::SeqCst }>(
+            &mut flow.tls.history_len,
+            1,
+        )
+    } as usize;
+    if i < flow.tls.history.len() {
+        flow.tls.history[i] = letter;
+    }
+}
+
+/// Moves the cursor to `at`, expecting `it` there.
+#[inline(always)]
+fn expect(flow: &mut FlowState, side: usize, it: u8, at: u32) {
+    let d = &mut flow.dir[side];
+    d.item = it;
+    d.cursor = at;
+}
+
+/// Expects a hello field at `at`, unless it would run past the record (a hello spanning
+/// records is not parsed further).
+#[inline(always)]
+fn expect_hello_field(flow: &mut FlowState, side: usize, it: u8, at: u32) {
+    let d = &flow.dir[side];
+    let end = if before(d.msg_end, d.rec_end) {
+        d.msg_end
+    } else {
+        d.rec_end
+    };
+    if before(end, at.wrapping_add(item_len(it))) {
+        after_message(flow, side);
+    } else {
+        expect(flow, side, it, at);
+    }
+}
+
+/// After a handshake message: the next message in the same record, or the next record
+/// (remembering when the message itself continues there).
+#[inline(always)]
+fn after_message(flow: &mut FlowState, side: usize) {
+    let d = &mut flow.dir[side];
+    d.flags &= !dir_flags::IN_HELLO;
+    let (msg_end, rec_end) = (d.msg_end, d.rec_end);
+    if before(msg_end, rec_end) {
+        expect(flow, side, item::HANDSHAKE, msg_end);
+    } else {
+        if before(rec_end, msg_end) {
+            d.flags |= dir_flags::MSG_CONTINUES;
+        }
+        expect(flow, side, item::RECORD, rec_end);
+    }
+}
+
+#[inline(always)]
+fn version_bit(v: u16) -> u8 {
+    if v >> 8 == 3 && (v & 0xff) <= 4 {
+        1 << (v & 0xff)
+    } else {
+        0
+    }
+}
+
+/// Handles one complete item; returns false if the side lost sync.
+#[inline(always)]
+fn step<P: Packet>(cx: &Cx<P>, flow: &mut FlowState, seg: &Seg, value: u64) -> bool {
+    let sender = cx.sender;
+    let side = sender as usize;
+    let d = flow.dir[side];
+    let cursor = d.cursor;
+    match d.item {
+        item::RECORD => {
+            let typ = (value >> 32) as u8;
+            let len = (value & 0xffff) as u32;
+            if !plausible(typ, (value >> 24) as u8, (value >> 16) as u8, len) {
+                lose(flow, side);
+                return false;
+            }
+            count(Counter::TlsRecords);
+            let rec_end = cursor.wrapping_add(5 + len);
+            {
+                let d = &mut flow.dir[side];
+                d.rec_end = rec_end;
+                d.last_record_type = typ;
+                d.last_record_len = len as u16;
+            }
+            let encrypted = d.flags & dir_flags::CCS != 0;
+            match typ {
+                CHANGE_CIPHER_SPEC => {
+                    history(flow, sender, b'I');
+                    flow.dir[side].flags |= dir_flags::CCS;
+                    if sender == Side::Server
+                        && d.flags & (dir_flags::HELLO | dir_flags::CERTIFICATE) == dir_flags::HELLO
+                        && flow.tls.negotiated_version != TLS13
+                    {
+                        flow.tls.flags |= tls_flags::ABBREVIATED;
+                    }
+                    expect(flow, side, item::RECORD, rec_end);
+                }
+                ALERT => {
+                    history(flow, sender, b'L');
+                    if !encrypted && len == 2 {
+                        expect(flow, side, item::ALERT_BODY, cursor.wrapping_add(5));
+                    } else {
+                        if encrypted {
+                            let extra = Extra {
+                                record_len: len as u16,
+                                ..Extra::default()
+                            };
+                            emit(cx, flow, EventKind::EncryptedAlert, extra);
+                        }
+                        expect(flow, side, item::RECORD, rec_end);
+                    }
+                }
+                HANDSHAKE if encrypted => {
+                    if d.flags & dir_flags::FINISHED == 0 {
+                        history(flow, sender, b'F');
+                        flow.dir[side].flags |= dir_flags::FINISHED;
+                        check_done(flow);
+                    } else if (flow.dir[0].flags | flow.dir[1].flags) & dir_flags::APPDATA != 0
+                        && flow.tls.negotiated_version != TLS13
+                        && d.flags & dir_flags::RENEGOTIATED == 0
+                    {
+                        // Reported once per side: the whole renegotiation handshake that
+                        // follows is more of the same.
+                        flow.dir[side].flags |= dir_flags::RENEGOTIATED;
+                        // Encrypted: a server's is most likely a HelloRequest, a client's a
+                        // ClientHello.
+                        history(
+                            flow,
+                            sender,
+                            if sender == Side::Server { b'H' } else { b'C' },
+                        );
+                        let extra = Extra {
+                            record_len: len as u16,
+                            ..Extra::default()
+                        };
+                        emit(cx, flow, EventKind::Renegotiation, extra);
+                    }
+                    expect(flow, side, item::RECORD, rec_end);
+                }
+                HANDSHAKE => {
+                    if d.flags & dir_flags::MSG_CONTINUES != 0 {
+                        // The message runs on past this record's header.
+                        let msg_end = d.msg_end.wrapping_add(5);
+                        flow.dir[side].msg_end = msg_end;
+                        if !before(rec_end, msg_end) {
+                            flow.dir[side].flags &= !dir_flags::MSG_CONTINUES;
+                        }
+                        if before(msg_end, rec_end) {
+                            expect(flow, side, item::HANDSHAKE, msg_end);
+                        } else {
+                            expect(flow, side, item::RECORD, rec_end);
+                        }
+                    } else {
+                        expect(flow, side, item::HANDSHAKE, cursor.wrapping_add(5));
+                    }
+                }
+                APPLICATION_DATA => {
+                    if d.flags & dir_flags::APPDATA == 0 {
+                        history(flow, sender, b'D');
+                        flow.dir[side].flags |= dir_flags::APPDATA;
+                        check_done(flow);
+                    }
+                    expect(flow, side, item::RECORD, rec_end);
+                }
+                _ => {
+                    history(flow, sender, b'B');
+                    expect(flow, side, item::RECORD, rec_end);
+                }
+            }
+        }
+        item::HANDSHAKE => {
+            let htype = (value >> 24) as u8;
+            let msg_end = cursor.wrapping_add(4 + (value & 0x00ff_ffff) as u32);
+            flow.dir[side].msg_end = msg_end;
+            let letter = match htype {
+                0 => b'H',
+                1 => b'C',
+                2 => b'S',
+                3 => b'V',
+                4 => b'T',
+                8 => b'O',
+                11 => b'X',
+                12 => b'K',
+                13 => b'R',
+                14 => b'N',
+                15 => b'Y',
+                16 => b'G',
+                20 => b'F',
+                24 => b'P',
+                _ => b'Q',
+            };
+            history(flow, sender, letter);
+            match (htype, sender) {
+                (0, Side::Server) => {
+                    emit(cx, flow, EventKind::HelloRequest, Extra::default());
+                    after_message(flow, side);
+                }
+                (1, Side::Client) | (2, Side::Server) => {
+                    if htype == 1
+                        && d.flags & (dir_flags::HELLO | dir_flags::RENEGOTIATED)
+                            == dir_flags::HELLO
+                        && (flow.dir[0].flags | flow.dir[1].flags) & dir_flags::APPDATA != 0
+                    {
+                        flow.dir[side].flags |= dir_flags::RENEGOTIATED;
+                        emit(cx, flow, EventKind::Renegotiation, Extra::default());
+                    }
+                    flow.dir[side].flags |= dir_flags::HELLO | dir_flags::IN_HELLO;
+                    expect_hello_field(flow, side, item::HELLO_VERSION, cursor.wrapping_add(4));
+                }
+                _ => {
+                    if htype == 11 {
+                        flow.dir[side].flags |= dir_flags::CERTIFICATE;
+                    }
+                    after_message(flow, side);
+                }
+            }
+        }
+        item::HELLO_VERSION => {
+            let v = value as u16;
+            match sender {
+                Side::Client => flow.tls.offered_versions |= version_bit(v),
+                Side::Server => flow.tls.negotiated_version = v,
+            }
+            // Version, then 32 bytes of random.
+            expect_hello_field(flow, side, item::HELLO_SESSION_ID, cursor.wrapping_add(34));
+        }
+        item::HELLO_SESSION_ID => {
+            let n = value as u8;
+            if n > 32 {
+                after_message(flow, side);
+                return true;
+            }
+            let id = cursor.wrapping_add(1);
+            let prefix_len = if n < 8 { n as u32 } else { 8 };
+            let prefix = if prefix_len > 0 {
+                seg.read(cx.p, id, prefix_len).unwrap_or(0)
+            } else {
+                0
+            };
+            let after_id = id.wrapping_add(n as u32);
+            match sender {
+                Side::Client => {
+                    flow.tls.session_id_len = n;
+                    flow.tls.session_id_prefix = prefix;
+                    expect_hello_field(flow, side, item::HELLO_CIPHER_SUITES, after_id);
+                }
+                Side::Server => {
+                    if n > 0 && n == flow.tls.session_id_len && prefix == flow.tls.session_id_prefix
+                    {
+                        flow.tls.flags |= tls_flags::SESSION_ID_ECHOED;
+                    }
+                    // Chosen cipher suite (2) and compression method (1).
+                    expect_hello_field(
+                        flow,
+                        side,
+                        item::HELLO_EXTENSIONS,
+                        after_id.wrapping_add(3),
+                    );
+                }
+            }
+        }
+        item::HELLO_CIPHER_SUITES => {
+            let at = cursor.wrapping_add(2 + (value as u16) as u32);
+            expect_hello_field(flow, side, item::HELLO_COMPRESSION, at);
+        }
+        item::HELLO_COMPRESSION => {
+            let at = cursor.wrapping_add(1 + (value as u8) as u32);
+            expect_hello_field(flow, side, item::HELLO_EXTENSIONS, at);
+        }
+        item::HELLO_EXTENSIONS => {
+            let first = cursor.wrapping_add(2);
+            let mut end = first.wrapping_add((value as u16) as u32);
+            if before(d.msg_end, end) {
+                end = d.msg_end;
+            }
+            flow.dir[side].ext_end = end;
+            if before(first, end) {
+                expect_hello_field(flow, side, item::EXTENSION, first);
+            } else {
+                after_message(flow, side);
+            }
+        }
+        item::EXTENSION => {
+            let etype = (value >> 16) as u16;
+            let elen = (value & 0xffff) as u32;
+            let data = cursor.wrapping_add(4);
+            extension(cx, flow, seg, etype, elen, data);
+            let next = data.wrapping_add(elen);
+            if before(next, flow.dir[side].ext_end) {
+                expect_hello_field(flow, side, item::EXTENSION, next);
+            } else {
+                after_message(flow, side);
+            }
+        }
+        item::ALERT_BODY => {
+            let (level, description) = ((value >> 8) as u8, value as u8);
+            let extra = Extra {
+                alert: Some((level, description)),
+                record_len: 2,
+                ..Extra::default()
+            };
+            emit(cx, flow, EventKind::PlaintextAlert, extra);
+            if level == 2 {
+                handshake_aborted(cx, flow, abort::ALERT, Some((level, description)));
+            }
+            let rec_end = flow.dir[side].rec_end;
+            expect(flow, side, item::RECORD, rec_end);
+        }
+        _ => {
+            lose(flow, side);
+            return false;
+        }
+    }
+    true
+}
+
+/// Facts from one hello extension. Values are read only when the segment holds them
+/// (they follow their header, so they nearly always do).
+#[inline(always)]
+fn extension<P: Packet>(
+    cx: &Cx<P>,
+    flow: &mut FlowState,
+    seg: &Seg,
+    etype: u16,
+    elen: u32,
+    data: u32,
+) {
+    match (cx.sender, etype) {
+        (Side::Client, 0) => store_sni(cx, flow, seg, data),
+        (Side::Client, 35) => flow.tls.session_ticket_len = elen as u16,
+        (Side::Client, 41) => flow.tls.flags |= tls_flags::PSK_OFFERED,
+        (Side::Client, 45) => flow.tls.flags |= tls_flags::PSK_MODES,
+        (Side::Client, 43) => {
+            // A 1-byte list length, then 2-byte versions; the first four are enough to
+            // see which versions are offered (GREASE values contribute nothing).
+            let n = if elen < 9 { elen } else { 9 };
+            if n >= 3
+                && let Some(list) = seg.read(cx.p, data, n.min(8))
+            {
+                let bytes = n.min(8);
+                let mut i = 1;
+                while i + 2 <= bytes {
+                    let shift = 8 * (bytes - i - 2);
+                    flow.tls.offered_versions |= version_bit((list >> shift) as u16);
+                    i += 2;
+                }
+            }
+        }
+        (Side::Server, 43) => {
+            if let Some(v) = seg.read(cx.p, data, 2) {
+                flow.tls.negotiated_version = v as u16;
+            }
+        }
+        (Side::Server, 41) => flow.tls.flags |= tls_flags::PSK_ACCEPTED,
+        _ => {}
+    }
+}
+
+/// server_name: list length (2), name type (1), name length (2), name.
+#[inline(always)]
+fn store_sni<P: Packet>(cx: &Cx<P>, flow: &mut FlowState, seg: &Seg, data: u32) {
+    let Some(name_len) = seg.read(cx.p, data.wrapping_add(3), 2) else {
+        return;
+    };
+    let name = data.wrapping_add(5);
+    let n = if (name_len as usize) < SNI_MAX {
+        name_len as u32
+    } else {
+        SNI_MAX as u32
+    };
+    if n == 0 || before(seg.end, name.wrapping_add(n)) || before(name, seg.start) {
+        return;
+    }
+    let Some(scratch) = SNI_SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: per-CPU scratch value, ours for the duration of this program run.
+    let sni = unsafe { &mut *scratch };
+    let off = seg.payload_off + name.wrapping_sub(seg.start) as usize;
+    if !cx.p.load_into(off, n as usize, &mut sni.name) {
+        return;
+    }
+    sni.len = n as u8;
+    if SNI.insert(cx.key, sni, 0).is_ok() {
+        flow.tls.flags |= tls_flags::SNI;
+    }
+}
+
+/// TLS 1.2: both sides sent Finished. TLS 1.3: the client sent application-data records
+/// (its Finished is the first) after the server's encrypted flight.
+#[inline(always)]
+fn check_done(flow: &mut FlowState) {
+    let (c, s) = (
+        flow.dir[Side::Client as usize].flags,
+        flow.dir[Side::Server as usize].flags,
+    );
+    let done = if flow.tls.negotiated_version == TLS13 {
+        c & s & dir_flags::APPDATA != 0
+    } else {
+        c & s & dir_flags::FINISHED != 0
+    };
+    if done {
+        flow.tls.flags |= tls_flags::HANDSHAKE_DONE;
+    }
+}
+
+/// Reports, once per flow, a handshake that a client started and that ended (fatal
+/// alert, RST or FIN) before it finished.
+#[inline(always)]
+pub fn handshake_aborted<P: Packet>(
+    cx: &Cx<P>,
+    flow: &mut FlowState,
+    how: u8,
+    alert: Option<(u8, u8)>,
+) {
+    let started = flow.dir[Side::Client as usize].flags & dir_flags::HELLO != 0;
+    if !started
+        || flow.tls.flags & tls_flags::HANDSHAKE_DONE != 0
+        || flow.flags & flow_flags::ABORT_REPORTED != 0
+    {
+        return;
+    }
+    flow.flags |= flow_flags::ABORT_REPORTED;
+    let extra = Extra {
+        alert,
+        detail: how,
+        ..Extra::default()
+    };
+    emit(cx, flow, EventKind::HandshakeAborted, extra);
+}
+
+/// TLS 1.3 close heuristic: the side's last record was a close_notify-sized application
+/// data record (2 alert bytes + 1 inner type + 16 tag) and now it sends FIN.
+#[inline(always)]
+pub fn tls13_close<P: Packet>(cx: &Cx<P>, flow: &FlowState) {
+    const CLOSE_NOTIFY_LEN: u16 = 19;
+    let d = &flow.dir[cx.sender as usize];
+    if flow.tls.negotiated_version == TLS13
+        && d.last_record_type == APPLICATION_DATA
+        && d.last_record_len == CLOSE_NOTIFY_LEN
+    {
+        emit(cx, flow, EventKind::Tls13CloseHeuristic, Extra::default());
+    }
+}
