@@ -222,6 +222,30 @@ impl Conversation {
         f
     }
 
+    /// `data` from the client cut into segments of the given sizes (the last takes the
+    /// rest), in order; reorder or repeat them to model the network.
+    pub fn client_segments(&mut self, data: &[u8], sizes: &[usize]) -> Vec<Frame> {
+        split(data, sizes)
+            .into_iter()
+            .map(|chunk| self.client(chunk))
+            .collect()
+    }
+
+    pub fn server_segments(&mut self, data: &[u8], sizes: &[usize]) -> Vec<Frame> {
+        split(data, sizes)
+            .into_iter()
+            .map(|chunk| self.server(chunk))
+            .collect()
+    }
+
+    pub fn client_addr(&self) -> std::net::SocketAddr {
+        self.client.into()
+    }
+
+    pub fn server_addr(&self) -> std::net::SocketAddr {
+        self.server.into()
+    }
+
     pub fn client_flags(&mut self, flags: u8) -> Frame {
         self.frame(true, flags, &[])
     }
@@ -231,35 +255,141 @@ impl Conversation {
     }
 }
 
+fn split<'a>(data: &'a [u8], sizes: &[usize]) -> Vec<&'a [u8]> {
+    let mut out = Vec::new();
+    let mut rest = data;
+    for &n in sizes {
+        if rest.is_empty() {
+            break;
+        }
+        let (a, b) = rest.split_at(n.min(rest.len()));
+        out.push(a);
+        rest = b;
+    }
+    if !rest.is_empty() {
+        out.push(rest);
+    }
+    out
+}
+
+/// A TLS record: content type, version 3.3, length, body.
+pub fn record(content_type: u8, body: &[u8]) -> Vec<u8> {
+    let mut r = vec![content_type, 0x03, 0x03];
+    r.extend_from_slice(&(body.len() as u16).to_be_bytes());
+    r.extend_from_slice(body);
+    r
+}
+
+/// A handshake message: type, 3-byte length, body.
+pub fn handshake(msg_type: u8, body: &[u8]) -> Vec<u8> {
+    let mut m = vec![msg_type];
+    m.extend_from_slice(&(body.len() as u32).to_be_bytes()[1..]);
+    m.extend_from_slice(body);
+    m
+}
+
+/// A ClientHello or ServerHello body.
+#[derive(Clone, Debug)]
+pub struct Hello {
+    pub version: u16,
+    pub session_id: Vec<u8>,
+    pub extensions: Vec<(u16, Vec<u8>)>,
+}
+
+impl Hello {
+    pub fn client(host: &str) -> Hello {
+        Hello {
+            version: 0x0303,
+            session_id: vec![],
+            extensions: vec![(0, sni_ext(host))],
+        }
+    }
+
+    pub fn server() -> Hello {
+        Hello {
+            version: 0x0303,
+            session_id: vec![],
+            extensions: vec![],
+        }
+    }
+
+    pub fn with(mut self, ext_type: u16, data: Vec<u8>) -> Hello {
+        self.extensions.push((ext_type, data));
+        self
+    }
+
+    fn extensions_bytes(&self) -> Vec<u8> {
+        let mut ext = Vec::new();
+        for (t, d) in &self.extensions {
+            ext.extend_from_slice(&t.to_be_bytes());
+            ext.extend_from_slice(&(d.len() as u16).to_be_bytes());
+            ext.extend_from_slice(d);
+        }
+        ext
+    }
+
+    /// The ClientHello handshake message.
+    pub fn client_hello(&self) -> Vec<u8> {
+        let mut body = self.version.to_be_bytes().to_vec();
+        body.extend_from_slice(&[0x11; 32]);
+        body.push(self.session_id.len() as u8);
+        body.extend_from_slice(&self.session_id);
+        body.extend_from_slice(&[0, 4, 0x13, 0x01, 0xc0, 0x2f]);
+        body.extend_from_slice(&[1, 0]);
+        let ext = self.extensions_bytes();
+        body.extend_from_slice(&(ext.len() as u16).to_be_bytes());
+        body.extend_from_slice(&ext);
+        handshake(1, &body)
+    }
+
+    /// The ServerHello handshake message.
+    pub fn server_hello(&self) -> Vec<u8> {
+        let mut body = self.version.to_be_bytes().to_vec();
+        body.extend_from_slice(&[0x22; 32]);
+        body.push(self.session_id.len() as u8);
+        body.extend_from_slice(&self.session_id);
+        body.extend_from_slice(&[0xc0, 0x2f, 0]);
+        let ext = self.extensions_bytes();
+        if !ext.is_empty() {
+            body.extend_from_slice(&(ext.len() as u16).to_be_bytes());
+            body.extend_from_slice(&ext);
+        }
+        handshake(2, &body)
+    }
+}
+
+pub const EXT_SESSION_TICKET: u16 = 35;
+pub const EXT_PRE_SHARED_KEY: u16 = 41;
+pub const EXT_SUPPORTED_VERSIONS: u16 = 43;
+pub const EXT_PSK_MODES: u16 = 45;
+
+pub fn sni_ext(host: &str) -> Vec<u8> {
+    let name = host.as_bytes();
+    let mut d = ((name.len() + 3) as u16).to_be_bytes().to_vec();
+    d.push(0);
+    d.extend_from_slice(&(name.len() as u16).to_be_bytes());
+    d.extend_from_slice(name);
+    d
+}
+
+/// supported_versions as a client sends it (a list).
+pub fn versions_ext(versions: &[u16]) -> Vec<u8> {
+    let mut d = vec![(versions.len() * 2) as u8];
+    for v in versions {
+        d.extend_from_slice(&v.to_be_bytes());
+    }
+    d
+}
+
 /// A minimal but well-formed TLS 1.2-style ClientHello record, with SNI `host`.
 pub fn client_hello(host: &str) -> Vec<u8> {
-    let mut body = vec![0x03, 0x03];
-    body.extend_from_slice(&[0x11; 32]); // random
-    body.push(0); // session id
-    body.extend_from_slice(&[0, 2, 0x13, 0x01]); // one cipher suite
-    body.extend_from_slice(&[1, 0]); // null compression
-    let name = host.as_bytes();
-    let mut sni = Vec::new();
-    sni.extend_from_slice(&((name.len() + 3) as u16).to_be_bytes());
-    sni.push(0);
-    sni.extend_from_slice(&(name.len() as u16).to_be_bytes());
-    sni.extend_from_slice(name);
-    let mut ext = Vec::new();
-    ext.extend_from_slice(&0u16.to_be_bytes());
-    ext.extend_from_slice(&(sni.len() as u16).to_be_bytes());
-    ext.extend_from_slice(&sni);
-    body.extend_from_slice(&(ext.len() as u16).to_be_bytes());
-    body.extend_from_slice(&ext);
-    let mut hs = vec![1];
-    hs.extend_from_slice(&(body.len() as u32).to_be_bytes()[1..]);
-    hs.extend_from_slice(&body);
-    let mut rec = vec![0x16, 0x03, 0x01];
-    rec.extend_from_slice(&(hs.len() as u16).to_be_bytes());
-    rec.extend_from_slice(&hs);
+    let mut rec = record(22, &Hello::client(host).client_hello());
+    // First ClientHellos usually say TLS 1.0 on the record layer.
+    rec[2] = 0x01;
     rec
 }
 
 /// A plaintext alert record.
 pub fn alert(level: u8, description: u8) -> Vec<u8> {
-    vec![0x15, 0x03, 0x03, 0x00, 0x02, level, description]
+    record(21, &[level, description])
 }

@@ -1,14 +1,15 @@
 //! The kernel program under BPF_PROG_TEST_RUN, with its events decoded and correlated the
 //! way the agent does it.
 
-use std::time::Duration;
+use std::{net::SocketAddr, time::Duration};
 
-use detector_common::Counter;
+use aya::maps::HashMap;
+use detector_common::{Counter, FlowKey, FlowState, names};
 use detector_user::{
     clock::Clock,
     correlate::Correlator,
     diagnosis::Diagnosis,
-    event::KernelEvent,
+    event::{KernelEvent, addr},
     kernel::{Kernel, Options},
 };
 
@@ -64,6 +65,20 @@ impl Harness {
 
     pub fn counter(&self, c: Counter) -> u64 {
         self.kernel.counters().get(c).expect("reading counters")
+    }
+
+    /// The kernel's state for a flow, read from its map.
+    pub fn flow(&self, client: SocketAddr, server: SocketAddr) -> FlowState {
+        let map: HashMap<_, FlowKey, FlowState> =
+            HashMap::try_from(self.kernel.ebpf.map(names::FLOWS).expect("FLOWS map"))
+                .expect("FLOWS is a hash map");
+        let (key, _) = FlowKey::normalised(
+            &addr(client.ip()),
+            client.port(),
+            &addr(server.ip()),
+            server.port(),
+        );
+        map.get(&key, 0).expect("the flow is in the table")
     }
 }
 

@@ -572,6 +572,14 @@ fn prometheus_scrapes_the_agent() -> Result<()> {
         prom.value(r#"detector_kernel_events_dropped_total{job="detector"}"#)?,
         Some(0.0)
     );
+    // Every kind is exported from the start (at 0), so rate() sees a kind's first
+    // diagnosis and each per-kind panel has a series.
+    let kinds: BTreeSet<String> = prom
+        .query(r#"detector_diagnoses_total{job="detector"}"#)?
+        .iter()
+        .filter_map(|s| s["metric"]["kind"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(kinds, KINDS.iter().map(|k| k.to_string()).collect());
     // The recording rules run on what was scraped.
     prom.wait_value(
         r#"detector:diagnoses:rate5m{kind="http_to_tls_port"}"#,

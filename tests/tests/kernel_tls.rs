@@ -1,0 +1,408 @@
+//! The kernel's TLS record walker on crafted TLS streams, through BPF_PROG_TEST_RUN:
+//! records across segments and several per segment, retransmission, reordering, mid-stream
+//! pickup, split ClientHellos, lengths that lie, and the events the walk raises.
+
+use detector_common::{Counter, EventKind, Side, dir_flags, tls_flags};
+use detector_user::{diagnosis::Kind, event::Abort};
+use tests::{
+    frames::{
+        self, ACK, Conversation, EXT_PRE_SHARED_KEY, EXT_PSK_MODES, EXT_SESSION_TICKET,
+        EXT_SUPPORTED_VERSIONS, FIN, Hello, RST, handshake, record, versions_ext,
+    },
+    harness::{Harness, diagnose},
+};
+
+const HANDSHAKE: u8 = 22;
+const CCS: u8 = 20;
+const ALERT: u8 = 21;
+const APPDATA: u8 = 23;
+
+fn ccs() -> Vec<u8> {
+    record(CCS, &[1])
+}
+
+/// An encrypted record of `len` bytes of type `t` (contents are noise to the walker).
+fn sealed(t: u8, len: usize) -> Vec<u8> {
+    record(t, &vec![0xa5; len])
+}
+
+/// The server's first flight of a full TLS 1.2 handshake in one record:
+/// ServerHello, Certificate (1.5 KB), ServerKeyExchange, ServerHelloDone.
+fn server_flight_tls12(hello: &Hello) -> Vec<u8> {
+    let mut msgs = hello.server_hello();
+    msgs.extend(handshake(11, &vec![0x30; 1500]));
+    msgs.extend(handshake(12, &[0x03; 100]));
+    msgs.extend(handshake(14, &[]));
+    record(HANDSHAKE, &msgs)
+}
+
+/// Client key exchange, ChangeCipherSpec and Finished, as three records in one segment.
+fn client_finish_tls12() -> Vec<u8> {
+    let mut seg = record(HANDSHAKE, &handshake(16, &[0x04; 66]));
+    seg.extend(ccs());
+    seg.extend(sealed(HANDSHAKE, 40));
+    seg
+}
+
+/// A TLS 1.2 session up to application data both ways; returns the frames in order.
+fn tls12_session(conv: &mut Conversation, client: &Hello, server: &Hello) -> Vec<frames::Frame> {
+    let mut f = vec![conv.syn_ack()];
+    f.push(conv.client(&record(HANDSHAKE, &client.client_hello())));
+    // The server flight spans three segments; record and message headers fall anywhere.
+    f.extend(conv.server_segments(&server_flight_tls12(server), &[700, 700]));
+    f.push(conv.client(&client_finish_tls12()));
+    let mut fin = ccs();
+    fin.extend(sealed(HANDSHAKE, 40));
+    f.push(conv.server(&fin));
+    f.push(conv.client(&sealed(APPDATA, 300)));
+    f.push(conv.server(&sealed(APPDATA, 2000)));
+    f
+}
+
+#[test]
+fn full_tls12_handshake_history_and_facts_without_events() {
+    let mut h = Harness::new();
+    let mut conv = Conversation::v4(443);
+    let client = Hello::client("shop.example").with(EXT_SESSION_TICKET, vec![]);
+    let frames = tls12_session(&mut conv, &client, &Hello::server());
+    let events = h.run_all(&frames);
+    assert!(
+        events.is_empty(),
+        "a clean session raises nothing: {events:?}"
+    );
+    let flow = h.flow(conv.client_addr(), conv.server_addr());
+    let history = String::from_utf8_lossy(&flow.tls.history[..12]).into_owned();
+    assert_eq!(history, "CsxknGIFifDd");
+    assert_eq!(flow.tls.history_len, 12);
+    assert_eq!(flow.tls.negotiated_version, 0x0303);
+    assert_ne!(flow.tls.flags & tls_flags::HANDSHAKE_DONE, 0);
+    assert_ne!(flow.tls.flags & tls_flags::SNI, 0);
+    assert_eq!(
+        flow.tls.session_ticket_len, 0,
+        "an empty ticket is no resumption"
+    );
+    assert_eq!(flow.tls.flags & tls_flags::ABBREVIATED, 0);
+    for side in [Side::Client, Side::Server] {
+        let d = flow.dir[side as usize];
+        assert_ne!(d.flags & dir_flags::SYNCED, 0, "{side:?} still walking");
+    }
+    // ClientHello, the server's flight (one record), 3 + 2 finishing records, 2 of data.
+    assert_eq!(h.counter(Counter::TlsRecords), 9);
+    assert_eq!(h.counter(Counter::TlsSyncLost), 0);
+}
+
+#[test]
+fn record_header_cut_by_a_segment_end_and_several_records_per_segment() {
+    let mut h = Harness::new();
+    let mut conv = Conversation::v4(443);
+    let mut frames = vec![conv.syn_ack()];
+    frames.push(conv.client(&frames::client_hello("a.example")));
+    // ServerHello record, then a fatal alert whose header is cut after 2 bytes.
+    let mut data = record(HANDSHAKE, &Hello::server().server_hello());
+    let cut = data.len() + 2;
+    data.extend(frames::alert(2, 40));
+    frames.extend(conv.server_segments(&data, &[cut]));
+    let events = h.run_all(&frames);
+    let kinds: Vec<EventKind> = events.iter().map(|e| e.kind).collect();
+    assert_eq!(
+        kinds,
+        [EventKind::PlaintextAlert, EventKind::HandshakeAborted]
+    );
+    let a = events[0].alert.unwrap();
+    assert_eq!((a.level, a.description), (2, 40));
+    assert_eq!(events[1].history, "Csl");
+}
+
+#[test]
+fn retransmissions_change_nothing() {
+    let mut h = Harness::new();
+    let mut conv = Conversation::v4(443);
+    let syn_ack = conv.syn_ack();
+    let hello = conv.client(&frames::client_hello("a.example"));
+    let answer = conv.server(&frames::alert(2, 40));
+    let events = h.run_all(&[
+        syn_ack,
+        hello.clone(),
+        hello.clone(),
+        answer.clone(),
+        answer,
+        hello,
+    ]);
+    assert_eq!(events.len(), 2, "one alert, one abort: {events:?}");
+    let flow = h.flow(conv.client_addr(), conv.server_addr());
+    assert_eq!(flow.tls.history_len, 2, "no letter twice");
+}
+
+#[test]
+fn reordered_body_segments_keep_sync() {
+    let mut h = Harness::new();
+    let mut conv = Conversation::v4(443);
+    let mut f = tls12_session(&mut conv, &Hello::client("a"), &Hello::server());
+    // A 3000-byte record in three segments, then an encrypted alert in its own segment;
+    // the record's middle segment arrives last.
+    let mut segs = conv.server_segments(&sealed(APPDATA, 3000), &[1000, 1000]);
+    let alert = conv.server(&sealed(ALERT, 26));
+    segs.swap(1, 2);
+    f.extend(segs);
+    f.push(alert);
+    let events = h.run_all(&f);
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].kind, EventKind::EncryptedAlert);
+    assert_eq!(events[0].sender, Side::Server);
+    assert_eq!(events[0].record_len, 26);
+    assert_eq!(h.counter(Counter::TlsSyncLost), 0);
+}
+
+#[test]
+fn reordered_header_segment_loses_sync_instead_of_guessing() {
+    let mut h = Harness::new();
+    let mut conv = Conversation::v4(443);
+    let mut f = tls12_session(&mut conv, &Hello::client("a"), &Hello::server());
+    // Record A ends inside segment 2, where record B (an encrypted alert) starts; segment
+    // 2 arrives before segment 1, so B's header goes by before the walker knows where it is.
+    let mut data = sealed(APPDATA, 1600);
+    data.extend(sealed(ALERT, 26));
+    let mut segs = conv.server_segments(&data, &[1000]);
+    segs.swap(0, 1);
+    f.extend(segs);
+    let events = h.run_all(&f);
+    assert!(events.is_empty(), "nothing may be guessed: {events:?}");
+    assert_eq!(h.counter(Counter::TlsSyncLost), 1);
+}
+
+#[test]
+fn mid_stream_pickup_resyncs_only_on_evidence() {
+    let mut h = Harness::new();
+    let mut conv = Conversation::v4(443);
+    // No handshake seen. Ciphertext that happens to start like a header is not enough...
+    let mut noise = vec![0x17, 0x03, 0x03, 0x01, 0x00];
+    noise.extend(vec![0x5a; 700]);
+    assert!(h.run(&conv.server(&noise)).is_empty());
+    assert_eq!(h.counter(Counter::TlsResynced), 0);
+    // ...two whole records filling a segment exactly are.
+    let mut two = sealed(APPDATA, 100);
+    two.extend(sealed(APPDATA, 50));
+    assert!(h.run(&conv.server(&two)).is_empty());
+    assert_eq!(h.counter(Counter::TlsResynced), 1);
+    let events = h.run(&conv.server(&sealed(ALERT, 26)));
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].kind, EventKind::EncryptedAlert);
+    assert!(events[0].midstream_tls);
+}
+
+#[test]
+fn client_hello_split_over_segments_still_yields_its_facts() {
+    let mut h = Harness::new();
+    let mut conv = Conversation::v4(443);
+    let hello = Hello::client("resume.example")
+        .with(EXT_SUPPORTED_VERSIONS, versions_ext(&[0x0304, 0x0303]))
+        .with(EXT_SESSION_TICKET, vec![0x77; 192])
+        .with(EXT_PSK_MODES, vec![1, 1])
+        .with(EXT_PRE_SHARED_KEY, vec![0; 40]);
+    let rec = record(HANDSHAKE, &hello.client_hello());
+    // Cut inside the supported_versions extension header.
+    let cut = rec.windows(2).position(|w| w == [0, 43]).unwrap() + 1;
+    let mut f = vec![conv.syn_ack()];
+    f.extend(conv.client_segments(&rec, &[cut]));
+    f.push(conv.server(&frames::alert(2, 40)));
+    let events = h.run_all(&f);
+    let aborted = events
+        .iter()
+        .find(|e| e.kind == EventKind::HandshakeAborted)
+        .expect("abort event");
+    assert_eq!(aborted.tls.session_ticket_len, 192);
+    assert_ne!(aborted.tls.flags & tls_flags::PSK_OFFERED, 0);
+    assert_eq!(aborted.tls.offered_versions, 1 << 4 | 1 << 3);
+    assert_eq!(aborted.tls.resumption_offered(), Some("tls13_psk"));
+    let d = diagnose(&events);
+    assert_eq!(d.len(), 1, "{d:?}");
+    assert_eq!(d[0].kind, Kind::ResumptionRejected);
+    assert_eq!(d[0].detail["method"], "tls13_psk");
+    assert_eq!(d[0].detail["description"], "handshake_failure");
+}
+
+#[test]
+fn lengths_that_lie_raise_nothing_and_are_counted() {
+    let mut h = Harness::new();
+    let mut conv = Conversation::v4(443);
+    let mut f = vec![conv.syn_ack(), conv.client(&frames::client_hello("a"))];
+    // A ServerHello, then a handshake record claiming 0x7fff bytes: not TLS.
+    let mut data = record(HANDSHAKE, &Hello::server().server_hello());
+    data.extend([0x16, 0x03, 0x03, 0x7f, 0xff, 2, 0, 0, 4]);
+    data.extend(frames::alert(2, 40));
+    f.push(conv.server(&data));
+    // The walker has stopped reading this side: an alert-like record later in a longer
+    // segment is not evidence enough to start again.
+    let mut later = frames::alert(2, 40);
+    later.extend([0x99; 30]);
+    f.push(conv.server(&later));
+    let events = h.run_all(&f);
+    assert!(events.is_empty(), "{events:?}");
+    assert_eq!(h.counter(Counter::TlsSyncLost), 1);
+    assert_eq!(h.counter(Counter::TlsResynced), 0);
+
+    // A ServerHello whose extension length runs past its message: parsing stops there.
+    let mut h = Harness::new();
+    let mut conv = Conversation::v4(443);
+    let mut sh = Hello::server().server_hello();
+    let n = sh.len();
+    sh[n - 2..].copy_from_slice(&[0xff, 0xff]); // (no extensions: cipher, compression)
+    let f = vec![
+        conv.syn_ack(),
+        conv.client(&frames::client_hello("a")),
+        conv.server(&record(HANDSHAKE, &sh)),
+    ];
+    assert!(h.run_all(&f).is_empty());
+}
+
+#[test]
+fn plaintext_hello_request_is_reported() {
+    let mut h = Harness::new();
+    let mut conv = Conversation::v4(443);
+    let f = vec![
+        conv.syn_ack(),
+        conv.client(&frames::client_hello("a")),
+        conv.server(&[0x16, 0x03, 0x03, 0x00, 0x04, 0x00, 0x00, 0x00, 0x00]),
+    ];
+    let events = h.run_all(&f);
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].kind, EventKind::HelloRequest);
+    assert_eq!(events[0].sender, Side::Server);
+    let d = diagnose(&events);
+    assert_eq!(d[0].kind, Kind::ServerHelloRequest);
+    assert_eq!(d[0].detail["encrypted"], false);
+}
+
+#[test]
+fn encrypted_handshake_after_app_data_is_renegotiation() {
+    let mut h = Harness::new();
+    let mut conv = Conversation::v4(443);
+    let mut f = tls12_session(&mut conv, &Hello::client("a"), &Hello::server());
+    f.push(conv.server(&sealed(HANDSHAKE, 32)));
+    f.push(conv.client(&sealed(HANDSHAKE, 250)));
+    f.push(conv.server(&sealed(HANDSHAKE, 3000)));
+    let events = h.run_all(&f);
+    let who: Vec<(EventKind, Side)> = events.iter().map(|e| (e.kind, e.sender)).collect();
+    assert_eq!(
+        who,
+        [
+            (EventKind::Renegotiation, Side::Server),
+            (EventKind::Renegotiation, Side::Client)
+        ],
+        "reported once per side"
+    );
+    assert_eq!(events[0].history, "CsxknGIFifDdh");
+    let d = diagnose(&events);
+    assert_eq!(d.len(), 1, "{d:?}");
+    assert_eq!(d[0].kind, Kind::ServerHelloRequest);
+    assert_eq!(d[0].detail["client_renegotiated"], true);
+}
+
+#[test]
+fn client_renegotiation_alone() {
+    let mut h = Harness::new();
+    let mut conv = Conversation::v4(443);
+    let mut f = tls12_session(&mut conv, &Hello::client("a"), &Hello::server());
+    f.push(conv.client(&sealed(HANDSHAKE, 250)));
+    let d = diagnose(&h.run_all(&f));
+    assert_eq!(d.len(), 1, "{d:?}");
+    assert_eq!(d[0].kind, Kind::ClientRenegotiation);
+}
+
+#[test]
+fn tls13_session_close_heuristic_and_no_renegotiation() {
+    let mut h = Harness::new();
+    let mut conv = Conversation::v4(443);
+    let client = Hello::client("a").with(EXT_SUPPORTED_VERSIONS, versions_ext(&[0x0304]));
+    let server = Hello::server().with(EXT_SUPPORTED_VERSIONS, 0x0304u16.to_be_bytes().to_vec());
+    let mut flight = record(HANDSHAKE, &server.server_hello());
+    flight.extend(ccs());
+    flight.extend(sealed(APPDATA, 2500)); // EncryptedExtensions..Finished
+    let mut f = vec![
+        conv.syn_ack(),
+        conv.client(&record(HANDSHAKE, &client.client_hello())),
+    ];
+    f.extend(conv.server_segments(&flight, &[1400]));
+    let mut cfin = ccs();
+    cfin.extend(sealed(APPDATA, 53));
+    f.push(conv.client(&cfin));
+    f.push(conv.server(&sealed(APPDATA, 500)));
+    // A handshake-typed record is impossible after TLS 1.3's hello: no renegotiation.
+    f.push(conv.server(&sealed(APPDATA, 19)));
+    f.push(conv.server_flags(ACK | FIN));
+    let events = h.run_all(&f);
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].kind, EventKind::Tls13CloseHeuristic);
+    assert_eq!(events[0].sender, Side::Server);
+    assert_eq!(events[0].tls.negotiated_version, Some(0x0304));
+    assert!(events[0].tls.handshake_done());
+}
+
+#[test]
+fn reset_after_client_hello_is_a_handshake_reset() {
+    let mut h = Harness::new();
+    let mut conv = Conversation::v4(443);
+    let f = vec![
+        conv.syn_ack(),
+        conv.client(&frames::client_hello("a")),
+        conv.server_flags(RST | ACK),
+        conv.server_flags(RST | ACK),
+    ];
+    let events = h.run_all(&f);
+    assert_eq!(events.len(), 1, "reported once: {events:?}");
+    assert_eq!(events[0].abort, Some(Abort::Rst));
+    let d = diagnose(&events);
+    assert_eq!(d[0].kind, Kind::HandshakeReset);
+    assert_eq!(d[0].detail["server_hello_seen"], false);
+}
+
+#[test]
+fn resumption_accepted_by_session_id_echo_and_abbreviated_handshake() {
+    let mut h = Harness::new();
+    let mut conv = Conversation::v4(443);
+    let id: Vec<u8> = (0..32).collect();
+    let client = Hello {
+        session_id: id.clone(),
+        ..Hello::client("a")
+    };
+    let server = Hello {
+        session_id: id,
+        ..Hello::server()
+    };
+    let mut flight = record(HANDSHAKE, &server.server_hello());
+    flight.extend(ccs());
+    flight.extend(sealed(HANDSHAKE, 40));
+    let mut cfin = ccs();
+    cfin.extend(sealed(HANDSHAKE, 40));
+    let f = vec![
+        conv.syn_ack(),
+        conv.client(&record(HANDSHAKE, &client.client_hello())),
+        conv.server(&flight),
+        conv.client(&cfin),
+        conv.client(&sealed(APPDATA, 100)),
+    ];
+    assert!(h.run_all(&f).is_empty());
+    let flow = h.flow(conv.client_addr(), conv.server_addr());
+    let want = tls_flags::SESSION_ID_ECHOED | tls_flags::ABBREVIATED | tls_flags::HANDSHAKE_DONE;
+    assert_eq!(flow.tls.flags & want, want, "flags {:#x}", flow.tls.flags);
+    assert_eq!(String::from_utf8_lossy(&flow.tls.history[..7]), "CsifIFD");
+}
+
+#[test]
+fn sni_is_kept_in_its_own_map() {
+    let mut h = Harness::new();
+    let mut conv = Conversation::v4(443);
+    let f = vec![
+        conv.syn_ack(),
+        conv.client(&frames::client_hello("portal.example.org")),
+        conv.server(&frames::alert(2, 112)),
+    ];
+    let events = h.run_all(&f);
+    let sni = h.kernel.take_sni().expect("SNI map");
+    assert_eq!(
+        sni.lookup(conv.client_addr(), conv.server_addr())
+            .as_deref(),
+        Some("portal.example.org")
+    );
+    assert_ne!(events[0].tls.flags & tls_flags::SNI, 0);
+}
