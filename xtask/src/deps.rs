@@ -15,6 +15,8 @@ pub const TEST_PROGRAMS: &[(&str, &str)] = &[
     ("curl", "curl"),
     ("nginx", "nginx"),
     ("tcpdump", "tcpdump"),
+    ("prometheus", "prometheus"),
+    ("promtool", "prometheus"),
 ];
 
 pub fn is_root() -> bool {
@@ -61,5 +63,14 @@ pub fn ensure(programs: &[(&str, &str)]) -> anyhow::Result<()> {
         .args(&missing)
         .env("DEBIAN_FRONTEND", "noninteractive"))
     .with_context(|| format!("installing {list}"))?;
+    if missing.contains(&"prometheus") {
+        // Debian starts the packaged server on :9090; the tests run their own on loopback.
+        let _ = Command::new("service")
+            .args(["prometheus", "stop"])
+            .status();
+        let _ = Command::new("service")
+            .args(["prometheus-node-exporter", "stop"])
+            .status();
+    }
     Ok(())
 }
