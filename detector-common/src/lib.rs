@@ -10,6 +10,10 @@
 pub mod names {
     pub const XDP_PROGRAM: &str = "detector_xdp";
     pub const TC_PROGRAM: &str = "detector_tc";
+    pub const XDP_WALKER: &str = "detector_xdp_walk";
+    pub const TC_WALKER: &str = "detector_tc_walk";
+    pub const XDP_WALKER_ARRAY: &str = "XDP_WALKER";
+    pub const TC_WALKER_ARRAY: &str = "TC_WALKER";
     pub const FLOWS: &str = "FLOWS";
     pub const SNI: &str = "SNI";
     pub const SCRATCH: &str = "SCRATCH";
@@ -356,7 +360,8 @@ pub mod abort {
 }
 
 /// One suspicious packet, as sent through the ring buffer. It carries the flow's facts so
-/// the agent never needs per-packet traffic.
+/// the agent never needs per-packet traffic. Byte arrays sit on 8-byte boundaries so the
+/// kernel copies them as words (a byte-by-byte copy loop is costly for the verifier).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct Event {
@@ -366,8 +371,18 @@ pub struct Event {
     pub flow_first_seen_ns: u64,
     pub client_addr: Addr,
     pub server_addr: Addr,
+    /// The first bytes of the packet's TCP payload.
+    pub snippet: [u8; SNIPPET_LEN],
+    pub history: [u8; HISTORY_LEN],
+    pub tcp_seq: u32,
+    pub payload_len: u32,
     pub client_port: u16,
     pub server_port: u16,
+    /// Length of the record that triggered the event (alerts, handshake records).
+    pub record_len: u16,
+    /// [`dir_flags`] of client and server.
+    pub dir_flags: [u16; 2],
+    pub tls: TlsSummary,
     /// [`EventKind`].
     pub kind: u8,
     /// [`Side`] that sent the packet.
@@ -384,17 +399,7 @@ pub struct Event {
     /// How many bytes of `snippet` are valid.
     pub snippet_len: u8,
     pub history_len: u8,
-    /// The first bytes of the packet's TCP payload.
-    pub snippet: [u8; SNIPPET_LEN],
-    pub history: [u8; HISTORY_LEN],
-    pub tcp_seq: u32,
-    pub payload_len: u32,
-    /// Length of the record that triggered the event (alerts, handshake records).
-    pub record_len: u16,
-    /// [`dir_flags`] of client and server.
-    pub dir_flags: [u16; 2],
-    pub tls: TlsSummary,
-    pub _pad: u16,
+    pub _pad: [u8; 4],
 }
 
 /// The TLS facts an event carries (a copy of [`Tls`] without the history).
@@ -436,10 +441,13 @@ pub enum Counter {
     TlsSyncLost = 8,
     /// Times it found its place again from evidence (mid-stream pickup, after a loss).
     TlsResynced = 9,
+    /// Packets whose TLS records went unread because the walker program could not be
+    /// reached (it is installed at load time, so this stays zero).
+    TailCallFailed = 10,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 10;
+    pub const COUNT: u32 = 11;
     pub const ALL: [Counter; Counter::COUNT as usize] = [
         Counter::Packets,
         Counter::TcpPackets,
@@ -451,6 +459,7 @@ impl Counter {
         Counter::Truncated,
         Counter::TlsSyncLost,
         Counter::TlsResynced,
+        Counter::TailCallFailed,
     ];
 
     /// The counter's name in metrics (without prefix and `_total`).
@@ -466,6 +475,7 @@ impl Counter {
             Counter::Truncated => "kernel_truncated_packets",
             Counter::TlsSyncLost => "kernel_tls_sync_lost",
             Counter::TlsResynced => "kernel_tls_resynced",
+            Counter::TailCallFailed => "kernel_walker_tail_call_failed",
         }
     }
 
@@ -487,6 +497,7 @@ impl Counter {
             Counter::TlsResynced => {
                 "Times the TLS record walker found record boundaries again from evidence"
             }
+            Counter::TailCallFailed => "Packets whose TLS records went unread: walker unreachable",
         }
     }
 }

@@ -1,43 +1,44 @@
 //! Events to the agent, written straight into the ring buffer (an event does not fit
 //! on the BPF stack next to everything else).
 
-use aya_log_ebpf::warn;
 use detector_common::{Counter, Event, EventKind, FlowKey, FlowState, Side, flow_flags};
 
-use crate::{EVENTS, count, packet::Packet, parse::Tcp, payload::Head};
+use crate::{EVENTS, count, packet::Packet, parse::Tcp, payload::read_head};
 
 /// Everything an event needs to know about the packet that raised it.
 pub struct Cx<'a, P: Packet> {
     pub p: &'a P,
     pub key: &'a FlowKey,
     pub t: &'a Tcp,
-    pub head: &'a Head,
     pub now: u64,
     pub sender: Side,
 }
 
 /// Kind-specific fields; the rest of the event is the flow's facts.
-#[derive(Default)]
+#[derive(Clone, Copy, Default)]
 pub struct Extra {
     pub alert: Option<(u8, u8)>,
     pub record_len: u16,
     pub detail: u8,
 }
 
-/// Not inlined: it is called from a dozen places, and one copy keeps the program small.
+/// Not inlined: one copy serves every call site, which keeps the programs small and
+/// their stack frames apart.
 #[inline(never)]
 pub fn emit<P: Packet>(cx: &Cx<P>, flow: &FlowState, kind: EventKind, extra: Extra) {
     let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
+        // Counted and exported; a log line per lost event would only add to the flood.
         count(Counter::EventsDropped);
-        warn!(cx.p.ctx(), "ring buffer full: event dropped");
         return;
     };
     let e = entry.as_mut_ptr();
-    // SAFETY: `e` points at a reserved, exclusively ours, properly sized record; it is
-    // zeroed first so that no byte (padding included) leaks stale ring-buffer memory.
+    // SAFETY: `e` points at a reserved, exclusively ours, properly sized record. Every
+    // field is written below (Event has no implicit padding), so no stale ring-buffer
+    // byte leaks; zeroing it first would compile to a memset call, a BPF-to-BPF call that
+    // the tail-calling main programs must not contain.
     unsafe {
-        core::ptr::write_bytes(e, 0, 1);
         let e = &mut *e;
+        e._pad = [0; 4];
         let client_is_a = flow.flags & flow_flags::CLIENT_IS_A != 0;
         let k = cx.key;
         if client_is_a {
@@ -54,15 +55,13 @@ pub fn emit<P: Packet>(cx: &Cx<P>, flow: &FlowState, kind: EventKind, extra: Ext
         e.client_first = flow.dir[Side::Client as usize].first_class;
         e.server_first = flow.dir[Side::Server as usize].first_class;
         e.flow_flags = flow.flags;
-        if let Some((level, description)) = extra.alert {
-            e.alert_level = level;
-            e.alert_description = description;
-        }
+        (e.alert_level, e.alert_description) = extra.alert.unwrap_or((0, 0));
         e.detail = extra.detail;
         e.record_len = extra.record_len;
-        e.snippet = cx.head.bytes;
-        e.snippet_len = cx.head.len as u8;
-        e.history = flow.tls.history;
+        let head = read_head(cx.p, cx.t.payload_off, cx.t.payload_len);
+        copy16(&mut e.snippet, &head.bytes);
+        e.snippet_len = head.len as u8;
+        copy16(&mut e.history, &flow.tls.history);
         e.history_len = if flow.tls.history_len > 255 {
             255
         } else {
@@ -82,4 +81,53 @@ pub fn emit<P: Packet>(cx: &Cx<P>, flow: &FlowState, kind: EventKind, extra: Ext
     }
     entry.submit(0);
     count(Counter::EventsEmitted);
+}
+
+/// Events the record walker found inside its bpf_loop callback, emitted once the loop is
+/// done. Emitting inside the callback would make the verifier re-check `emit` at every
+/// call site for every state there, which exhausts its budget.
+#[derive(Default)]
+pub struct Found {
+    n: u8,
+    first: Option<(EventKind, Extra)>,
+    second: Option<(EventKind, Extra)>,
+    third: Option<(EventKind, Extra)>,
+}
+
+impl Found {
+    /// Keeps the event; a fourth from one packet is counted as dropped (a packet holding
+    /// that many suspicious records is not something TLS stacks send).
+    #[inline(always)]
+    pub fn push(&mut self, kind: EventKind, extra: Extra) {
+        let slot = match self.n {
+            0 => &mut self.first,
+            1 => &mut self.second,
+            2 => &mut self.third,
+            _ => {
+                count(Counter::EventsDropped);
+                return;
+            }
+        };
+        *slot = Some((kind, extra));
+        self.n += 1;
+    }
+
+    #[inline(always)]
+    pub fn emit_all<P: Packet>(&self, cx: &Cx<P>, flow: &FlowState) {
+        for (kind, extra) in [self.first, self.second, self.third].into_iter().flatten() {
+            emit(cx, flow, kind, extra);
+        }
+    }
+}
+
+/// Copies 16 bytes as two words. Both sides are 8-byte aligned (see `Event`); a plain
+/// array assignment here compiles to a byte loop.
+#[inline(always)]
+fn copy16(dst: &mut [u8; 16], src: &[u8; 16]) {
+    // SAFETY: both are 16 valid bytes at 8-byte-aligned addresses (Event and FlowState
+    // place them so; Head is 8-aligned); any bytes are valid u64s.
+    unsafe {
+        let s = src.as_ptr().cast::<[u64; 2]>().read();
+        dst.as_mut_ptr().cast::<[u64; 2]>().write(s);
+    }
 }

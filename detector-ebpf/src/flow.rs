@@ -3,16 +3,15 @@
 
 use aya_ebpf::bindings::BPF_NOEXIST;
 use detector_common::{
-    EventKind, FlowKey, FlowState, PayloadClass, Side, abort, dir_flags, flow_flags,
+    Counter, EventKind, FlowKey, FlowState, PayloadClass, Side, abort, dir_flags, flow_flags,
 };
 
 use crate::{
-    FLOWS, SCRATCH, TLS_PORTS, count,
+    FLOWS, SCRATCH, TLS_PORTS, WALK_ARGS, count,
     emit::{Cx, Extra, emit},
     packet::Packet,
     parse::{Tcp, tcp_flags},
-    payload::{self, Head},
-    tls,
+    payload, tls,
 };
 
 /// Runs the flow logic for one TCP packet.
@@ -57,16 +56,10 @@ pub fn track<P: Packet>(p: &P, t: &Tcp, now: u64) {
     let side = sender as usize;
     flow.dir[side].last_seen_ns = now;
 
-    let head = if t.payload_len > 0 {
-        payload::read_head(p, t.payload_off, t.payload_len)
-    } else {
-        Head::EMPTY
-    };
     let cx = Cx {
         p,
         key: &key,
         t,
-        head: &head,
         now,
         sender,
     };
@@ -75,17 +68,107 @@ pub fn track<P: Packet>(p: &P, t: &Tcp, now: u64) {
         if flow.dir[side].first_class == PayloadClass::None as u8 {
             first_payload(&cx, flow);
         }
-        tls::walk(&cx, flow);
+        if tls::wants_walk(flow, side, t) {
+            walk_in_own_program(&cx);
+        }
     }
+    finish(&cx, flow);
+}
 
+/// Hands the packet to the record walker, a program of its own reached by tail call: the
+/// verifier then checks the walker from one clean state instead of once for every path
+/// through this program, which it cannot afford. Returns only if the tail call fails.
+#[inline(always)]
+fn walk_in_own_program<P: Packet>(cx: &Cx<P>) {
+    let Some(args) = WALK_ARGS.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: per-CPU scratch; the tail call runs on this CPU right away.
+    unsafe {
+        *args = WalkArgs {
+            key: *cx.key,
+            now: cx.now,
+            seq: cx.t.seq,
+            payload_off: cx.t.payload_off as u32,
+            payload_len: cx.t.payload_len as u32,
+            tcp_flags: cx.t.flags,
+            sender: cx.sender as u8,
+        };
+        P::walkers().tail_call(cx.p.ctx(), 0);
+    }
+    count(Counter::TailCallFailed);
+}
+
+/// The walker program's body: the packet's TLS records, then the rest of the packet.
+#[inline(always)]
+pub fn resume_walk<P: Packet>(p: &P) {
+    let Some(args) = WALK_ARGS.get_ptr(0) else {
+        return;
+    };
+    // SAFETY: per-CPU scratch written just before the tail call that got us here.
+    let args = unsafe { &*args };
+    let Some(flow) = FLOWS.get_ptr_mut(args.key) else {
+        return;
+    };
+    // SAFETY: as in `track`.
+    let flow = unsafe { &mut *flow };
+    let t = Tcp {
+        src: [0; 2],
+        dst: [0; 2],
+        sport: 0,
+        dport: 0,
+        seq: args.seq,
+        ack: 0,
+        flags: args.tcp_flags,
+        payload_off: args.payload_off as usize,
+        payload_len: args.payload_len as usize,
+    };
+    let sender = if args.sender == Side::Server as u8 {
+        Side::Server
+    } else {
+        Side::Client
+    };
+    let cx = Cx {
+        p,
+        key: &args.key,
+        t: &t,
+        now: args.now,
+        sender,
+    };
+    tls::walk(&cx, flow);
+    finish(&cx, flow);
+}
+
+/// What a packet's TCP flags end: a RST, or this side's FIN.
+#[inline(always)]
+fn finish<P: Packet>(cx: &Cx<P>, flow: &mut FlowState) {
+    let t = cx.t;
+    let side = cx.sender as usize;
     if t.flags & tcp_flags::RST != 0 {
         flow.dir[side].flags |= dir_flags::RST;
-        tls::handshake_aborted(&cx, flow, abort::RST, None);
+        if let Some(extra) = tls::handshake_aborted(flow, abort::RST, None) {
+            emit(cx, flow, EventKind::HandshakeAborted, extra);
+        }
     } else if t.flags & tcp_flags::FIN != 0 && flow.dir[side].flags & dir_flags::FIN == 0 {
         flow.dir[side].flags |= dir_flags::FIN;
-        tls::tls13_close(&cx, flow);
-        tls::handshake_aborted(&cx, flow, abort::FIN, None);
+        tls::tls13_close(cx, flow);
+        if let Some(extra) = tls::handshake_aborted(flow, abort::FIN, None) {
+            emit(cx, flow, EventKind::HandshakeAborted, extra);
+        }
     }
+}
+
+/// What the main program hands the walker program (per-CPU, across the tail call).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct WalkArgs {
+    key: FlowKey,
+    now: u64,
+    seq: u32,
+    payload_off: u32,
+    payload_len: u32,
+    tcp_flags: u8,
+    sender: u8,
 }
 
 /// Classifies the side's first payload, starts the record walker on TLS, and reports
@@ -96,7 +179,13 @@ fn first_payload<P: Packet>(cx: &Cx<P>, flow: &mut FlowState) {
     let isn = flow.dir[side].isn;
     let at_start = flow.flags & flow_flags::SYNACK_SEEN != 0 && cx.t.seq == isn.wrapping_add(1);
     let class = if at_start {
-        payload::classify(cx.head)
+        // Only first payloads are read here: on every other packet the walker reads what
+        // it needs, and most packets need nothing.
+        payload::classify(&payload::read_head(
+            cx.p,
+            cx.t.payload_off,
+            cx.t.payload_len,
+        ))
     } else {
         PayloadClass::NotAtStart
     };
@@ -146,7 +235,7 @@ fn create(key: &FlowKey, t: &Tcp, sender_is_a: bool, now: u64) -> Option<&'stati
     }
     // Another CPU may have created it meanwhile: then its entry is as good as ours.
     let _ = FLOWS.insert(key, scratch, BPF_NOEXIST as u64);
-    count(detector_common::Counter::FlowsCreated);
+    count(Counter::FlowsCreated);
     // SAFETY: as in `track`.
     FLOWS.get_ptr_mut(key).map(|s| unsafe { &mut *s })
 }

@@ -26,7 +26,7 @@ mod program {
         bindings::{TC_ACT_UNSPEC, xdp_action},
         helpers::bpf_ktime_get_boot_ns,
         macros::{classifier, map, xdp},
-        maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+        maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
         programs::{TcContext, XdpContext},
     };
     use detector_common::{
@@ -55,6 +55,15 @@ mod program {
     pub static SCRATCH: PerCpuArray<FlowState> = PerCpuArray::with_max_entries(1, 0);
     #[map]
     pub static SNI_SCRATCH: PerCpuArray<Sni> = PerCpuArray::with_max_entries(1, 0);
+
+    /// The record walker programs, reached by tail call (see flow.rs); one array per
+    /// program type, as the kernel requires.
+    #[map]
+    pub static XDP_WALKER: ProgramArray = ProgramArray::with_max_entries(1, 0);
+    #[map]
+    pub static TC_WALKER: ProgramArray = ProgramArray::with_max_entries(1, 0);
+    #[map]
+    pub static WALK_ARGS: PerCpuArray<flow::WalkArgs> = PerCpuArray::with_max_entries(1, 0);
 
     #[map]
     pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENT_RING_BYTES, 0);
@@ -114,6 +123,18 @@ mod program {
         TC_ACT_UNSPEC
     }
 
+    #[xdp]
+    pub fn detector_xdp_walk(ctx: XdpContext) -> u32 {
+        flow::resume_walk(&Xdp(ctx));
+        xdp_action::XDP_PASS
+    }
+
+    #[classifier]
+    pub fn detector_tc_walk(ctx: TcContext) -> i32 {
+        flow::resume_walk(&Tc(ctx));
+        TC_ACT_UNSPEC
+    }
+
     #[panic_handler]
     fn panic(_info: &core::panic::PanicInfo) -> ! {
         // SAFETY: the verifier rejects any reachable path to here; this only satisfies no_std.
@@ -122,7 +143,9 @@ mod program {
 }
 
 #[cfg(target_arch = "bpf")]
-pub use program::{EVENTS, FLOWS, SCRATCH, SNI, SNI_SCRATCH, TLS_PORTS, count};
+pub use program::{
+    EVENTS, FLOWS, SCRATCH, SNI, SNI_SCRATCH, TC_WALKER, TLS_PORTS, WALK_ARGS, XDP_WALKER, count,
+};
 
 /// Built for the host only so that `cargo check --workspace` passes; the real program is
 /// built for the bpf target by detector-user's build script.

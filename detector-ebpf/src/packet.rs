@@ -9,6 +9,7 @@ use core::mem::size_of;
 use aya_ebpf::{
     EbpfContext,
     helpers::generated::{bpf_skb_load_bytes, bpf_xdp_load_bytes},
+    maps::ProgramArray,
     programs::{TcContext, XdpContext},
 };
 
@@ -18,6 +19,9 @@ pub const MAX_OFFSET: usize = 0xffff;
 
 pub trait Packet {
     type Ctx: EbpfContext;
+    /// The program array holding this program type's record walker (a program array
+    /// serves one program type only).
+    fn walkers() -> &'static ProgramArray;
 
     fn ctx(&self) -> &Self::Ctx;
 
@@ -41,6 +45,10 @@ pub struct Xdp(pub XdpContext);
 
 impl Packet for Xdp {
     type Ctx = XdpContext;
+    #[inline(always)]
+    fn walkers() -> &'static ProgramArray {
+        &crate::XDP_WALKER
+    }
 
     #[inline(always)]
     fn ctx(&self) -> &XdpContext {
@@ -89,6 +97,10 @@ pub struct Tc(pub TcContext);
 
 impl Packet for Tc {
     type Ctx = TcContext;
+    #[inline(always)]
+    fn walkers() -> &'static ProgramArray {
+        &crate::TC_WALKER
+    }
 
     #[inline(always)]
     fn ctx(&self) -> &TcContext {

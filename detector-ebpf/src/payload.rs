@@ -13,13 +13,6 @@ pub struct Head {
     pub len: usize,
 }
 
-impl Head {
-    pub const EMPTY: Head = Head {
-        bytes: [0; SNIPPET_LEN],
-        len: 0,
-    };
-}
-
 #[inline(always)]
 pub fn read_head<P: Packet>(p: &P, off: usize, payload_len: usize) -> Head {
     let mut bytes = [0u8; SNIPPET_LEN];

@@ -11,15 +11,15 @@
 //! until a segment proves a boundary again (see [`resync`]).
 
 use detector_common::{
-    Counter, EventKind, FlowState, MAX_TLS_RECORD, SNI_MAX, Side, abort, dir_flags, flow_flags,
-    item, tls_flags,
+    Counter, EventKind, FlowState, MAX_TLS_RECORD, PayloadClass, SNI_MAX, Side, abort, dir_flags,
+    flow_flags, item, tls_flags,
 };
 
 use aya_ebpf::{cty::c_void, helpers::generated::bpf_loop};
 
 use crate::{
     SNI, SNI_SCRATCH, count,
-    emit::{Cx, Extra, emit},
+    emit::{Cx, Extra, Found, emit},
     packet::Packet,
 };
 
@@ -100,6 +100,24 @@ fn read_be<P: Packet>(p: &P, off: usize, n: u32) -> Option<u64> {
     Some(u64::from_be_bytes(buf) >> (8 * (8 - n.min(8))))
 }
 
+/// Whether this packet needs the walker: a synced side whose next item lies in it, or a
+/// side that may be TLS and is not synced (a chance to resync). Also keeps the side's
+/// highest sequence number, which the walker needs to notice reordering.
+#[inline(always)]
+pub fn wants_walk(flow: &mut FlowState, side: usize, t: &crate::parse::Tcp) -> bool {
+    let end = t.seq.wrapping_add(t.payload_len as u32);
+    let d = &flow.dir[side];
+    let synced = d.flags & dir_flags::SYNCED != 0;
+    if synced {
+        return before(d.cursor, end);
+    }
+    // Plain HTTP and other non-TLS streams are never walked.
+    let class = d.first_class;
+    class == PayloadClass::NotAtStart as u8
+        || class == PayloadClass::ClientHello as u8
+        || class == PayloadClass::TlsRecord as u8
+}
+
 /// Walks the records in the sender's segment.
 ///
 /// Stack: BPF allows 512 bytes for the deepest call chain, here the program, the bpf_loop
@@ -132,6 +150,7 @@ pub fn walk<P: Packet>(cx: &Cx<P>, flow: &mut FlowState) {
         flow: flow as *mut FlowState,
         seg,
         outcome: Outcome::Running,
+        found: Found::default(),
     };
     // SAFETY: `walk_step::<P>` has the callback signature bpf_loop expects, and `w` lives
     // on this frame for the whole call.
@@ -143,6 +162,7 @@ pub fn walk<P: Packet>(cx: &Cx<P>, flow: &mut FlowState) {
             0,
         );
     }
+    w.found.emit_all(cx, flow);
     match w.outcome {
         // More items in this packet than the walker reads: the rest went by unread.
         Outcome::Running => lose(flow, side),
@@ -168,6 +188,7 @@ struct Walk<'a, P: Packet> {
     flow: *mut FlowState,
     seg: Seg,
     outcome: Outcome,
+    found: Found,
 }
 
 extern "C" fn walk_step<P: Packet>(_index: u64, ctx: *mut c_void) -> i64 {
@@ -175,13 +196,13 @@ extern "C" fn walk_step<P: Packet>(_index: u64, ctx: *mut c_void) -> i64 {
     // pointers are valid for the duration of the loop.
     let w = unsafe { &mut *ctx.cast::<Walk<P>>() };
     let (cx, flow) = unsafe { (&*w.cx, &mut *w.flow) };
-    w.outcome = next_item(cx, flow, &w.seg);
+    w.outcome = next_item(cx, flow, &w.seg, &mut w.found);
     (w.outcome != Outcome::Running) as i64
 }
 
 /// Reads and handles the item at the cursor, if this segment completes it.
 #[inline(always)]
-fn next_item<P: Packet>(cx: &Cx<P>, flow: &mut FlowState, seg: &Seg) -> Outcome {
+fn next_item<P: Packet>(cx: &Cx<P>, flow: &mut FlowState, seg: &Seg, found: &mut Found) -> Outcome {
     let side = cx.sender as usize;
     let d = &mut flow.dir[side];
     let cursor = d.cursor;
@@ -230,7 +251,7 @@ fn next_item<P: Packet>(cx: &Cx<P>, flow: &mut FlowState, seg: &Seg) -> Outcome 
         return Outcome::Stopped;
     }
     d.pend_len = 0;
-    if step(cx, flow, seg, value) {
+    if step(cx, flow, seg, value, found) {
         Outcome::Running
     } else {
         Outcome::Stopped
@@ -370,7 +391,13 @@ fn version_bit(v: u16) -> u8 {
 
 /// Handles one complete item; returns false if the side lost sync.
 #[inline(always)]
-fn step<P: Packet>(cx: &Cx<P>, flow: &mut FlowState, seg: &Seg, value: u64) -> bool {
+fn step<P: Packet>(
+    cx: &Cx<P>,
+    flow: &mut FlowState,
+    seg: &Seg,
+    value: u64,
+    found: &mut Found,
+) -> bool {
     let sender = cx.sender;
     let side = sender as usize;
     let d = flow.dir[side];
@@ -414,7 +441,7 @@ fn step<P: Packet>(cx: &Cx<P>, flow: &mut FlowState, seg: &Seg, value: u64) -> b
                                 record_len: len as u16,
                                 ..Extra::default()
                             };
-                            emit(cx, flow, EventKind::EncryptedAlert, extra);
+                            found.push(EventKind::EncryptedAlert, extra);
                         }
                         expect(flow, side, item::RECORD, rec_end);
                     }
@@ -442,7 +469,7 @@ fn step<P: Packet>(cx: &Cx<P>, flow: &mut FlowState, seg: &Seg, value: u64) -> b
                             record_len: len as u16,
                             ..Extra::default()
                         };
-                        emit(cx, flow, EventKind::Renegotiation, extra);
+                        found.push(EventKind::Renegotiation, extra);
                     }
                     expect(flow, side, item::RECORD, rec_end);
                 }
@@ -501,7 +528,7 @@ fn step<P: Packet>(cx: &Cx<P>, flow: &mut FlowState, seg: &Seg, value: u64) -> b
             history(flow, sender, letter);
             match (htype, sender) {
                 (0, Side::Server) => {
-                    emit(cx, flow, EventKind::HelloRequest, Extra::default());
+                    found.push(EventKind::HelloRequest, Extra::default());
                     after_message(flow, side);
                 }
                 (1, Side::Client) | (2, Side::Server) => {
@@ -511,7 +538,7 @@ fn step<P: Packet>(cx: &Cx<P>, flow: &mut FlowState, seg: &Seg, value: u64) -> b
                         && (flow.dir[0].flags | flow.dir[1].flags) & dir_flags::APPDATA != 0
                     {
                         flow.dir[side].flags |= dir_flags::RENEGOTIATED;
-                        emit(cx, flow, EventKind::Renegotiation, Extra::default());
+                        found.push(EventKind::Renegotiation, Extra::default());
                     }
                     flow.dir[side].flags |= dir_flags::HELLO | dir_flags::IN_HELLO;
                     expect_hello_field(flow, side, item::HELLO_VERSION, cursor.wrapping_add(4));
@@ -608,9 +635,12 @@ fn step<P: Packet>(cx: &Cx<P>, flow: &mut FlowState, seg: &Seg, value: u64) -> b
                 record_len: 2,
                 ..Extra::default()
             };
-            emit(cx, flow, EventKind::PlaintextAlert, extra);
-            if level == 2 {
-                handshake_aborted(cx, flow, abort::ALERT, Some((level, description)));
+            found.push(EventKind::PlaintextAlert, extra);
+            if level == 2
+                && let Some(extra) =
+                    handshake_aborted(flow, abort::ALERT, Some((level, description)))
+            {
+                found.push(EventKind::HandshakeAborted, extra);
             }
             let rec_end = flow.dir[side].rec_end;
             expect(flow, side, item::RECORD, rec_end);
@@ -713,29 +743,23 @@ fn check_done(flow: &mut FlowState) {
     }
 }
 
-/// Reports, once per flow, a handshake that a client started and that ended (fatal
-/// alert, RST or FIN) before it finished.
+/// A handshake that a client started and that ended (fatal alert, RST or FIN) before it
+/// finished: the event's fields, once per flow.
 #[inline(always)]
-pub fn handshake_aborted<P: Packet>(
-    cx: &Cx<P>,
-    flow: &mut FlowState,
-    how: u8,
-    alert: Option<(u8, u8)>,
-) {
+pub fn handshake_aborted(flow: &mut FlowState, how: u8, alert: Option<(u8, u8)>) -> Option<Extra> {
     let started = flow.dir[Side::Client as usize].flags & dir_flags::HELLO != 0;
     if !started
         || flow.tls.flags & tls_flags::HANDSHAKE_DONE != 0
         || flow.flags & flow_flags::ABORT_REPORTED != 0
     {
-        return;
+        return None;
     }
     flow.flags |= flow_flags::ABORT_REPORTED;
-    let extra = Extra {
+    Some(Extra {
         alert,
         detail: how,
         ..Extra::default()
-    };
-    emit(cx, flow, EventKind::HandshakeAborted, extra);
+    })
 }
 
 /// TLS 1.3 close heuristic: the side's last record was a close_notify-sized application

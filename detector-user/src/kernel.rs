@@ -10,13 +10,18 @@ use std::{
 use anyhow::{Context as _, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, MapData, PerCpuArray, ProgramArray, RingBuf},
     programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
 };
 use detector_common::{Config, Counter, FlowKey, Sni, names};
 
 /// The compiled kernel program, built by this crate's build script.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/detector-ebpf"));
+
+/// Reference programs (an empty one, a minimal flow tracker) for benchmarks.
+#[cfg(feature = "bench")]
+pub static BENCH_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/detector-bench"));
 
 /// The oldest kernel we load on: bpf_xdp_load_bytes arrived in 5.18 (ring buffers in 5.8,
 /// BPF ISA v3 atomics in 5.12).
@@ -119,6 +124,21 @@ impl Kernel {
         tc.load()
             .context("verifying the TC program")
             .map_err(explain_privileges)?;
+        // The record walkers, which the programs above reach by tail call.
+        let xdp_walker: &mut Xdp = program(&mut ebpf, names::XDP_WALKER)?.try_into()?;
+        xdp_walker
+            .load()
+            .context("verifying the XDP record walker")?;
+        let xdp_walker = xdp_walker.fd()?.try_clone()?;
+        let tc_walker: &mut SchedClassifier = program(&mut ebpf, names::TC_WALKER)?.try_into()?;
+        tc_walker.load().context("verifying the TC record walker")?;
+        let tc_walker = tc_walker.fd()?.try_clone()?;
+        ProgramArray::try_from(map(&mut ebpf, names::XDP_WALKER_ARRAY)?)?
+            .set(0, &xdp_walker, 0)
+            .context("installing the XDP record walker")?;
+        ProgramArray::try_from(map(&mut ebpf, names::TC_WALKER_ARRAY)?)?
+            .set(0, &tc_walker, 0)
+            .context("installing the TC record walker")?;
 
         let mut ports: HashMap<_, u16, u8> = HashMap::try_from(map(&mut ebpf, names::TLS_PORTS)?)?;
         for &p in &opts.tls_ports {
@@ -201,10 +221,22 @@ impl Kernel {
     }
 
     /// Instructions of each program after verification (translated size / 8 bytes).
-    pub fn instruction_counts(&mut self) -> anyhow::Result<[(&'static str, u32); 2]> {
-        let xdp = self.xdp()?.info()?.size_translated().unwrap_or(0) / 8;
-        let tc = self.tc()?.info()?.size_translated().unwrap_or(0) / 8;
-        Ok([(names::XDP_PROGRAM, xdp), (names::TC_PROGRAM, tc)])
+    pub fn instruction_counts(&self) -> anyhow::Result<Vec<(&'static str, u32)>> {
+        [
+            names::XDP_PROGRAM,
+            names::XDP_WALKER,
+            names::TC_PROGRAM,
+            names::TC_WALKER,
+        ]
+        .into_iter()
+        .map(|name| {
+            let p = self
+                .ebpf
+                .program(name)
+                .ok_or_else(|| anyhow!("program {name} missing"))?;
+            Ok((name, p.info()?.size_translated().unwrap_or(0) / 8))
+        })
+        .collect()
     }
 }
 

@@ -6,3 +6,4 @@ pub mod frames;
 pub mod harness;
 pub mod lab;
 pub mod pcapfile;
+pub mod relay;

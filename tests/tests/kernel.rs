@@ -334,7 +334,7 @@ fn non_tcp_and_fragments_leave_early() {
 
 #[test]
 fn program_size_as_loaded() {
-    let mut h = Harness::new();
+    let h = Harness::new();
     let counts = h.kernel.instruction_counts().unwrap();
     for (name, n) in counts {
         println!("{name}: {n} instructions as loaded (after verification)");

@@ -41,6 +41,9 @@ enum Task {
     },
     /// cargo fmt --check and clippy -D warnings, for userspace and for the eBPF crate.
     Lint,
+    /// The kernel program against an empty XDP program and a minimal flow tracker, on the
+    /// same frames in one run (BPF_PROG_TEST_RUN). Needs root.
+    Bench,
 }
 
 fn main() -> std::process::ExitCode {
@@ -76,6 +79,13 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             std::process::exit(status.code().unwrap_or(1));
         }
         Task::Test { filter } => test(filter.as_deref()),
+        Task::Bench => {
+            if !deps::is_root() {
+                bail!("the benchmark loads BPF programs: run it as root");
+            }
+            let path = toolchain::ensure()?;
+            run(cargo(&path).args(["bench", "--package", "tests", "--bench", "kernel"]))
+        }
         Task::Lint => {
             let path = toolchain::ensure()?;
             lint(&path)

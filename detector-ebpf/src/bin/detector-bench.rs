@@ -1,0 +1,74 @@
+//! Reference programs for `cargo xtask bench`, measured beside the detector in one run:
+//! an XDP program that does nothing, and a minimal flow tracker (parse Ethernet/IPv4/TCP,
+//! look the 4-tuple up in an LRU hash, write a timestamp). Never loaded by the agent.
+#![cfg_attr(target_arch = "bpf", no_std)]
+#![cfg_attr(target_arch = "bpf", no_main)]
+
+#[cfg(target_arch = "bpf")]
+mod program {
+    use aya_ebpf::{
+        bindings::{BPF_NOEXIST, xdp_action},
+        helpers::bpf_ktime_get_boot_ns,
+        macros::{map, xdp},
+        maps::LruHashMap,
+        programs::XdpContext,
+    };
+
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct Key {
+        src: u32,
+        dst: u32,
+        ports: u32,
+    }
+
+    #[map]
+    static BENCH_FLOWS: LruHashMap<Key, u64> = LruHashMap::with_max_entries(65_536, 0);
+
+    #[xdp]
+    pub fn bench_empty(_ctx: XdpContext) -> u32 {
+        xdp_action::XDP_PASS
+    }
+
+    #[xdp]
+    pub fn bench_tracker(ctx: XdpContext) -> u32 {
+        let (start, end) = (ctx.data(), ctx.data_end());
+        // Ethernet (14) + IPv4 without options (20) + TCP ports (4).
+        if start + 14 + 20 + 4 > end {
+            return xdp_action::XDP_PASS;
+        }
+        // SAFETY: bounds checked above.
+        let (ethertype, proto, src, dst, ports) = unsafe {
+            (
+                core::ptr::read_unaligned((start + 12) as *const u16),
+                *((start + 23) as *const u8),
+                core::ptr::read_unaligned((start + 26) as *const u32),
+                core::ptr::read_unaligned((start + 30) as *const u32),
+                core::ptr::read_unaligned((start + 34) as *const u32),
+            )
+        };
+        if ethertype != 0x0008 || proto != 6 {
+            return xdp_action::XDP_PASS;
+        }
+        let key = Key { src, dst, ports };
+        // SAFETY: boot-time clock helper, no preconditions.
+        let now = unsafe { bpf_ktime_get_boot_ns() };
+        match BENCH_FLOWS.get_ptr_mut(key) {
+            // SAFETY: a live map value.
+            Some(ts) => unsafe { *ts = now },
+            None => {
+                let _ = BENCH_FLOWS.insert(key, now, BPF_NOEXIST as u64);
+            }
+        }
+        xdp_action::XDP_PASS
+    }
+
+    #[panic_handler]
+    fn panic(_info: &core::panic::PanicInfo) -> ! {
+        // SAFETY: the verifier rejects any reachable path to here.
+        unsafe { core::hint::unreachable_unchecked() }
+    }
+}
+
+#[cfg(not(target_arch = "bpf"))]
+fn main() {}

@@ -1,0 +1,721 @@
+//! TLS field cases 1 and 2 (BRIEF.md) live, with real OpenSSL: server-initiated
+//! renegotiation, resumption attempts killed by an inline inspector (our own relay, see
+//! `tests::relay`), plaintext handshake alerts, and clean sessions (renegotiation-free,
+//! resumed, bulk) that must give nothing. Every scenario also replays its capture through
+//! `detector replay`, which must agree with what the agent found live.
+
+use std::{
+    collections::BTreeSet,
+    net::{IpAddr, SocketAddr},
+    path::Path,
+    sync::{Mutex, MutexGuard},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail, ensure};
+use serde_json::Value;
+use tests::{
+    agent::{LiveAgent, identity, replay},
+    lab::{DEFAULT_CN, Lab, LabProcess, NginxSite, TlsFiles, url},
+    relay::{Relay, Resumption, Verdict},
+};
+
+const T: Duration = Duration::from_secs(15);
+/// After the last traffic: longer than the agent's correlation window (0.5 s), so a late
+/// second diagnosis for a session would show.
+const SETTLE: Duration = Duration::from_millis(1500);
+
+/// The tests of this file take turns. Each starts an agent, and loading it runs the BPF
+/// verifier over the XDP and TC programs for seconds of CPU time; several loads at once on
+/// a small machine can outlast the agent's start-up bound, and a scenario's timing would
+/// then depend on its neighbours.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> MutexGuard<'static, ()> {
+    // A failed test poisons the lock; the next one may still run.
+    SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The router namespace and its client-side and server-side interfaces.
+fn router(lab: &Lab) -> Result<(String, String, String)> {
+    Ok((
+        lab.router_ns()
+            .context("routed lab has a router")?
+            .to_owned(),
+        lab.router_client_if()
+            .context("router client side")?
+            .to_owned(),
+        lab.router_server_if()
+            .context("router server side")?
+            .to_owned(),
+    ))
+}
+
+fn path_str(p: &Path) -> Result<&str> {
+    p.to_str()
+        .with_context(|| format!("{} is not UTF-8", p.display()))
+}
+
+fn count(hay: &str, needle: &str) -> usize {
+    hay.matches(needle).count()
+}
+
+/// Waits (bounded) until `needle` shows at least `n` times in the output of `p`.
+fn wait_count(p: &LabProcess, needle: &str, n: usize, timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let out = p.output();
+        if count(&out, needle) >= n {
+            return Ok(());
+        }
+        if Instant::now() > deadline || p.try_wait()?.is_some() {
+            bail!(
+                "{needle:?} seen {} times, expected {n}, in the output of `{}`:\n{out}",
+                count(&out, needle),
+                p.command()
+            );
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `s_server` arguments for a certificate.
+fn cert_args(files: &TlsFiles) -> Result<Vec<String>> {
+    Ok(vec![
+        "-cert".into(),
+        path_str(&files.cert)?.into(),
+        "-key".into(),
+        path_str(&files.key)?.into(),
+    ])
+}
+
+/// `openssl s_client -connect ADDR -servername server.test -CAfile CA EXTRA...`.
+fn s_client_args(connect: SocketAddr, ca: &Path, extra: &[&str]) -> Result<Vec<String>> {
+    let mut args: Vec<String> = [
+        "openssl",
+        "s_client",
+        "-connect",
+        &connect.to_string(),
+        "-servername",
+        DEFAULT_CN,
+        "-CAfile",
+        path_str(ca)?,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    Ok(args)
+}
+
+/// One HTTP exchange with an `s_server -www`: s_client sends a GET, waits for the whole
+/// page (by then a TLS 1.3 client has read the server's NewSessionTickets, so `-sess_out`
+/// holds a resumable session), and exits when the server closes. Returns its output.
+fn www_get(lab: &Lab, name: &str, args: &[String]) -> Result<String> {
+    let mut cli = lab.spawn_with_stdin(lab.client_ns(), name, args)?;
+    cli.write_stdin(b"GET / HTTP/1.0\r\n\r\n")?;
+    cli.wait_for_output("</HTML>", T)?;
+    cli.close_stdin();
+    cli.wait_timeout(T)?;
+    Ok(cli.output())
+}
+
+/// The first "New, ..." or "Reused, ..." line s_client printed about its own session.
+fn session_line(out: &str) -> &str {
+    out.lines()
+        .find(|l| l.starts_with("New, ") || l.starts_with("Reused, "))
+        .unwrap_or("")
+}
+
+fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.split([' ', '{']).next() == Some(name))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+fn ids(v: &[Value]) -> BTreeSet<(String, String, String)> {
+    v.iter().map(identity).collect()
+}
+
+fn replay_matches(capture: &Path, live: &[Value]) {
+    let (replayed, summary) = replay(capture, &[]).expect("replay");
+    assert_eq!(
+        ids(&replayed),
+        ids(live),
+        "replay of {} disagrees with live; replayed {replayed:#?}\nsummary: {summary}",
+        capture.display()
+    );
+}
+
+/// Stops the agent after a settling pause, and checks nothing showed up late.
+fn finish(agent: LiveAgent, lab: &Lab, expected: usize) -> Result<(Vec<Value>, String)> {
+    let live = agent.wait_for(expected, T)?;
+    thread::sleep(SETTLE);
+    let metrics = agent.metrics(lab)?;
+    let out = agent.process.output();
+    let fin = agent.stop()?;
+    ensure!(
+        fin.len() == expected && live.len() == expected,
+        "expected {expected} diagnoses, got {} (then {} at stop); agent output:\n{out}",
+        live.len(),
+        fin.len()
+    );
+    Ok((fin, metrics))
+}
+
+fn client_ip(d: &Value) -> IpAddr {
+    let c: SocketAddr = d["client"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("client is ip:port in {d}"));
+    c.ip()
+}
+
+fn history(d: &Value) -> &str {
+    d["detail"]["ssl_history"].as_str().unwrap_or("")
+}
+
+/// Field case 1: OpenSSL's s_server renegotiates (command `r`, "Renegotiate the SSL
+/// session (TLSv1.2 and below only)" in OpenSSL 3's s_server; `R` also requests a client
+/// certificate) in the middle of a TLS 1.2 session with application data flowing both
+/// ways. After the handshake its HelloRequest is encrypted: what the router sees is a
+/// handshake record from the server after application data, then the client's (encrypted)
+/// renegotiation handshake. One session, one `server_hello_request`.
+#[test]
+fn server_hello_request_from_openssl_renegotiation() -> Result<()> {
+    let _serial = serial();
+    let lab = Lab::routed()?;
+    let (router, rc, rs) = router(&lab)?;
+    let capture = lab.capture(&router, &rs, "router.pcap")?;
+    let agent = LiveAgent::start(&lab, &router, &[&rc, &rs], &["--no-egress"])?;
+
+    let tls = lab.tls_cert(DEFAULT_CN)?;
+    let mut args = vec!["-tls1_2".to_string()];
+    args.extend(cert_args(&tls)?);
+    let mut srv = lab.s_server(lab.server_ns(), 443, &args)?;
+    let connect = SocketAddr::new(lab.server_v4().into(), 443);
+    // -msg: s_client prints every handshake message, so the test can see the
+    // HelloRequest arrive and the second handshake complete.
+    let cli_args = s_client_args(connect, &tls.ca_cert, &["-tls1_2", "-msg"])?;
+    let mut cli = lab.spawn_with_stdin(lab.client_ns(), "s_client-reneg", &cli_args)?;
+
+    cli.write_stdin(b"hello from the client\n")?;
+    srv.wait_for_output("hello from the client", T)?;
+    srv.write_stdin(b"hello from the server\n")?;
+    cli.wait_for_output("hello from the server", T)?;
+    srv.write_stdin(b"r\n")?;
+    srv.wait_for_output("SSL_do_handshake -> 1", T)?;
+    cli.wait_for_output("], HelloRequest", T)?;
+    // The client answers with a new ClientHello, and the server completes the handshake.
+    wait_count(&cli, "], ClientHello\n", 2, T)?;
+    wait_count(&cli, "], ServerHello\n", 2, T)?;
+    cli.write_stdin(b"after renegotiation from the client\n")?;
+    srv.wait_for_output("after renegotiation from the client", T)?;
+    srv.write_stdin(b"after renegotiation from the server\n")?;
+    cli.wait_for_output("after renegotiation from the server", T)?;
+    cli.close_stdin();
+    cli.wait_timeout(T)?;
+
+    let (live, metrics) = finish(agent, &lab, 1)?;
+    let d = &live[0];
+    println!("server_hello_request: {d}");
+    println!(
+        "server_hello_request ssl_history (OpenSSL s_server `r`, TLS 1.2): {}",
+        history(d)
+    );
+    assert_eq!(d["kind"], "server_hello_request", "{d}");
+    assert_eq!(client_ip(d), IpAddr::from(lab.client_v4()), "{d}");
+    assert_eq!(d["server"], connect.to_string(), "{d}");
+    assert_eq!(d["sni"], DEFAULT_CN, "{d}");
+    assert_eq!(d["detail"]["sender"], "server", "{d}");
+    assert_eq!(d["detail"]["encrypted"], true, "{d}");
+    assert_eq!(d["detail"]["client_renegotiated"], true, "{d}");
+    assert!(!history(d).is_empty(), "{d}");
+    assert_eq!(
+        metric(&metrics, "detector_kernel_events_dropped_total"),
+        Some(0.0)
+    );
+
+    replay_matches(&capture.stop()?, &live);
+    Ok(())
+}
+
+/// Field case 2: an inline inspector without state for cached sessions (our relay on the
+/// router) kills every resumption attempt with a plaintext handshake_failure alert. The
+/// agent sits on the router's client-side veth only, where the relay's answers leave by
+/// egress, so it runs with TC egress. For each method, a full handshake first (through the
+/// relay, nothing to diagnose) saves the session, and a second connection offers it.
+#[test]
+fn resumption_rejected_by_inspecting_relay() -> Result<()> {
+    let _serial = serial();
+    let lab = Lab::routed()?;
+    let (router, rc, _) = router(&lab)?;
+    let relay_ip = lab.iface(&rc).context("router client iface")?.v4;
+    let relay_addr = SocketAddr::new(relay_ip.into(), 443);
+    let capture = lab.capture(&router, &rc, "router-client-side.pcap")?;
+    let agent = LiveAgent::start(&lab, &router, &[&rc], &[])?;
+
+    let tls = lab.tls_cert(DEFAULT_CN)?;
+    let mut args = vec!["-www".to_string()];
+    args.extend(cert_args(&tls)?);
+    let _srv = lab.s_server(lab.server_ns(), 443, &args)?;
+    let relay = Relay::start(
+        Some(&router),
+        relay_addr,
+        SocketAddr::new(lab.server_v4().into(), 443),
+    )?;
+
+    let methods: [(Resumption, &[&str]); 3] = [
+        (Resumption::Tls12SessionId, &["-tls1_2", "-no_ticket"]),
+        (Resumption::Tls12SessionTicket, &["-tls1_2"]),
+        (Resumption::Tls13Psk, &["-tls1_3"]),
+    ];
+    for (i, (method, flags)) in methods.iter().enumerate() {
+        let sess = lab.dir().join(format!("{method}.sess"));
+        let sess = path_str(&sess)?;
+        let mut first = flags.to_vec();
+        first.extend(["-sess_out", sess]);
+        let out = www_get(
+            &lab,
+            &format!("s_client-{method}-full"),
+            &s_client_args(relay_addr, &tls.ca_cert, &first)?,
+        )?;
+        assert!(session_line(&out).starts_with("New, "), "{method}: {out}");
+        ensure!(
+            Path::new(sess).is_file(),
+            "{method}: s_client wrote no session to {sess}:\n{out}"
+        );
+
+        let mut second = flags.to_vec();
+        second.extend(["-sess_in", sess]);
+        let args = s_client_args(relay_addr, &tls.ca_cert, &second)?;
+        let out = lab.run(lab.client_ns(), &args, T)?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            !out.status.success() && text.contains("alert handshake failure"),
+            "{method}: the resuming client should have got the relay's alert:\n{text}"
+        );
+        let conns = relay.wait_connections(2 * i + 2, T)?;
+        assert_eq!(
+            conns[2 * i].verdict,
+            Verdict::Forwarded,
+            "{method}: {conns:#?}"
+        );
+        assert_eq!(
+            conns[2 * i + 1].verdict,
+            Verdict::Rejected(*method),
+            "{method}: {conns:#?}"
+        );
+    }
+
+    let conns = relay.connections();
+    assert_eq!(conns.len(), 6, "{conns:#?}");
+    let (live, metrics) = finish(agent, &lab, 3)?;
+    let want: BTreeSet<(String, String, String)> = conns
+        .iter()
+        .filter(|c| matches!(c.verdict, Verdict::Rejected(_)))
+        .map(|c| {
+            (
+                "resumption_rejected".to_string(),
+                c.client.to_string(),
+                relay_addr.to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(ids(&live), want, "{live:#?}");
+    for c in &conns {
+        let Verdict::Rejected(method) = c.verdict else {
+            continue;
+        };
+        let d = live
+            .iter()
+            .find(|d| d["client"] == c.client.to_string())
+            .expect("a diagnosis per rejected connection");
+        println!("resumption_rejected {method} ssl_history: {}", history(d));
+        assert_eq!(d["sni"], DEFAULT_CN, "{d}");
+        let detail = &d["detail"];
+        assert_eq!(detail["method"], method.as_str(), "{d}");
+        assert_eq!(detail["accepted"], false, "{d}");
+        assert_eq!(detail["ended_by"], "fatal_alert", "{d}");
+        // The relay speaks for the server.
+        assert_eq!(detail["sender"], "server", "{d}");
+        assert_eq!(detail["description"], "handshake_failure", "{d}");
+        assert!(!history(d).is_empty(), "{d}");
+    }
+    assert_eq!(
+        metric(&metrics, "detector_kernel_events_dropped_total"),
+        Some(0.0)
+    );
+    drop(relay);
+
+    replay_matches(&capture.stop()?, &live);
+    Ok(())
+}
+
+/// Plaintext fatal alerts from OpenSSL handshakes that fail: the client rejecting a
+/// certificate from a CA it does not trust, and a TLS 1.3-only server refusing a TLS 1.2-only
+/// client.
+#[test]
+fn openssl_handshake_failures() -> Result<()> {
+    let _serial = serial();
+    let lab = Lab::routed()?;
+    let (router, rc, rs) = router(&lab)?;
+    let capture = lab.capture(&router, &rs, "router.pcap")?;
+    let agent = LiveAgent::start(&lab, &router, &[&rc, &rs], &["--no-egress"])?;
+
+    let trusted = lab.tls_cert(DEFAULT_CN)?;
+    let untrusted = lab.untrusted_cert()?;
+    let _bad_ca = lab.s_server(lab.server_ns(), 443, &cert_args(&untrusted)?)?;
+    let mut args = vec!["-tls1_3".to_string()];
+    args.extend(cert_args(&trusted)?);
+    let _tls13_only = lab.s_server(lab.server_ns(), 8443, &args)?;
+
+    let (c4, c6) = (IpAddr::from(lab.client_v4()), IpAddr::from(lab.client_v6()));
+    let (s4, s6) = (IpAddr::from(lab.server_v4()), IpAddr::from(lab.server_v6()));
+    // Unknown CA. The client offers only TLS 1.2: in TLS 1.3 its alert would come after
+    // the ServerHello, encrypted under the handshake keys, and so not be a plaintext alert.
+    // OpenSSL 3 maps "unable to get local issuer certificate" (verify error 20) to the
+    // alert unknown_ca (48), which is what it sends.
+    let unknown_ca = SocketAddr::new(s4, 443);
+    let args = s_client_args(
+        unknown_ca,
+        &trusted.ca_cert,
+        &["-tls1_2", "-verify_return_error"],
+    )?;
+    let out = lab.run(lab.client_ns(), &args, T)?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !out.status.success() && text.contains("unable to get local issuer certificate"),
+        "{text}"
+    );
+
+    // Protocol version: the server allows only TLS 1.3, the client only TLS 1.2.
+    let mut version_targets = Vec::new();
+    for s in [s4, s6] {
+        let target = SocketAddr::new(s, 8443);
+        let args = s_client_args(target, &trusted.ca_cert, &["-tls1_2"])?;
+        let out = lab.run(lab.client_ns(), &args, T)?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            !out.status.success() && text.contains("alert protocol version"),
+            "{text}"
+        );
+        version_targets.push(target);
+    }
+
+    let (live, _) = finish(agent, &lab, 3)?;
+    let mut got: Vec<(String, IpAddr, String, String, String)> = live
+        .iter()
+        .map(|d| {
+            println!(
+                "{} {} ssl_history: {}",
+                d["kind"].as_str().unwrap_or(""),
+                d["detail"]["description"].as_str().unwrap_or(""),
+                history(d)
+            );
+            let s = |v: &Value| v.as_str().unwrap_or("").to_string();
+            (
+                s(&d["kind"]),
+                client_ip(d),
+                s(&d["server"]),
+                s(&d["detail"]["sender"]),
+                s(&d["detail"]["description"]),
+            )
+        })
+        .collect();
+    let mut want = vec![
+        (
+            "fatal_alert".to_string(),
+            c4,
+            unknown_ca.to_string(),
+            "client".to_string(),
+            "unknown_ca".to_string(),
+        ),
+        (
+            "fatal_alert".into(),
+            c4,
+            version_targets[0].to_string(),
+            "server".into(),
+            "protocol_version".into(),
+        ),
+        (
+            "fatal_alert".into(),
+            c6,
+            version_targets[1].to_string(),
+            "server".into(),
+            "protocol_version".into(),
+        ),
+    ];
+    got.sort();
+    want.sort();
+    assert_eq!(got, want, "{live:#?}");
+    for d in &live {
+        assert_eq!(d["detail"]["level"], "fatal", "{d}");
+        assert_eq!(d["sni"], DEFAULT_CN, "{d}");
+        assert!(!history(d).is_empty(), "{d}");
+    }
+    // The IPv6 server is written in brackets.
+    assert!(version_targets[1].to_string().starts_with('['));
+
+    replay_matches(&capture.stop()?, &live);
+    Ok(())
+}
+
+/// Sessions that are fine must give no diagnosis at all: TLS 1.2 and 1.3 with data both
+/// ways, successful resumptions by each method, and a 20 MiB download; and the kernel
+/// program must never lose its place in the record stream.
+#[test]
+fn clean_sessions_give_nothing() -> Result<()> {
+    let _serial = serial();
+    let lab = Lab::routed()?;
+    let (router, rc, rs) = router(&lab)?;
+    let capture = lab.capture(&router, &rs, "router.pcap")?;
+    let agent = LiveAgent::start(&lab, &router, &[&rc, &rs], &["--no-egress"])?;
+
+    let s_ns = lab.server_ns();
+    let s4 = IpAddr::from(lab.server_v4());
+    let nginx = lab.nginx(
+        s_ns,
+        NginxSite {
+            tls: true,
+            big_mib: 20,
+            ..Default::default()
+        },
+    )?;
+    let tls = nginx.tls.clone().context("TLS site has a certificate")?;
+    let mut srv = lab.s_server(s_ns, 4433, &cert_args(&tls)?)?;
+    let mut args = vec!["-www".to_string()];
+    args.extend(cert_args(&tls)?);
+    let _www = lab.s_server(s_ns, 8443, &args)?;
+
+    // Interactive sessions, data both ways.
+    for version in ["-tls1_2", "-tls1_3"] {
+        let args = s_client_args(SocketAddr::new(s4, 4433), &tls.ca_cert, &[version])?;
+        let mut cli =
+            lab.spawn_with_stdin(lab.client_ns(), &format!("s_client{version}"), &args)?;
+        let (to_srv, to_cli) = (
+            format!("client line {version}\n"),
+            format!("server line {version}\n"),
+        );
+        cli.write_stdin(to_srv.as_bytes())?;
+        srv.wait_for_output(&to_srv, T)?;
+        srv.write_stdin(to_cli.as_bytes())?;
+        cli.wait_for_output(&to_cli, T)?;
+        cli.close_stdin();
+        cli.wait_timeout(T)?;
+        let want = if version == "-tls1_2" {
+            "New, TLSv1.2"
+        } else {
+            "New, TLSv1.3"
+        };
+        assert!(
+            session_line(&cli.output()).starts_with(want),
+            "{}",
+            cli.output()
+        );
+    }
+
+    let mut phases = vec![("interactive TLS 1.2 and 1.3", agent.metrics(&lab)?)];
+
+    // Resumption straight to the server: offered and accepted.
+    let www = SocketAddr::new(s4, 8443);
+    let methods: [(&str, &[&str]); 3] = [
+        ("tls12_session_id", &["-tls1_2", "-no_ticket"]),
+        ("tls12_session_ticket", &["-tls1_2"]),
+        ("tls13_psk", &["-tls1_3"]),
+    ];
+    for (method, flags) in methods {
+        let sess = lab.dir().join(format!("clean-{method}.sess"));
+        let sess = path_str(&sess)?;
+        let mut first = flags.to_vec();
+        first.extend(["-sess_out", sess]);
+        let out = www_get(
+            &lab,
+            &format!("s_client-{method}-full"),
+            &s_client_args(www, &tls.ca_cert, &first)?,
+        )?;
+        assert!(session_line(&out).starts_with("New, "), "{method}: {out}");
+        let mut second = flags.to_vec();
+        second.extend(["-sess_in", sess]);
+        let out = www_get(
+            &lab,
+            &format!("s_client-{method}-resumed"),
+            &s_client_args(www, &tls.ca_cert, &second)?,
+        )?;
+        assert!(
+            session_line(&out).starts_with("Reused, "),
+            "{method}: not resumed:\n{out}"
+        );
+    }
+
+    phases.push(("resumptions", agent.metrics(&lab)?));
+
+    // Bulk: 20 MiB over TLS.
+    let ca = path_str(&tls.ca_cert)?;
+    let out = lab.run_ok(
+        lab.client_ns(),
+        &[
+            "curl",
+            "-sS",
+            "--max-time",
+            "60",
+            "--cacert",
+            ca,
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{size_download}",
+            &url("https", s4, nginx.port, "/big"),
+        ],
+        Duration::from_secs(70),
+    )?;
+    assert_eq!(out, (20u64 << 20).to_string());
+
+    thread::sleep(SETTLE);
+    let metrics = agent.metrics(&lab)?;
+    phases.push(("20 MiB download", metrics.clone()));
+    let agent_out = agent.process.output();
+    let live = agent.stop()?;
+    // Cumulative counters after each phase, so a failure says which traffic caused it.
+    for (phase, text) in &phases {
+        println!(
+            "after {phase}: detector_kernel_tls_records_total {:?}, \
+             detector_kernel_tls_sync_lost_total {:?}, detector_kernel_tls_resynced_total {:?}",
+            metric(text, "detector_kernel_tls_records_total"),
+            metric(text, "detector_kernel_tls_sync_lost_total"),
+            metric(text, "detector_kernel_tls_resynced_total"),
+        );
+    }
+    let records = metric(&metrics, "detector_kernel_tls_records_total");
+    assert!(live.is_empty(), "{live:#?}\nagent output:\n{agent_out}");
+    assert_eq!(
+        metric(&metrics, "detector_kernel_tls_sync_lost_total"),
+        Some(0.0),
+        "{metrics}"
+    );
+    assert!(records.unwrap_or(0.0) > 0.0, "{metrics}");
+    assert_eq!(
+        metric(&metrics, "detector_kernel_events_dropped_total"),
+        Some(0.0)
+    );
+
+    replay_matches(&capture.stop()?, &live);
+    Ok(())
+}
+
+#[test]
+#[ignore = "probe"]
+fn zz_probe_sync_loss() -> Result<()> {
+    let _serial = serial();
+    let lab = Lab::routed()?;
+    let (router, rc, rs) = router(&lab)?;
+    let capture = lab.capture(&router, &rs, "router.pcap")?;
+    let agent = LiveAgent::start(&lab, &router, &[&rc, &rs], &["--no-egress"])?;
+    let tls = lab.tls_cert(DEFAULT_CN)?;
+    let s4 = IpAddr::from(lab.server_v4());
+    let mut srv = lab.s_server(lab.server_ns(), 4433, &cert_args(&tls)?)?;
+    let show = |what: &str| -> Result<()> {
+        let m = agent.metrics(&lab)?;
+        println!(
+            "{what}: records {:?} lost {:?} resynced {:?}",
+            metric(&m, "detector_kernel_tls_records_total"),
+            metric(&m, "detector_kernel_tls_sync_lost_total"),
+            metric(&m, "detector_kernel_tls_resynced_total")
+        );
+        Ok(())
+    };
+    show("start")?;
+    let version = std::env::var("PROBE_VERSION").unwrap_or("-tls1_2".into());
+    let args = s_client_args(SocketAddr::new(s4, 4433), &tls.ca_cert, &[&version])?;
+    let mut cli = lab.spawn_with_stdin(lab.client_ns(), "s_client", &args)?;
+    srv.wait_for_output("CIPHER is", T)?;
+    thread::sleep(Duration::from_millis(300));
+    show("after handshake")?;
+    cli.write_stdin(b"client line\n")?;
+    srv.wait_for_output("client line", T)?;
+    srv.write_stdin(b"server line\n")?;
+    cli.wait_for_output("server line", T)?;
+    thread::sleep(Duration::from_millis(300));
+    show("after data")?;
+    cli.close_stdin();
+    cli.wait_timeout(T)?;
+    thread::sleep(Duration::from_millis(300));
+    show("after close")?;
+    let _ = agent.stop()?;
+    let p = capture.stop()?;
+    println!("capture {}", p.display());
+    Ok(())
+}
+
+#[test]
+#[ignore = "probe"]
+fn zz_probe_pcap_frames() {
+    use detector_common::Counter;
+    let path = std::env::var("PROBE_PCAP").unwrap();
+    let data = std::fs::read(path).unwrap();
+    let mut h = tests::harness::Harness::new();
+    let mut off = 24;
+    let mut n = 0;
+    while off + 16 <= data.len() {
+        let incl = u32::from_le_bytes(data[off + 8..off + 12].try_into().unwrap()) as usize;
+        let frame = &data[off + 16..off + 16 + incl];
+        off += 16 + incl;
+        n += 1;
+        let before = (
+            h.counter(Counter::TlsSyncLost),
+            h.counter(Counter::TlsResynced),
+            h.counter(Counter::TlsRecords),
+        );
+        let ev = h.run_raw(frame);
+        let after = (
+            h.counter(Counter::TlsSyncLost),
+            h.counter(Counter::TlsResynced),
+            h.counter(Counter::TlsRecords),
+        );
+        println!(
+            "frame {n} len {}: lost +{} resynced +{} records +{} events {}",
+            frame.len(),
+            after.0 - before.0,
+            after.1 - before.1,
+            after.2 - before.2,
+            ev.len()
+        );
+    }
+}
+
+#[test]
+#[ignore = "probe"]
+fn zz_probe_tls13_unknown_ca() -> Result<()> {
+    let _serial = serial();
+    let lab = Lab::routed()?;
+    let (router, rc, rs) = router(&lab)?;
+    let capture = lab.capture(&router, &rs, "router.pcap")?;
+    let agent = LiveAgent::start(&lab, &router, &[&rc, &rs], &["--no-egress"])?;
+    let trusted = lab.tls_cert(DEFAULT_CN)?;
+    let untrusted = lab.untrusted_cert()?;
+    let _bad_ca = lab.s_server(lab.server_ns(), 443, &cert_args(&untrusted)?)?;
+    let args = s_client_args(SocketAddr::new(lab.server_v4().into(), 443), &trusted.ca_cert, &["-verify_return_error"])?;
+    let out = lab.run(lab.client_ns(), &args, T)?;
+    println!("{}", String::from_utf8_lossy(&out.stderr));
+    thread::sleep(SETTLE);
+    let live = agent.stop()?;
+    for d in &live { println!("{d}"); }
+    println!("capture {}", capture.stop()?.display());
+    Ok(())
+}
