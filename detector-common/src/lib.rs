@@ -10,10 +10,10 @@
 pub mod names {
     pub const XDP_PROGRAM: &str = "detector_xdp";
     pub const TC_PROGRAM: &str = "detector_tc";
-    pub const XDP_WALKER: &str = "detector_xdp_walk";
-    pub const TC_WALKER: &str = "detector_tc_walk";
-    pub const XDP_WALKER_ARRAY: &str = "XDP_WALKER";
-    pub const TC_WALKER_ARRAY: &str = "TC_WALKER";
+    pub const XDP_SLOW_PATH: &str = "detector_xdp_slow";
+    pub const TC_SLOW_PATH: &str = "detector_tc_slow";
+    pub const XDP_SLOW_ARRAY: &str = "XDP_SLOW";
+    pub const TC_SLOW_ARRAY: &str = "TC_SLOW";
     pub const FLOWS: &str = "FLOWS";
     pub const SNI: &str = "SNI";
     pub const SCRATCH: &str = "SCRATCH";
@@ -301,7 +301,11 @@ pub struct FlowState {
     pub tls: Tls,
     /// [`flow_flags`] bits.
     pub flags: u8,
-    pub _pad: [u8; 7],
+    /// Side (+1) that resumed after an idle gap and has had no answer yet; 0 if none.
+    pub idle_resumer: u8,
+    pub _pad: [u8; 6],
+    /// The gap before that resumption.
+    pub idle_gap_ns: u64,
 }
 
 /// An SNI host name, kept out of the per-packet state in its own map.
@@ -335,6 +339,18 @@ pub enum EventKind {
     Tls13CloseHeuristic = 6,
     /// The handshake ended (fatal alert, RST or FIN) before it finished.
     HandshakeAborted = 7,
+    /// A RST after the flow was idle for at least the threshold (`gap_ns`).
+    IdleRst = 8,
+    /// A side's FIN after the flow was idle for at least the threshold.
+    IdleFin = 9,
+    /// A side resumed after an idle gap and retransmits without any answer: the path
+    /// forgot the flow (a load balancer or firewall idle timeout).
+    IdleRetransmit = 10,
+    /// The other side answered a resumption after an idle gap: the flow survived it.
+    IdleSurvived = 11,
+    /// A flow first seen mid-stream (no handshake) after the detector has run longer than
+    /// the idle threshold: its start was not missed, something dropped it elsewhere.
+    Midstream = 12,
 }
 
 impl EventKind {
@@ -347,6 +363,11 @@ impl EventKind {
             5 => EventKind::Renegotiation,
             6 => EventKind::Tls13CloseHeuristic,
             7 => EventKind::HandshakeAborted,
+            8 => EventKind::IdleRst,
+            9 => EventKind::IdleFin,
+            10 => EventKind::IdleRetransmit,
+            11 => EventKind::IdleSurvived,
+            12 => EventKind::Midstream,
             _ => return None,
         })
     }
@@ -369,6 +390,9 @@ pub struct Event {
     /// nanoseconds) in replay.
     pub ts_ns: u64,
     pub flow_first_seen_ns: u64,
+    /// How long the flow had been quiet before this packet (for idle kinds: the gap
+    /// before the resumption).
+    pub gap_ns: u64,
     pub client_addr: Addr,
     pub server_addr: Addr,
     /// The first bytes of the packet's TCP payload.
@@ -420,7 +444,16 @@ pub struct Config {
     /// When non-zero, the program's clock: replay sets it to each packet's capture time.
     /// Zero means the kernel's boot-time clock.
     pub clock_override_ns: u64,
+    /// Quiet time after which a flow counts as idle; closes, resets and resumptions after
+    /// at least this gap are reported.
+    pub idle_threshold_ns: u64,
+    /// When the detector started, on the program's clock: a flow first seen mid-stream
+    /// is only suspicious once the detector has run longer than the idle threshold.
+    pub started_ns: u64,
 }
+
+/// Default idle threshold.
+pub const DEFAULT_IDLE_THRESHOLD_NS: u64 = 30_000_000_000;
 
 /// Indices into the per-CPU `COUNTERS` array.
 #[repr(u32)]
@@ -441,8 +474,8 @@ pub enum Counter {
     TlsSyncLost = 8,
     /// Times it found its place again from evidence (mid-stream pickup, after a loss).
     TlsResynced = 9,
-    /// Packets whose TLS records went unread because the walker program could not be
-    /// reached (it is installed at load time, so this stays zero).
+    /// Packets the slow-path program could not be reached for (it is installed at load
+    /// time, so this stays zero).
     TailCallFailed = 10,
 }
 
@@ -475,7 +508,7 @@ impl Counter {
             Counter::Truncated => "kernel_truncated_packets",
             Counter::TlsSyncLost => "kernel_tls_sync_lost",
             Counter::TlsResynced => "kernel_tls_resynced",
-            Counter::TailCallFailed => "kernel_walker_tail_call_failed",
+            Counter::TailCallFailed => "kernel_slow_path_tail_call_failed",
         }
     }
 
@@ -497,7 +530,7 @@ impl Counter {
             Counter::TlsResynced => {
                 "Times the TLS record walker found record boundaries again from evidence"
             }
-            Counter::TailCallFailed => "Packets whose TLS records went unread: walker unreachable",
+            Counter::TailCallFailed => "Packets the slow-path program could not be reached for",
         }
     }
 }
@@ -518,6 +551,6 @@ mod pod {
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
 const _: () = assert!(core::mem::size_of::<Direction>() == 48);
 const _: () = assert!(core::mem::size_of::<Tls>() == 40);
-const _: () = assert!(core::mem::size_of::<FlowState>() == 160);
-const _: () = assert!(core::mem::size_of::<Event>() == 120);
+const _: () = assert!(core::mem::size_of::<FlowState>() == 168);
+const _: () = assert!(core::mem::size_of::<Event>() == 128);
 const _: () = assert!(core::mem::size_of::<Sni>() == 1 + SNI_MAX);

@@ -3,6 +3,8 @@
 
 use detector_common::{Counter, Event, EventKind, FlowKey, FlowState, Side, flow_flags};
 
+use aya_ebpf::{cty::c_void, helpers::generated::bpf_loop};
+
 use crate::{EVENTS, count, packet::Packet, parse::Tcp, payload::read_head};
 
 /// Everything an event needs to know about the packet that raised it.
@@ -11,6 +13,10 @@ pub struct Cx<'a, P: Packet> {
     pub key: &'a FlowKey,
     pub t: &'a Tcp,
     pub now: u64,
+    /// How long the flow was quiet before this packet.
+    pub gap_ns: u64,
+    /// The idle threshold in force.
+    pub idle_ns: u64,
     pub sender: Side,
 }
 
@@ -20,6 +26,8 @@ pub struct Extra {
     pub alert: Option<(u8, u8)>,
     pub record_len: u16,
     pub detail: u8,
+    /// Overrides the packet's own gap (idle resumption events report the earlier gap).
+    pub gap_ns: Option<u64>,
 }
 
 /// Not inlined: one copy serves every call site, which keeps the programs small and
@@ -49,6 +57,7 @@ pub fn emit<P: Packet>(cx: &Cx<P>, flow: &FlowState, kind: EventKind, extra: Ext
             (e.server_addr, e.server_port) = (k.addr_a, k.port_a);
         }
         e.ts_ns = cx.now;
+        e.gap_ns = extra.gap_ns.unwrap_or(cx.gap_ns);
         e.flow_first_seen_ns = flow.first_seen_ns;
         e.kind = kind as u8;
         e.sender = cx.sender as u8;
@@ -83,26 +92,30 @@ pub fn emit<P: Packet>(cx: &Cx<P>, flow: &FlowState, kind: EventKind, extra: Ext
     count(Counter::EventsEmitted);
 }
 
-/// Events the record walker found inside its bpf_loop callback, emitted once the loop is
-/// done. Emitting inside the callback would make the verifier re-check `emit` at every
-/// call site for every state there, which exhausts its budget.
+/// Events the slow path found, emitted together at its end: emitting at each place an
+/// event is found would make the verifier re-check `emit` at every call site for every
+/// state there (inside the walker's bpf_loop callback above all), which exhausts its
+/// budget.
+#[repr(C)]
 #[derive(Default)]
 pub struct Found {
     n: u8,
     first: Option<(EventKind, Extra)>,
     second: Option<(EventKind, Extra)>,
     third: Option<(EventKind, Extra)>,
+    fourth: Option<(EventKind, Extra)>,
 }
 
 impl Found {
-    /// Keeps the event; a fourth from one packet is counted as dropped (a packet holding
-    /// that many suspicious records is not something TLS stacks send).
+    /// Keeps the event; a fifth from one packet is counted as dropped (no packet carries
+    /// that many suspicious things).
     #[inline(always)]
     pub fn push(&mut self, kind: EventKind, extra: Extra) {
         let slot = match self.n {
             0 => &mut self.first,
             1 => &mut self.second,
             2 => &mut self.third,
+            3 => &mut self.fourth,
             _ => {
                 count(Counter::EventsDropped);
                 return;
@@ -113,11 +126,65 @@ impl Found {
     }
 
     #[inline(always)]
-    pub fn emit_all<P: Packet>(&self, cx: &Cx<P>, flow: &FlowState) {
-        for (kind, extra) in [self.first, self.second, self.third].into_iter().flatten() {
-            emit(cx, flow, kind, extra);
+    pub fn clear(&mut self) {
+        self.n = 0;
+        self.first = None;
+        self.second = None;
+        self.third = None;
+        self.fourth = None;
+    }
+
+    #[inline(always)]
+    fn slot(&self, i: u64) -> Option<(EventKind, Extra)> {
+        match i {
+            0 => self.first,
+            1 => self.second,
+            2 => self.third,
+            _ => self.fourth,
         }
     }
+
+    /// Emits what was found, one event per bpf_loop iteration, so that the verifier
+    /// checks `emit` once rather than once per slot.
+    #[inline(always)]
+    pub fn emit_all<P: Packet>(&self, cx: &Cx<P>, flow: &FlowState) {
+        if self.n == 0 {
+            return;
+        }
+        let mut job = EmitJob {
+            cx: cx as *const Cx<P>,
+            flow: flow as *const FlowState,
+            found: self as *const Found,
+        };
+        // SAFETY: `emit_step::<P>` has the callback signature bpf_loop expects, and `job`
+        // lives on this frame for the whole call.
+        unsafe {
+            bpf_loop(
+                self.n as u32,
+                emit_step::<P> as *mut c_void,
+                (&mut job as *mut EmitJob<P>).cast(),
+                0,
+            );
+        }
+    }
+}
+
+struct EmitJob<'a, P: Packet> {
+    cx: *const Cx<'a, P>,
+    flow: *const FlowState,
+    found: *const Found,
+}
+
+extern "C" fn emit_step<P: Packet>(index: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: bpf_loop hands back the pointer `emit_all` passed, to a live `EmitJob<P>`
+    // whose pointers are valid for the duration of the loop.
+    let job = unsafe { &*ctx.cast::<EmitJob<P>>() };
+    let (cx, flow, found) = unsafe { (&*job.cx, &*job.flow, &*job.found) };
+    // Masked so the verifier sees the slot's address stay inside the value.
+    if let Some((kind, extra)) = found.slot(index & 3) {
+        emit(cx, flow, kind, extra);
+    }
+    0
 }
 
 /// Copies 16 bytes as two words. Both sides are 8-byte aligned (see `Event`); a plain

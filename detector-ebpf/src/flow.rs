@@ -7,16 +7,24 @@ use detector_common::{
 };
 
 use crate::{
-    FLOWS, SCRATCH, TLS_PORTS, WALK_ARGS, count,
-    emit::{Cx, Extra, emit},
+    FLOWS, FOUND, SCRATCH, SLOW_ARGS, TLS_PORTS, count,
+    emit::{Cx, Extra, Found},
     packet::Packet,
     parse::{Tcp, tcp_flags},
     payload, tls,
 };
 
+/// The program's clock and the time thresholds it is judged by.
+pub struct Clock {
+    pub now: u64,
+    pub idle_ns: u64,
+    pub started_ns: u64,
+}
+
 /// Runs the flow logic for one TCP packet.
 #[inline(always)]
-pub fn track<P: Packet>(p: &P, t: &Tcp, now: u64) {
+pub fn track<P: Packet>(p: &P, t: &Tcp, clock: &Clock) {
+    let now = clock.now;
     let (key, sender_is_a) = FlowKey::normalised(&t.src, t.sport, &t.dst, t.dport);
 
     let syn = t.flags & tcp_flags::SYN != 0;
@@ -25,12 +33,12 @@ pub fn track<P: Packet>(p: &P, t: &Tcp, now: u64) {
         return;
     }
 
-    let flow = match FLOWS.get_ptr_mut(key) {
+    let (flow, created) = match FLOWS.get_ptr_mut(key) {
         // SAFETY: map values stay valid for the program's run. Each direction's fields
         // are written by that direction's packets; see tls.rs for the shared history.
-        Some(s) => unsafe { &mut *s },
+        Some(s) => (unsafe { &mut *s }, false),
         None => match create(&key, t, sender_is_a, now) {
-            Some(s) => s,
+            Some(s) => (s, true),
             None => return,
         },
     };
@@ -52,57 +60,75 @@ pub fn track<P: Packet>(p: &P, t: &Tcp, now: u64) {
         }
         return;
     }
+    // How long the flow was quiet before this packet (zero for a flow's first packet).
+    let gap_ns = now.saturating_sub(flow.last_seen_ns);
     flow.last_seen_ns = now;
     let side = sender as usize;
     flow.dir[side].last_seen_ns = now;
-
-    let cx = Cx {
-        p,
-        key: &key,
-        t,
-        now,
-        sender,
-    };
-
-    if t.payload_len > 0 {
-        if flow.dir[side].first_class == PayloadClass::None as u8 {
-            first_payload(&cx, flow);
-        }
-        if tls::wants_walk(flow, side, t) {
-            walk_in_own_program(&cx);
-        }
+    // max_end means nothing before this side's first payload: the first one is never a
+    // retransmission.
+    let seg_end = t.seq.wrapping_add(t.payload_len as u32);
+    let first = flow.dir[side].first_class == PayloadClass::None as u8;
+    let retransmission =
+        t.payload_len > 0 && !first && !tls::before(flow.dir[side].max_end, seg_end);
+    if t.payload_len > 0 && !retransmission {
+        flow.dir[side].max_end = seg_end;
     }
-    finish(&cx, flow);
+
+    // Everything that can raise an event runs in a program of its own (see
+    // `to_slow_path`); this one only keeps the books. Most packets stop here.
+    let midstream_start = created
+        && flow.flags & flow_flags::SYNACK_SEEN == 0
+        && now.saturating_sub(clock.started_ns) >= clock.idle_ns;
+    let rst_or_fin = t.flags & (tcp_flags::RST | tcp_flags::FIN) != 0;
+    let payload = t.payload_len > 0;
+    let interesting = midstream_start
+        || rst_or_fin
+        || gap_ns >= clock.idle_ns
+        || flow.idle_resumer != 0
+        || (payload
+            && (flow.dir[side].first_class == PayloadClass::None as u8
+                || tls::wants_walk(flow, side, t)));
+    if interesting {
+        let args = SlowArgs {
+            key,
+            now,
+            gap_ns,
+            idle_ns: clock.idle_ns,
+            seq: t.seq,
+            payload_off: t.payload_off as u32,
+            payload_len: t.payload_len as u32,
+            tcp_flags: t.flags,
+            sender: sender as u8,
+            midstream_start,
+            retransmission,
+        };
+        to_slow_path(p, &args);
+    }
 }
 
-/// Hands the packet to the record walker, a program of its own reached by tail call: the
-/// verifier then checks the walker from one clean state instead of once for every path
-/// through this program, which it cannot afford. Returns only if the tail call fails.
+/// Hands the packet to the slow path: a program of its own, reached by tail call, with
+/// the first-payload checks, the TLS record walker and every event. The verifier then
+/// checks that logic once from a clean state instead of once for every path through the
+/// fast path, which it cannot afford. Returns only if the tail call fails (counted).
 #[inline(always)]
-fn walk_in_own_program<P: Packet>(cx: &Cx<P>) {
-    let Some(args) = WALK_ARGS.get_ptr_mut(0) else {
+fn to_slow_path<P: Packet>(p: &P, args: &SlowArgs) {
+    let Some(slot) = SLOW_ARGS.get_ptr_mut(0) else {
         return;
     };
     // SAFETY: per-CPU scratch; the tail call runs on this CPU right away.
     unsafe {
-        *args = WalkArgs {
-            key: *cx.key,
-            now: cx.now,
-            seq: cx.t.seq,
-            payload_off: cx.t.payload_off as u32,
-            payload_len: cx.t.payload_len as u32,
-            tcp_flags: cx.t.flags,
-            sender: cx.sender as u8,
-        };
-        P::walkers().tail_call(cx.p.ctx(), 0);
+        *slot = *args;
+        P::slow_path().tail_call(p.ctx(), 0);
     }
     count(Counter::TailCallFailed);
 }
 
-/// The walker program's body: the packet's TLS records, then the rest of the packet.
+/// The slow-path program's body. Events found along the way are emitted together at the
+/// end, from one place, for the same verifier reasons.
 #[inline(always)]
-pub fn resume_walk<P: Packet>(p: &P) {
-    let Some(args) = WALK_ARGS.get_ptr(0) else {
+pub fn slow_path<P: Packet>(p: &P) {
+    let Some(args) = SLOW_ARGS.get_ptr(0) else {
         return;
     };
     // SAFETY: per-CPU scratch written just before the tail call that got us here.
@@ -133,48 +159,127 @@ pub fn resume_walk<P: Packet>(p: &P) {
         key: &args.key,
         t: &t,
         now: args.now,
+        gap_ns: args.gap_ns,
+        idle_ns: args.idle_ns,
         sender,
     };
-    tls::walk(&cx, flow);
-    finish(&cx, flow);
+    let side = sender as usize;
+    // In map memory rather than on the stack: the verifier tracks stack values exactly,
+    // and every combination of "events found so far" would be a state of its own at the
+    // walker's bpf_loop; map contents are just unknown numbers to it.
+    let Some(found) = FOUND.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: per-CPU scratch, ours for this program run.
+    let found = unsafe { &mut *found };
+    found.clear();
+    if args.midstream_start {
+        found.push(EventKind::Midstream, Extra::default());
+    }
+    idle_resumption(&cx, flow, args.retransmission, found);
+    if t.payload_len > 0 {
+        if flow.dir[side].first_class == PayloadClass::None as u8 {
+            first_payload(&cx, flow, found);
+        }
+        if tls::wants_walk(flow, side, &t) {
+            tls::walk(&cx, flow, found);
+        }
+    }
+    finish(&cx, flow, found);
+    found.emit_all(&cx, flow);
 }
+
+/// Field case 5: a side that speaks after an idle gap either gets an answer (the flow
+/// survived the gap) or keeps retransmitting into silence (something on the path forgot
+/// the flow). Either is reported once, with the gap, for the timeout estimate.
+#[inline(always)]
+fn idle_resumption<P: Packet>(
+    cx: &Cx<P>,
+    flow: &mut FlowState,
+    retransmission: bool,
+    found: &mut Found,
+) {
+    let me = cx.sender as u8 + 1;
+    let rst = cx.t.flags & tcp_flags::RST != 0;
+    if cx.gap_ns >= cx.idle_ns && !rst {
+        flow.idle_resumer = me;
+        flow.idle_gap_ns = cx.gap_ns;
+        return;
+    }
+    let waiting = flow.idle_resumer;
+    if waiting == 0 || waiting == NO_LONGER_WAITING {
+        return;
+    }
+    let extra = Extra {
+        gap_ns: Some(flow.idle_gap_ns),
+        ..Extra::default()
+    };
+    if waiting != me {
+        flow.idle_resumer = 0;
+        if !rst {
+            found.push(EventKind::IdleSurvived, extra);
+        }
+    } else if retransmission {
+        flow.idle_resumer = NO_LONGER_WAITING;
+        found.push(EventKind::IdleRetransmit, extra);
+    }
+}
+
+/// `idle_resumer` once its unanswered retransmission was reported.
+const NO_LONGER_WAITING: u8 = 0xff;
 
 /// What a packet's TCP flags end: a RST, or this side's FIN.
 #[inline(always)]
-fn finish<P: Packet>(cx: &Cx<P>, flow: &mut FlowState) {
+fn finish<P: Packet>(cx: &Cx<P>, flow: &mut FlowState, found: &mut Found) {
     let t = cx.t;
     let side = cx.sender as usize;
+    let idle = cx.gap_ns >= cx.idle_ns;
     if t.flags & tcp_flags::RST != 0 {
         flow.dir[side].flags |= dir_flags::RST;
+        if idle {
+            found.push(EventKind::IdleRst, Extra::default());
+        }
         if let Some(extra) = tls::handshake_aborted(flow, abort::RST, None) {
-            emit(cx, flow, EventKind::HandshakeAborted, extra);
+            found.push(EventKind::HandshakeAborted, extra);
         }
     } else if t.flags & tcp_flags::FIN != 0 && flow.dir[side].flags & dir_flags::FIN == 0 {
         flow.dir[side].flags |= dir_flags::FIN;
-        tls::tls13_close(cx, flow);
+        // A FIN right behind an alert belongs to that close (proxies send both), which
+        // may have come after an idle gap even if the FIN itself did not.
+        const ALERT: u8 = 21;
+        if idle || flow.dir[side].last_record_type == ALERT {
+            found.push(EventKind::IdleFin, Extra::default());
+        }
+        if tls::tls13_close(cx, flow) {
+            found.push(EventKind::Tls13CloseHeuristic, Extra::default());
+        }
         if let Some(extra) = tls::handshake_aborted(flow, abort::FIN, None) {
-            emit(cx, flow, EventKind::HandshakeAborted, extra);
+            found.push(EventKind::HandshakeAborted, extra);
         }
     }
 }
 
-/// What the main program hands the walker program (per-CPU, across the tail call).
+/// What the fast path hands the slow path (per-CPU, across the tail call).
 #[repr(C)]
 #[derive(Clone, Copy)]
-pub struct WalkArgs {
+pub struct SlowArgs {
     key: FlowKey,
     now: u64,
+    gap_ns: u64,
+    idle_ns: u64,
     seq: u32,
     payload_off: u32,
     payload_len: u32,
     tcp_flags: u8,
     sender: u8,
+    midstream_start: bool,
+    retransmission: bool,
 }
 
 /// Classifies the side's first payload, starts the record walker on TLS, and reports
 /// protocol mismatches.
 #[inline(always)]
-fn first_payload<P: Packet>(cx: &Cx<P>, flow: &mut FlowState) {
+fn first_payload<P: Packet>(cx: &Cx<P>, flow: &mut FlowState, found: &mut Found) {
     let side = cx.sender as usize;
     let isn = flow.dir[side].isn;
     let at_start = flow.flags & flow_flags::SYNACK_SEEN != 0 && cx.t.seq == isn.wrapping_add(1);
@@ -194,7 +299,7 @@ fn first_payload<P: Packet>(cx: &Cx<P>, flow: &mut FlowState) {
         tls::sync_at_start(flow, side, cx.t.seq);
     }
     if mismatch(flow, cx.sender, class) {
-        emit(cx, flow, EventKind::ProtocolMismatch, Extra::default());
+        found.push(EventKind::ProtocolMismatch, Extra::default());
     }
 }
 

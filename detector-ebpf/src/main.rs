@@ -35,7 +35,7 @@ mod program {
     };
 
     use crate::{
-        flow,
+        emit, flow,
         packet::{Packet, Tc, Xdp},
         parse::{self, Skip},
     };
@@ -56,14 +56,16 @@ mod program {
     #[map]
     pub static SNI_SCRATCH: PerCpuArray<Sni> = PerCpuArray::with_max_entries(1, 0);
 
-    /// The record walker programs, reached by tail call (see flow.rs); one array per
-    /// program type, as the kernel requires.
+    /// The slow-path programs, reached by tail call (see flow.rs); one array per program
+    /// type, as the kernel requires.
     #[map]
-    pub static XDP_WALKER: ProgramArray = ProgramArray::with_max_entries(1, 0);
+    pub static XDP_SLOW: ProgramArray = ProgramArray::with_max_entries(1, 0);
     #[map]
-    pub static TC_WALKER: ProgramArray = ProgramArray::with_max_entries(1, 0);
+    pub static TC_SLOW: ProgramArray = ProgramArray::with_max_entries(1, 0);
     #[map]
-    pub static WALK_ARGS: PerCpuArray<flow::WalkArgs> = PerCpuArray::with_max_entries(1, 0);
+    pub static SLOW_ARGS: PerCpuArray<flow::SlowArgs> = PerCpuArray::with_max_entries(1, 0);
+    #[map]
+    pub static FOUND: PerCpuArray<emit::Found> = PerCpuArray::with_max_entries(1, 0);
 
     #[map]
     pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENT_RING_BYTES, 0);
@@ -88,11 +90,21 @@ mod program {
 
     /// The program's clock: capture time in replay, boot time live.
     #[inline(always)]
-    fn now() -> u64 {
-        match CONFIG.get(0) {
-            Some(c) if c.clock_override_ns != 0 => c.clock_override_ns,
+    fn clock() -> flow::Clock {
+        let (override_ns, idle_ns, started_ns) = match CONFIG.get(0) {
+            Some(c) => (c.clock_override_ns, c.idle_threshold_ns, c.started_ns),
+            None => (0, detector_common::DEFAULT_IDLE_THRESHOLD_NS, 0),
+        };
+        let now = if override_ns != 0 {
+            override_ns
+        } else {
             // SAFETY: helper without preconditions.
-            _ => unsafe { bpf_ktime_get_boot_ns() },
+            unsafe { bpf_ktime_get_boot_ns() }
+        };
+        flow::Clock {
+            now,
+            idle_ns,
+            started_ns,
         }
     }
 
@@ -102,7 +114,7 @@ mod program {
         match parse::parse(p) {
             Ok(tcp) => {
                 count(Counter::TcpPackets);
-                flow::track(p, &tcp, now());
+                flow::track(p, &tcp, &clock());
             }
             Err(Skip::NotTcp) => {}
             Err(Skip::Fragment) => count(Counter::Fragments),
@@ -124,14 +136,14 @@ mod program {
     }
 
     #[xdp]
-    pub fn detector_xdp_walk(ctx: XdpContext) -> u32 {
-        flow::resume_walk(&Xdp(ctx));
+    pub fn detector_xdp_slow(ctx: XdpContext) -> u32 {
+        flow::slow_path(&Xdp(ctx));
         xdp_action::XDP_PASS
     }
 
     #[classifier]
-    pub fn detector_tc_walk(ctx: TcContext) -> i32 {
-        flow::resume_walk(&Tc(ctx));
+    pub fn detector_tc_slow(ctx: TcContext) -> i32 {
+        flow::slow_path(&Tc(ctx));
         TC_ACT_UNSPEC
     }
 
@@ -144,7 +156,7 @@ mod program {
 
 #[cfg(target_arch = "bpf")]
 pub use program::{
-    EVENTS, FLOWS, SCRATCH, SNI, SNI_SCRATCH, TC_WALKER, TLS_PORTS, WALK_ARGS, XDP_WALKER, count,
+    EVENTS, FLOWS, FOUND, SCRATCH, SLOW_ARGS, SNI, SNI_SCRATCH, TC_SLOW, TLS_PORTS, XDP_SLOW, count,
 };
 
 /// Built for the host only so that `cargo check --workspace` passes; the real program is

@@ -19,9 +19,9 @@ pub const MAX_OFFSET: usize = 0xffff;
 
 pub trait Packet {
     type Ctx: EbpfContext;
-    /// The program array holding this program type's record walker (a program array
-    /// serves one program type only).
-    fn walkers() -> &'static ProgramArray;
+    /// The program array holding this program type's slow path (a program array serves
+    /// one program type only).
+    fn slow_path() -> &'static ProgramArray;
 
     fn ctx(&self) -> &Self::Ctx;
 
@@ -46,8 +46,8 @@ pub struct Xdp(pub XdpContext);
 impl Packet for Xdp {
     type Ctx = XdpContext;
     #[inline(always)]
-    fn walkers() -> &'static ProgramArray {
-        &crate::XDP_WALKER
+    fn slow_path() -> &'static ProgramArray {
+        &crate::XDP_SLOW
     }
 
     #[inline(always)]
@@ -98,8 +98,8 @@ pub struct Tc(pub TcContext);
 impl Packet for Tc {
     type Ctx = TcContext;
     #[inline(always)]
-    fn walkers() -> &'static ProgramArray {
-        &crate::TC_WALKER
+    fn slow_path() -> &'static ProgramArray {
+        &crate::TC_SLOW
     }
 
     #[inline(always)]

@@ -19,7 +19,7 @@ use aya_ebpf::{cty::c_void, helpers::generated::bpf_loop};
 
 use crate::{
     SNI, SNI_SCRATCH, count,
-    emit::{Cx, Extra, Found, emit},
+    emit::{Cx, Extra, Found},
     packet::Packet,
 };
 
@@ -41,7 +41,7 @@ const TLS13: u16 = 0x0304;
 
 /// `a` comes before `b` in sequence space (modulo 2^32).
 #[inline(always)]
-fn before(a: u32, b: u32) -> bool {
+pub fn before(a: u32, b: u32) -> bool {
     (a.wrapping_sub(b) as i32) < 0
 }
 
@@ -124,17 +124,15 @@ pub fn wants_walk(flow: &mut FlowState, side: usize, t: &crate::parse::Tcp) -> b
 /// callback and `emit`. So this is inlined (a frame of its own would sit in that chain)
 /// and `resync`, which runs before the loop, is not (its frame is gone by then).
 #[inline(always)]
-pub fn walk<P: Packet>(cx: &Cx<P>, flow: &mut FlowState) {
+pub fn walk<P: Packet>(cx: &Cx<P>, flow: &mut FlowState, found: &mut Found) {
     let side = cx.sender as usize;
     let seg = Seg {
         start: cx.t.seq,
         end: cx.t.seq.wrapping_add(cx.t.payload_len as u32),
         payload_off: cx.t.payload_off,
     };
+    // The main program already moved max_end past this segment if it was new.
     let prior_max = flow.dir[side].max_end;
-    if before(prior_max, seg.end) || flow.dir[side].flags & dir_flags::SYNCED == 0 {
-        flow.dir[side].max_end = seg.end;
-    }
     if flow.dir[side].flags & dir_flags::SYNCED == 0 && !resync(cx, flow, &seg) {
         return;
     }
@@ -150,7 +148,7 @@ pub fn walk<P: Packet>(cx: &Cx<P>, flow: &mut FlowState) {
         flow: flow as *mut FlowState,
         seg,
         outcome: Outcome::Running,
-        found: Found::default(),
+        found: found as *mut Found,
     };
     // SAFETY: `walk_step::<P>` has the callback signature bpf_loop expects, and `w` lives
     // on this frame for the whole call.
@@ -162,7 +160,6 @@ pub fn walk<P: Packet>(cx: &Cx<P>, flow: &mut FlowState) {
             0,
         );
     }
-    w.found.emit_all(cx, flow);
     match w.outcome {
         // More items in this packet than the walker reads: the rest went by unread.
         Outcome::Running => lose(flow, side),
@@ -188,15 +185,15 @@ struct Walk<'a, P: Packet> {
     flow: *mut FlowState,
     seg: Seg,
     outcome: Outcome,
-    found: Found,
+    found: *mut Found,
 }
 
 extern "C" fn walk_step<P: Packet>(_index: u64, ctx: *mut c_void) -> i64 {
     // SAFETY: bpf_loop hands back the pointer `walk` passed, to a live `Walk<P>`, whose
     // pointers are valid for the duration of the loop.
     let w = unsafe { &mut *ctx.cast::<Walk<P>>() };
-    let (cx, flow) = unsafe { (&*w.cx, &mut *w.flow) };
-    w.outcome = next_item(cx, flow, &w.seg, &mut w.found);
+    let (cx, flow, found) = unsafe { (&*w.cx, &mut *w.flow, &mut *w.found) };
+    w.outcome = next_item(cx, flow, &w.seg, found);
     (w.outcome != Outcome::Running) as i64
 }
 
@@ -765,13 +762,10 @@ pub fn handshake_aborted(flow: &mut FlowState, how: u8, alert: Option<(u8, u8)>)
 /// TLS 1.3 close heuristic: the side's last record was a close_notify-sized application
 /// data record (2 alert bytes + 1 inner type + 16 tag) and now it sends FIN.
 #[inline(always)]
-pub fn tls13_close<P: Packet>(cx: &Cx<P>, flow: &FlowState) {
+pub fn tls13_close<P: Packet>(cx: &Cx<P>, flow: &FlowState) -> bool {
     const CLOSE_NOTIFY_LEN: u16 = 19;
     let d = &flow.dir[cx.sender as usize];
-    if flow.tls.negotiated_version == TLS13
+    flow.tls.negotiated_version == TLS13
         && d.last_record_type == APPLICATION_DATA
         && d.last_record_len == CLOSE_NOTIFY_LEN
-    {
-        emit(cx, flow, EventKind::Tls13CloseHeuristic, Extra::default());
-    }
 }

@@ -25,9 +25,88 @@ type SessionKey = (SocketAddr, SocketAddr);
 pub struct Correlator {
     clock: Clock,
     window_ns: u64,
+    idle_ns: u64,
     max_sessions: usize,
     sessions: HashMap<SessionKey, Session>,
     evicted: u64,
+    timeouts: TimeoutEstimator,
+}
+
+/// Field case 5's question: after how long does something on the path to a server forget
+/// idle flows? Each server endpoint's idle gaps are kept in two sets, gaps that flows
+/// survived and gaps after which they died; the timeout lies between the longest
+/// survived and the shortest fatal gap, and is estimated as the latter.
+#[derive(Default)]
+pub struct TimeoutEstimator {
+    servers: HashMap<SocketAddr, Gaps>,
+}
+
+#[derive(Default, Clone)]
+struct Gaps {
+    survived_max_ns: u64,
+    died_min_ns: Option<u64>,
+    flows: u64,
+}
+
+/// An estimate for one server endpoint.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct TimeoutEstimate {
+    pub seconds: f64,
+    /// Flows whose idle gaps the estimate rests on.
+    pub flows: u64,
+}
+
+/// Server endpoints tracked for timeout estimates; beyond this the quietest are dropped.
+const MAX_ESTIMATED_SERVERS: usize = 4096;
+
+impl TimeoutEstimator {
+    fn survived(&mut self, server: SocketAddr, gap_ns: u64) {
+        let g = self.entry(server);
+        g.survived_max_ns = g.survived_max_ns.max(gap_ns);
+        g.flows += 1;
+    }
+
+    fn died(&mut self, server: SocketAddr, gap_ns: u64) {
+        let g = self.entry(server);
+        g.died_min_ns = Some(g.died_min_ns.map_or(gap_ns, |d| d.min(gap_ns)));
+        g.flows += 1;
+    }
+
+    fn entry(&mut self, server: SocketAddr) -> &mut Gaps {
+        if !self.servers.contains_key(&server)
+            && self.servers.len() >= MAX_ESTIMATED_SERVERS
+            && let Some(k) = self
+                .servers
+                .iter()
+                .min_by_key(|(_, g)| g.flows)
+                .map(|(k, _)| *k)
+        {
+            self.servers.remove(&k);
+        }
+        self.servers.entry(server).or_default()
+    }
+
+    /// The estimate, once a flow has died after an idle gap longer than any survived one.
+    pub fn estimate(&self, server: SocketAddr) -> Option<TimeoutEstimate> {
+        let g = self.servers.get(&server)?;
+        let died = g.died_min_ns?;
+        (died > g.survived_max_ns).then_some(TimeoutEstimate {
+            seconds: died as f64 / 1e9,
+            flows: g.flows,
+        })
+    }
+
+    /// The `n` estimates resting on the most flows (metric labels stay bounded).
+    pub fn top(&self, n: usize) -> Vec<(SocketAddr, TimeoutEstimate)> {
+        let mut all: Vec<(SocketAddr, TimeoutEstimate)> = self
+            .servers
+            .keys()
+            .filter_map(|s| self.estimate(*s).map(|e| (*s, e)))
+            .collect();
+        all.sort_by(|a, b| b.1.flows.cmp(&a.1.flows).then(a.0.cmp(&b.0)));
+        all.truncate(n);
+        all
+    }
 }
 
 #[derive(Default)]
@@ -50,6 +129,10 @@ struct Session {
     renegotiation: [Option<(u64, u16)>; 2],
     tls13_close: Option<Side>,
     aborted: Option<(Abort, Side, Option<Alert>)>,
+    /// The first end after an idle gap: who, how long, and how.
+    idle_end: Option<IdleEnd>,
+    /// An idle resumption that went unanswered, or a flow first seen mid-stream.
+    idle_drop: Option<(IdleDrop, Side, u64)>,
     /// The latest history and facts (later events know more).
     history: String,
     tls: TlsFacts,
@@ -70,6 +153,29 @@ impl Bytes {
 }
 
 #[derive(Clone, Copy)]
+struct IdleEnd {
+    sender: Side,
+    gap_ns: u64,
+    how: IdleHow,
+    /// A FIN from the same side came with it (alert and FIN, as proxies close).
+    fin: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum IdleHow {
+    Rst,
+    Fin,
+    EncryptedAlert(u16),
+    Tls13Close,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum IdleDrop {
+    Retransmission,
+    Midstream,
+}
+
+#[derive(Clone, Copy)]
 struct SeenAlert {
     sender: Side,
     alert: Alert,
@@ -81,10 +187,22 @@ impl Correlator {
         Correlator {
             clock,
             window_ns: window.as_nanos().min(u64::MAX as u128) as u64,
+            idle_ns: detector_common::DEFAULT_IDLE_THRESHOLD_NS,
             max_sessions: max_sessions.max(1),
             sessions: HashMap::new(),
             evicted: 0,
+            timeouts: TimeoutEstimator::default(),
         }
+    }
+
+    /// The idle threshold the kernel reports by; alerts after this much quiet are closes.
+    pub fn with_idle_threshold(mut self, idle: Duration) -> Correlator {
+        self.idle_ns = idle.as_nanos().min(u64::MAX as u128) as u64;
+        self
+    }
+
+    pub fn timeouts(&self) -> &TimeoutEstimator {
+        &self.timeouts
     }
 
     /// Sessions judged early because the table was full.
@@ -121,6 +239,13 @@ impl Correlator {
                 self.evicted += 1;
                 out.extend(self.judge(oldest, s));
             }
+        }
+        let idle_ns = self.idle_ns;
+        // Gaps after which the path dropped the flow (a reset, retransmissions into
+        // silence) feed the timeout estimate. A peer closing after idle is that peer's
+        // own timeout, and says nothing about the path.
+        if matches!(e.kind, EventKind::IdleRst | EventKind::IdleRetransmit) {
+            self.timeouts.died(e.server, e.gap_ns);
         }
         let s = self.sessions.entry(key).or_insert_with(|| Session {
             first_ns: e.ts_ns,
@@ -171,12 +296,63 @@ impl Correlator {
                     }
                 }
             }
-            EventKind::EncryptedAlert => s.encrypted_alerts.push((e.sender, e.record_len)),
+            EventKind::EncryptedAlert => {
+                s.encrypted_alerts.push((e.sender, e.record_len));
+                if e.gap_ns >= idle_ns {
+                    s.idle_end.get_or_insert(IdleEnd {
+                        sender: e.sender,
+                        gap_ns: e.gap_ns,
+                        how: IdleHow::EncryptedAlert(e.record_len),
+                        fin: false,
+                    });
+                }
+            }
+            EventKind::IdleFin => match &mut s.idle_end {
+                Some(end) if end.sender == e.sender => end.fin = true,
+                Some(_) => {}
+                None if e.gap_ns >= idle_ns => {
+                    s.idle_end = Some(IdleEnd {
+                        sender: e.sender,
+                        gap_ns: e.gap_ns,
+                        how: IdleHow::Fin,
+                        fin: true,
+                    })
+                }
+                // A FIN behind an alert that came before any idle gap: an ordinary close.
+                None => {}
+            },
+            EventKind::IdleRst => {
+                s.idle_end.get_or_insert(IdleEnd {
+                    sender: e.sender,
+                    gap_ns: e.gap_ns,
+                    how: IdleHow::Rst,
+                    fin: false,
+                });
+            }
+            EventKind::IdleRetransmit => {
+                s.idle_drop
+                    .get_or_insert((IdleDrop::Retransmission, e.sender, e.gap_ns));
+            }
+            EventKind::Midstream => {
+                s.idle_drop
+                    .get_or_insert((IdleDrop::Midstream, e.sender, e.gap_ns));
+            }
+            EventKind::IdleSurvived => self.timeouts.survived(e.server, e.gap_ns),
             EventKind::HelloRequest => s.hello_requests += 1,
             EventKind::Renegotiation => {
                 s.renegotiation[e.sender as usize].get_or_insert((e.ts_ns, e.record_len));
             }
-            EventKind::Tls13CloseHeuristic => s.tls13_close = Some(e.sender),
+            EventKind::Tls13CloseHeuristic => {
+                s.tls13_close = Some(e.sender);
+                if e.gap_ns >= idle_ns {
+                    s.idle_end.get_or_insert(IdleEnd {
+                        sender: e.sender,
+                        gap_ns: e.gap_ns,
+                        how: IdleHow::Tls13Close,
+                        fin: true,
+                    });
+                }
+            }
             EventKind::HandshakeAborted => {
                 if let Some(how) = e.abort {
                     s.aborted.get_or_insert((how, e.sender, e.alert));
@@ -220,6 +396,7 @@ impl Correlator {
     fn judge(&self, (client, server): SessionKey, s: Session) -> Vec<Diagnosis> {
         let mut found: Vec<Found> = Vec::new();
         renegotiation(&s, &mut found);
+        found.extend(idle(&s, self.idle_ns, self.timeouts.estimate(server)));
         // A protocol mismatch is the root cause of whatever ended the session after it
         // (nginx's 400 and close, OpenSSL's alert): those are evidence, not diagnoses.
         if let Some(d) = protocol_mismatch(&s, server) {
@@ -460,6 +637,90 @@ fn aborted_handshake(s: &Session) -> Option<Found> {
     }
 }
 
+/// Field cases 4 and 5: what ended, or dropped, a flow after it had been idle.
+fn idle(s: &Session, idle_ns: u64, estimate: Option<TimeoutEstimate>) -> Option<Found> {
+    let secs = |ns: u64| ns as f64 / 1e9;
+    let mut detail = Map::new();
+    detail.insert("idle_threshold_s".into(), json!(secs(idle_ns)));
+    if let Some(est) = estimate {
+        detail.insert("inferred_idle_timeout_s".into(), json!(est.seconds));
+        detail.insert("inferred_from_flows".into(), json!(est.flows));
+    }
+    let inferred = estimate
+        .map(|e| {
+            format!(
+                "; idle timeout on the path to this server estimated at {:.1} s from {} flows",
+                e.seconds, e.flows
+            )
+        })
+        .unwrap_or_default();
+    if let Some((how, side, gap)) = s.idle_drop {
+        let mut evidence = vec![match how {
+            IdleDrop::Retransmission => format!(
+                "{} resumed after {:.1} s idle and retransmitted with no answer: something on \
+                 the path forgot the flow{inferred}",
+                side_name(side),
+                secs(gap)
+            ),
+            IdleDrop::Midstream => "flow first seen mid-stream (no handshake) although the \
+                 detector had run longer than the idle threshold: the path lost its state or \
+                 sent its start elsewhere"
+                .to_string(),
+        }];
+        if let Some(end) = s.idle_end.filter(|e| e.how == IdleHow::Rst) {
+            evidence.push(format!("then a RST from the {}", side_name(end.sender)));
+        }
+        detail.insert("sender".into(), json!(side_name(side)));
+        detail.insert(
+            "how".into(),
+            json!(match how {
+                IdleDrop::Retransmission => "unanswered_retransmission",
+                IdleDrop::Midstream => "midstream_without_handshake",
+            }),
+        );
+        if how == IdleDrop::Retransmission {
+            detail.insert("gap_s".into(), json!(secs(gap)));
+        }
+        return Some((Kind::IdleTimeoutDrop, evidence, detail));
+    }
+    let end = s.idle_end?;
+    let who = side_name(end.sender);
+    let gap = secs(end.gap_ns);
+    detail.insert("sender".into(), json!(who));
+    detail.insert("gap_s".into(), json!(gap));
+    let (kind, how, words) = match end.how {
+        IdleHow::Rst => (
+            Kind::RstAfterIdle,
+            "rst",
+            format!("{who} sent RST after the flow was idle for {gap:.1} s"),
+        ),
+        IdleHow::Fin => (
+            Kind::IdleClose,
+            "fin",
+            format!("{who} closed (FIN, no alert) after the flow was idle for {gap:.1} s"),
+        ),
+        IdleHow::EncryptedAlert(len) => (
+            Kind::IdleClose,
+            "encrypted_alert",
+            format!(
+                "{who} sent an encrypted alert ({len} bytes; after idle, a close_notify){} \
+                 after the flow was idle for {gap:.1} s",
+                if end.fin { " with FIN" } else { "" }
+            ),
+        ),
+        IdleHow::Tls13Close => (
+            Kind::IdleClose,
+            "tls13_close_heuristic",
+            format!(
+                "{who} sent a short final TLS 1.3 record (close_notify sized, a heuristic) and \
+                 FIN after the flow was idle for {gap:.1} s"
+            ),
+        ),
+    };
+    detail.insert("how".into(), json!(how));
+    Some((kind, vec![format!("{words}{inferred}")], detail))
+}
+
 fn method_words(method: &str, tls: &TlsFacts) -> String {
     match method {
         "tls13_psk" => "TLS 1.3 pre_shared_key extension".into(),
@@ -532,6 +793,7 @@ mod tests {
             kind,
             ts_ns: 1_000,
             flow_first_seen_ns: 0,
+            gap_ns: 0,
             client: "10.0.0.1:40000".parse().unwrap(),
             server: "10.0.0.2:443".parse().unwrap(),
             sender,

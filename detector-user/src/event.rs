@@ -22,6 +22,9 @@ pub struct KernelEvent {
     /// Program clock, see [`crate::clock`].
     pub ts_ns: u64,
     pub flow_first_seen_ns: u64,
+    /// How long the flow was quiet before the packet (idle resumption events: the gap
+    /// before the resumption).
+    pub gap_ns: u64,
     pub client: SocketAddr,
     pub server: SocketAddr,
     pub sender: Side,
@@ -173,6 +176,7 @@ impl KernelEvent {
             kind,
             ts_ns: e.ts_ns,
             flow_first_seen_ns: e.flow_first_seen_ns,
+            gap_ns: e.gap_ns,
             client: SocketAddr::new(ip(e.client_addr), e.client_port),
             server: SocketAddr::new(ip(e.server_addr), e.server_port),
             sender: Side::from_u8(e.sender).ok_or(DecodeError::Field {

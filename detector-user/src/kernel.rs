@@ -31,6 +31,8 @@ const MIN_KERNEL: (u32, u32) = (5, 18);
 pub struct Options {
     pub flow_table_size: u32,
     pub tls_ports: Vec<u16>,
+    /// Quiet time after which a flow counts as idle.
+    pub idle_threshold: std::time::Duration,
 }
 
 impl Default for Options {
@@ -38,6 +40,9 @@ impl Default for Options {
         Options {
             flow_table_size: detector_common::DEFAULT_FLOW_TABLE_SIZE,
             tls_ports: detector_common::DEFAULT_TLS_PORTS.to_vec(),
+            idle_threshold: std::time::Duration::from_nanos(
+                detector_common::DEFAULT_IDLE_THRESHOLD_NS,
+            ),
         }
     }
 }
@@ -45,7 +50,8 @@ impl Default for Options {
 /// The loaded program and its maps. Programs are loaded (verified) but not attached.
 pub struct Kernel {
     pub ebpf: Ebpf,
-    config: Array<MapData, Config>,
+    config_map: Array<MapData, Config>,
+    config: Config,
     counters: Counters,
     events: RingBuf<MapData>,
     sni: Option<SniMap>,
@@ -124,21 +130,19 @@ impl Kernel {
         tc.load()
             .context("verifying the TC program")
             .map_err(explain_privileges)?;
-        // The record walkers, which the programs above reach by tail call.
-        let xdp_walker: &mut Xdp = program(&mut ebpf, names::XDP_WALKER)?.try_into()?;
-        xdp_walker
-            .load()
-            .context("verifying the XDP record walker")?;
-        let xdp_walker = xdp_walker.fd()?.try_clone()?;
-        let tc_walker: &mut SchedClassifier = program(&mut ebpf, names::TC_WALKER)?.try_into()?;
-        tc_walker.load().context("verifying the TC record walker")?;
-        let tc_walker = tc_walker.fd()?.try_clone()?;
-        ProgramArray::try_from(map(&mut ebpf, names::XDP_WALKER_ARRAY)?)?
-            .set(0, &xdp_walker, 0)
-            .context("installing the XDP record walker")?;
-        ProgramArray::try_from(map(&mut ebpf, names::TC_WALKER_ARRAY)?)?
-            .set(0, &tc_walker, 0)
-            .context("installing the TC record walker")?;
+        // The slow paths, which the programs above reach by tail call.
+        let xdp_slow: &mut Xdp = program(&mut ebpf, names::XDP_SLOW_PATH)?.try_into()?;
+        xdp_slow.load().context("verifying the XDP slow path")?;
+        let xdp_slow = xdp_slow.fd()?.try_clone()?;
+        let tc_slow: &mut SchedClassifier = program(&mut ebpf, names::TC_SLOW_PATH)?.try_into()?;
+        tc_slow.load().context("verifying the TC slow path")?;
+        let tc_slow = tc_slow.fd()?.try_clone()?;
+        ProgramArray::try_from(map(&mut ebpf, names::XDP_SLOW_ARRAY)?)?
+            .set(0, &xdp_slow, 0)
+            .context("installing the XDP slow path")?;
+        ProgramArray::try_from(map(&mut ebpf, names::TC_SLOW_ARRAY)?)?
+            .set(0, &tc_slow, 0)
+            .context("installing the TC slow path")?;
 
         let mut ports: HashMap<_, u16, u8> = HashMap::try_from(map(&mut ebpf, names::TLS_PORTS)?)?;
         for &p in &opts.tls_ports {
@@ -146,7 +150,7 @@ impl Kernel {
                 .insert(p, 1, 0)
                 .with_context(|| format!("adding TLS port {p} to the kernel's port set"))?;
         }
-        let config = Array::try_from(take_map(&mut ebpf, names::CONFIG)?)?;
+        let config_map = Array::try_from(take_map(&mut ebpf, names::CONFIG)?)?;
         let counters = Counters(Arc::new(Mutex::new(PerCpuArray::try_from(take_map(
             &mut ebpf,
             names::COUNTERS,
@@ -155,12 +159,18 @@ impl Kernel {
         let sni = Some(SniMap(HashMap::try_from(take_map(&mut ebpf, names::SNI)?)?));
         let mut k = Kernel {
             ebpf,
-            config,
+            config_map,
+            config: Config::default(),
             counters,
             events,
             sni,
         };
-        k.set_config(Config::default())?;
+        k.config = Config {
+            clock_override_ns: 0,
+            idle_threshold_ns: opts.idle_threshold.as_nanos().min(u64::MAX as u128) as u64,
+            started_ns: crate::clock::boottime_ns(),
+        };
+        k.write_config()?;
         Ok(k)
     }
 
@@ -185,17 +195,23 @@ impl Kernel {
         self.sni.take()
     }
 
-    pub fn set_config(&mut self, c: Config) -> anyhow::Result<()> {
-        self.config
-            .set(0, c, 0)
+    fn write_config(&mut self) -> anyhow::Result<()> {
+        self.config_map
+            .set(0, self.config, 0)
             .context("writing the kernel program's configuration")
     }
 
     /// Makes the program's clock read `ns` (replay); zero returns it to kernel time.
     pub fn set_clock(&mut self, ns: u64) -> anyhow::Result<()> {
-        self.set_config(Config {
-            clock_override_ns: ns,
-        })
+        self.config.clock_override_ns = ns;
+        self.write_config()
+    }
+
+    /// Declares when the detector started on the program's clock (replay: the first
+    /// packet's capture time).
+    pub fn set_started(&mut self, ns: u64) -> anyhow::Result<()> {
+        self.config.started_ns = ns;
+        self.write_config()
     }
 
     /// Runs the XDP program once on `frame` with BPF_PROG_TEST_RUN; returns its verdict.
@@ -224,9 +240,9 @@ impl Kernel {
     pub fn instruction_counts(&self) -> anyhow::Result<Vec<(&'static str, u32)>> {
         [
             names::XDP_PROGRAM,
-            names::XDP_WALKER,
+            names::XDP_SLOW_PATH,
             names::TC_PROGRAM,
-            names::TC_WALKER,
+            names::TC_SLOW_PATH,
         ]
         .into_iter()
         .map(|name| {

@@ -76,7 +76,14 @@ pub async fn run(opts: RunOptions, out: impl Write) -> anyhow::Result<()> {
         kernel.counters(),
     ));
     let sni = kernel.take_sni();
-    let mut pipeline = Pipeline::new(Clock::boot(), opts.window, metrics, sni, out);
+    let mut pipeline = Pipeline::new(
+        Clock::boot(),
+        opts.window,
+        opts.kernel.idle_threshold,
+        metrics,
+        sni,
+        out,
+    );
 
     let events = readable(kernel.events().as_raw_fd())
         .context("registering the event ring buffer with the reactor")?;

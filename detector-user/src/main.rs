@@ -29,18 +29,24 @@ struct KernelArgs {
     /// Seconds a session must be quiet before its events are judged together.
     #[arg(long, value_name = "SECONDS", default_value_t = pipeline::DEFAULT_WINDOW.as_secs_f64())]
     correlation_window: f64,
+    /// Seconds of quiet after which a flow counts as idle: closes, resets and resumptions
+    /// after at least this gap are diagnosed (idle_close, rst_after_idle, idle_timeout_drop).
+    #[arg(long, value_name = "SECONDS", default_value_t = 30.0)]
+    idle_threshold: f64,
 }
 
 impl KernelArgs {
-    fn options(&self) -> Options {
+    fn options(&self) -> anyhow::Result<Options> {
         let mut o = Options {
             flow_table_size: self.flow_table_size,
+            idle_threshold: Duration::try_from_secs_f64(self.idle_threshold)
+                .map_err(|e| anyhow::anyhow!("--idle-threshold {}: {e}", self.idle_threshold))?,
             ..Options::default()
         };
         if !self.tls_ports.is_empty() {
             o.tls_ports = self.tls_ports.clone();
         }
-        o
+        Ok(o)
     }
 
     fn window(&self) -> anyhow::Result<Duration> {
@@ -105,7 +111,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                 egress: !no_egress,
                 listen,
                 window: kernel.window()?,
-                kernel: kernel.options(),
+                kernel: kernel.options()?,
             };
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -116,7 +122,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             let metrics = Arc::new(Metrics::new()?);
             let summary = replay::replay(
                 &file,
-                &kernel.options(),
+                &kernel.options()?,
                 kernel.window()?,
                 metrics,
                 std::io::stdout().lock(),

@@ -7,13 +7,17 @@ use std::{net::SocketAddr, sync::Arc};
 
 use anyhow::Context as _;
 use detector_common::{Counter, EventKind};
-use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpListener,
 };
 
 use crate::{
+    correlate::TimeoutEstimate,
     diagnosis::{Diagnosis, Kind, alert_description_name, alert_level_name, side_name},
     event::KernelEvent,
     kernel::Counters,
@@ -32,8 +36,18 @@ pub struct Metrics {
     decode_errors: IntCounter,
     sessions_evicted: IntCounter,
     sessions_open: IntGauge,
+    idle_gaps: HistogramVec,
+    inferred_timeout: GaugeVec,
+    inferred_flows: IntGaugeVec,
     kernel: Vec<(Counter, IntCounter)>,
 }
+
+/// Idle-gap buckets that resolve the timeouts that matter: 60 s, nginx's and WAFs' 120 s,
+/// 300 s, the AWS load balancers' 350 s, 600 s and an hour.
+pub const IDLE_GAP_BUCKETS: [f64; 16] = [
+    1.0, 5.0, 10.0, 30.0, 60.0, 90.0, 120.0, 180.0, 300.0, 350.0, 400.0, 600.0, 900.0, 1800.0,
+    3600.0, 7200.0,
+];
 
 impl Metrics {
     pub fn new() -> anyhow::Result<Metrics> {
@@ -71,6 +85,29 @@ impl Metrics {
             "sessions_open",
             "Sessions with events waiting for their correlation window to end",
         )?;
+        let idle_gaps = HistogramVec::new(
+            HistogramOpts::new(
+                "idle_gap_seconds",
+                "Idle gap before a close, reset or drop, by diagnosis kind",
+            )
+            .buckets(IDLE_GAP_BUCKETS.to_vec()),
+            &["kind"],
+        )?;
+        let inferred_timeout = GaugeVec::new(
+            Opts::new(
+                "inferred_idle_timeout_seconds",
+                "Estimated idle timeout on the path to a server endpoint (shortest fatal gap \
+                 longer than every survived one)",
+            ),
+            &["server"],
+        )?;
+        let inferred_flows = IntGaugeVec::new(
+            Opts::new(
+                "inferred_idle_timeout_flows",
+                "Flows whose idle gaps the inferred timeout rests on",
+            ),
+            &["server"],
+        )?;
         let build = IntGauge::with_opts(
             Opts::new("build_info", "Build of the detector agent")
                 .const_label("version", env!("CARGO_PKG_VERSION")),
@@ -89,6 +126,9 @@ impl Metrics {
             Box::new(decode_errors.clone()),
             Box::new(sessions_evicted.clone()),
             Box::new(sessions_open.clone()),
+            Box::new(idle_gaps.clone()),
+            Box::new(inferred_timeout.clone()),
+            Box::new(inferred_flows.clone()),
             Box::new(build),
         ] {
             registry.register(m)?;
@@ -101,6 +141,9 @@ impl Metrics {
             decode_errors,
             sessions_evicted,
             sessions_open,
+            idle_gaps,
+            inferred_timeout,
+            inferred_flows,
             kernel,
         })
     }
@@ -129,6 +172,26 @@ impl Metrics {
 
     pub fn on_diagnosis(&self, d: &Diagnosis) {
         self.diagnoses.with_label_values(&[d.kind.as_str()]).inc();
+        if let Some(gap) = d.detail.get("gap_s").and_then(|g| g.as_f64()) {
+            self.idle_gaps
+                .with_label_values(&[d.kind.as_str()])
+                .observe(gap);
+        }
+    }
+
+    /// Replaces the exported timeout estimates (the set of endpoints can change).
+    pub fn set_timeouts(&self, estimates: &[(SocketAddr, TimeoutEstimate)]) {
+        self.inferred_timeout.reset();
+        self.inferred_flows.reset();
+        for (server, est) in estimates {
+            let label = server.to_string();
+            self.inferred_timeout
+                .with_label_values(&[label.as_str()])
+                .set(est.seconds);
+            self.inferred_flows
+                .with_label_values(&[label.as_str()])
+                .set(est.flows as i64);
+        }
     }
 
     pub fn set_sessions(&self, open: usize, evicted_total: u64) {

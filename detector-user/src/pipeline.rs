@@ -14,6 +14,9 @@ use crate::{
 /// How long a session must be quiet before it is judged: long enough for the server's
 /// answer to a bad first packet, short enough that a diagnosis shows promptly.
 pub const DEFAULT_WINDOW: Duration = Duration::from_secs(2);
+/// Server endpoints whose inferred idle timeout is exported (the label is an address, so
+/// it is bounded to the endpoints with the most evidence).
+pub const INFERRED_TIMEOUTS_EXPORTED: usize = 20;
 /// Sessions held at once in the correlator.
 pub const DEFAULT_MAX_SESSIONS: usize = 65_536;
 
@@ -30,12 +33,14 @@ impl<W: Write> Pipeline<W> {
     pub fn new(
         clock: Clock,
         window: Duration,
+        idle_threshold: Duration,
         metrics: Arc<Metrics>,
         sni: Option<SniMap>,
         out: W,
     ) -> Pipeline<W> {
         Pipeline {
-            correlator: Correlator::new(clock, window, DEFAULT_MAX_SESSIONS),
+            correlator: Correlator::new(clock, window, DEFAULT_MAX_SESSIONS)
+                .with_idle_threshold(idle_threshold),
             sni,
             metrics,
             out,
@@ -95,6 +100,8 @@ impl<W: Write> Pipeline<W> {
         self.out.flush().context("flushing diagnoses")?;
         self.metrics
             .set_sessions(self.correlator.open_sessions(), self.correlator.evicted());
+        self.metrics
+            .set_timeouts(&self.correlator.timeouts().top(INFERRED_TIMEOUTS_EXPORTED));
         Ok(())
     }
 }

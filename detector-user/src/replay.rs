@@ -58,7 +58,14 @@ pub fn replay(
         .with_context(|| format!("{}: cannot read as a capture", path.display()))?;
     let mut kernel = Kernel::load(opts)?;
     let sni = kernel.take_sni();
-    let mut pipeline = Pipeline::new(Clock::Capture, window, metrics, sni, out);
+    let mut pipeline = Pipeline::new(
+        Clock::Capture,
+        window,
+        opts.idle_threshold,
+        metrics,
+        sni,
+        out,
+    );
     let mut summary = Summary::default();
 
     let result = loop {
@@ -74,6 +81,9 @@ pub fn replay(
         }
         // Zero would mean "kernel clock" to the program.
         let ts = packet.ts_ns.max(1);
+        if summary.packets == 1 {
+            kernel.set_started(ts)?;
+        }
         kernel.set_clock(ts)?;
         for frame in segment::split(&packet.frame) {
             kernel.run_xdp(&frame).with_context(|| {

@@ -29,11 +29,11 @@ impl Harness {
     }
 
     pub fn with(opts: Options) -> Harness {
-        let kernel = Kernel::load(&opts).expect("loading the kernel program (are you root?)");
-        Harness {
-            kernel,
-            now_ns: 1_700_000_000_000_000_000,
-        }
+        let mut kernel = Kernel::load(&opts).expect("loading the kernel program (are you root?)");
+        let now_ns = 1_700_000_000_000_000_000;
+        // The detector "starts" at the harness's clock, as replay does at the first packet.
+        kernel.set_started(now_ns).expect("setting the start time");
+        Harness { kernel, now_ns }
     }
 
     /// Runs one raw frame; asserts the program let it pass; returns the events it sent.
@@ -63,6 +63,11 @@ impl Harness {
         frames.iter().flat_map(|f| self.run(f)).collect()
     }
 
+    /// Lets `d` pass on the program's clock before the next frame.
+    pub fn advance(&mut self, d: Duration) {
+        self.now_ns += d.as_nanos() as u64;
+    }
+
     pub fn counter(&self, c: Counter) -> u64 {
         self.kernel.counters().get(c).expect("reading counters")
     }
@@ -90,7 +95,16 @@ impl Default for Harness {
 
 /// What the agent would conclude from these events.
 pub fn diagnose(events: &[KernelEvent]) -> Vec<Diagnosis> {
-    let mut c = Correlator::new(Clock::Capture, Duration::from_secs(2), 1024);
+    diagnose_idle(
+        events,
+        Duration::from_nanos(detector_common::DEFAULT_IDLE_THRESHOLD_NS),
+    )
+}
+
+/// The same, with the agent's idle threshold set.
+pub fn diagnose_idle(events: &[KernelEvent], idle: Duration) -> Vec<Diagnosis> {
+    let mut c =
+        Correlator::new(Clock::Capture, Duration::from_secs(2), 1024).with_idle_threshold(idle);
     let mut out: Vec<Diagnosis> = events.iter().flat_map(|e| c.ingest(e, None)).collect();
     out.extend(c.flush());
     out

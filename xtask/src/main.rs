@@ -150,6 +150,16 @@ fn test(filter: Option<&str>) -> anyhow::Result<()> {
     deps::ensure(deps::TEST_PROGRAMS)?;
     let path = toolchain::ensure()?;
     lint(&path)?;
+    // The live and replay tests run the agent binary; `cargo test` does not build the
+    // binaries of a package without integration tests of its own.
+    run(cargo(&path).args([
+        "build",
+        "--release",
+        "--package",
+        "detector-user",
+        "--bin",
+        "detector",
+    ]))?;
     let mut c = cargo(&path);
     c.args(["test", "--workspace", "--release"]);
     if let Some(f) = filter {

@@ -1,0 +1,173 @@
+//! Time: idle gaps before closes, resets and resumptions (field cases 4 and 5), with the
+//! program's clock driven by the harness so 120 s and 350 s gaps take no time.
+
+use std::time::Duration;
+
+use detector_common::{EventKind, Side};
+use detector_user::{diagnosis::Kind, event::KernelEvent};
+use tests::{
+    frames::{self, ACK, Conversation, FIN, Hello, RST, handshake, record},
+    harness::{Harness, diagnose_idle},
+};
+
+const IDLE: Duration = Duration::from_secs(30);
+
+fn sealed(t: u8, len: usize) -> Vec<u8> {
+    record(t, &vec![0xa5; len])
+}
+
+/// A TLS 1.2 session that has exchanged application data.
+fn established(h: &mut Harness, conv: &mut Conversation) -> Vec<KernelEvent> {
+    let mut flight = record(22, &Hello::server().server_hello());
+    flight.extend(record(22, &handshake(11, &[0x30; 300])));
+    let mut cfin = record(20, &[1]);
+    cfin.extend(sealed(22, 40));
+    let frames = vec![
+        conv.syn_ack(),
+        conv.client(&frames::client_hello("idle.example")),
+        conv.server(&flight),
+        conv.client(&cfin),
+        conv.server(&cfin),
+        conv.client(&sealed(23, 200)),
+        conv.server(&sealed(23, 900)),
+    ];
+    h.run_all(&frames)
+}
+
+fn kinds(events: &[KernelEvent]) -> Vec<(EventKind, Side)> {
+    events.iter().map(|e| (e.kind, e.sender)).collect()
+}
+
+#[test]
+fn proxy_closes_after_idle_with_encrypted_alert_and_fin() {
+    let mut h = Harness::new();
+    let mut conv = Conversation::v4(443);
+    assert!(established(&mut h, &mut conv).is_empty());
+    h.advance(Duration::from_millis(119_900));
+    let mut events = h.run(&conv.server(&sealed(21, 26)));
+    events.extend(h.run(&conv.server_flags(ACK | FIN)));
+    events.extend(h.run(&conv.client_flags(ACK)));
+    h.advance(Duration::from_secs(15));
+    events.extend(h.run(&conv.client_flags(ACK | RST)));
+    assert_eq!(
+        kinds(&events),
+        [
+            (EventKind::EncryptedAlert, Side::Server),
+            (EventKind::IdleFin, Side::Server),
+            // The path carried the server's words after the gap: evidence for the timeout
+            // estimate, not a diagnosis.
+            (EventKind::IdleSurvived, Side::Client),
+        ],
+        "the client's RST 15 s after the FIN is no idle reset"
+    );
+    // The harness's clock also moves 1 ms per frame.
+    assert_eq!(events[0].gap_ns, 119_901_000_000);
+    let d = diagnose_idle(&events, IDLE);
+    assert_eq!(d.len(), 1, "{d:?}");
+    assert_eq!(d[0].kind, Kind::IdleClose);
+    assert_eq!(d[0].detail["sender"], "server");
+    assert_eq!(d[0].detail["how"], "encrypted_alert");
+    assert!((d[0].detail["gap_s"].as_f64().unwrap() - 119.9).abs() < 0.01);
+    let d = diagnose_idle(&events, IDLE);
+    assert_eq!(d.len(), 1, "the survived delivery is no diagnosis: {d:?}");
+    assert!(d[0].evidence[0].contains("with FIN"), "{:?}", d[0].evidence);
+}
+
+#[test]
+fn reset_after_idle_names_who_and_how_long() {
+    let mut h = Harness::new();
+    let mut conv = Conversation::v4(443);
+    established(&mut h, &mut conv);
+    h.advance(Duration::from_secs(61));
+    let events = h.run(&conv.server_flags(ACK | RST));
+    assert_eq!(kinds(&events), [(EventKind::IdleRst, Side::Server)]);
+    let d = diagnose_idle(&events, IDLE);
+    assert_eq!(d[0].kind, Kind::RstAfterIdle);
+    assert_eq!(d[0].detail["gap_s"], 61.001);
+}
+
+#[test]
+fn activity_below_the_threshold_raises_nothing() {
+    let mut h = Harness::new();
+    let mut conv = Conversation::v4(443);
+    established(&mut h, &mut conv);
+    let mut events = Vec::new();
+    for _ in 0..5 {
+        h.advance(Duration::from_secs(25));
+        events.extend(h.run(&conv.client(&sealed(23, 60))));
+        events.extend(h.run(&conv.server(&sealed(23, 60))));
+    }
+    h.advance(Duration::from_secs(20));
+    events.extend(h.run(&conv.client_flags(ACK | FIN)));
+    events.extend(h.run(&conv.server_flags(ACK | FIN)));
+    assert!(events.is_empty(), "{events:?}");
+}
+
+/// Field case 5: flows idle past the load balancer's timeout get no answer; one idle for
+/// less survives. The estimate lands on the shortest fatal gap.
+#[test]
+fn load_balancer_timeout_drops_and_inference() {
+    let gaps = [(300u64, true), (352, false), (400, false)];
+    let mut events = Vec::new();
+    for (i, (gap, survives)) in gaps.iter().enumerate() {
+        // One kernel per flow, so each flow's gap is exactly its own.
+        let mut h = Harness::new();
+        let mut conv = Conversation::new(
+            ("10.1.0.1".parse().unwrap(), 42_000 + i as u16),
+            ("10.2.0.1".parse().unwrap(), 443),
+        );
+        established(&mut h, &mut conv);
+        h.advance(Duration::from_secs(*gap));
+        let resume = conv.client(&sealed(23, 80));
+        events.extend(h.run(&resume));
+        if *survives {
+            events.extend(h.run(&conv.server(&sealed(23, 80))));
+        } else {
+            h.advance(Duration::from_millis(200));
+            events.extend(h.run(&resume)); // retransmission into silence
+            h.advance(Duration::from_millis(400));
+            events.extend(h.run(&resume)); // reported once
+        }
+    }
+    let k: Vec<EventKind> = events.iter().map(|e| e.kind).collect();
+    assert_eq!(
+        k,
+        [
+            EventKind::IdleSurvived,
+            EventKind::IdleRetransmit,
+            EventKind::IdleRetransmit
+        ],
+        "{events:?}"
+    );
+    let d = diagnose_idle(&events, IDLE);
+    let drops: Vec<_> = d
+        .iter()
+        .filter(|x| x.kind == Kind::IdleTimeoutDrop)
+        .collect();
+    assert_eq!(drops.len(), 2, "{d:?}");
+    assert_eq!(drops[0].detail["how"], "unanswered_retransmission");
+    assert!((drops[0].detail["gap_s"].as_f64().unwrap() - 352.0).abs() < 0.01);
+    let est = drops[1].detail["inferred_idle_timeout_s"].as_f64().unwrap();
+    assert!((est - 352.0).abs() / 352.0 < 0.01, "estimate {est}");
+    assert_eq!(drops[1].detail["inferred_from_flows"], 3);
+}
+
+#[test]
+fn midstream_flow_after_uptime_is_a_drop_before_it_is_not() {
+    let mut h = Harness::new();
+    let mut early = Conversation::v4(443);
+    assert!(
+        h.run(&early.client(&sealed(23, 100))).is_empty(),
+        "just started"
+    );
+    h.advance(Duration::from_secs(31));
+    let mut late = Conversation::new(
+        ("10.1.0.9".parse().unwrap(), 50_000),
+        ("10.2.0.1".parse().unwrap(), 443),
+    );
+    let events = h.run(&late.client(&sealed(23, 100)));
+    assert_eq!(kinds(&events), [(EventKind::Midstream, Side::Client)]);
+    let d = diagnose_idle(&events, IDLE);
+    assert_eq!(d[0].kind, Kind::IdleTimeoutDrop);
+    assert_eq!(d[0].detail["how"], "midstream_without_handshake");
+}
