@@ -67,7 +67,7 @@ fn main() -> Result<()> {
     let mut bench = EbpfLoader::new()
         .load(BENCH_OBJECT)
         .context("loading the reference programs")?;
-    for name in ["bench_empty", "bench_tracker"] {
+    for name in ["bench_empty", "bench_tracker", "bench_tracker_wide"] {
         let p: &mut Xdp = bench.program_mut(name).context(name)?.try_into()?;
         p.load()?;
     }
@@ -152,18 +152,30 @@ fn main() -> Result<()> {
          flow restored before each)"
     );
     println!(
-        "{:<22} {:>9} {:>9} {:>9} {:>12} {:>14}",
-        "frame", "detector", "tracker", "empty", "det/tracker", "det-empty ns"
+        "{:<22} {:>9} {:>9} {:>11} {:>7} {:>12} {:>11} {:>13}",
+        "frame",
+        "detector",
+        "tracker",
+        "tracker-40B",
+        "empty",
+        "det/tracker",
+        "det/trk-40B",
+        "det-empty ns"
     );
     let mut tls_data_ratio = 0.0;
     let mut non_tcp_over = 0.0;
     for case in &cases {
-        // Warm the tracker's table so its lookup hits, as the detector's does.
+        // Warm the trackers' tables so their lookups hit, as the detector's does.
         let tracker: &Xdp = bench
             .program("bench_tracker")
             .context("tracker")?
             .try_into()?;
         run_repeat(tracker, &case.frame, 1)?;
+        let wide: &Xdp = bench
+            .program("bench_tracker_wide")
+            .context("wide tracker")?
+            .try_into()?;
+        run_repeat(wide, &case.frame, 1)?;
         let measure = |prog: &Xdp| -> Result<f64> {
             match &case.restore {
                 None => Ok(run_repeat(prog, &case.frame, repeat)?.as_nanos() as f64),
@@ -178,6 +190,7 @@ fn main() -> Result<()> {
         };
         let empty = measure(bench.program("bench_empty").context("empty")?.try_into()?)?;
         let tracker = measure(tracker)?;
+        let wide = measure(wide)?;
         let detector = match &case.restore {
             None => {
                 h.kernel.set_clock(0)?;
@@ -196,12 +209,14 @@ fn main() -> Result<()> {
         };
         let ratio = detector / tracker;
         println!(
-            "{:<22} {:>9.1} {:>9.1} {:>9.1} {:>11.2}x {:>14.1}",
+            "{:<22} {:>9.1} {:>9.1} {:>11.1} {:>7.1} {:>11.2}x {:>10.2}x {:>13.1}",
             case.name,
             detector,
             tracker,
+            wide,
             empty,
             ratio,
+            detector / wide,
             detector - empty
         );
         match case.name {

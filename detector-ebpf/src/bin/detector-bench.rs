@@ -25,6 +25,20 @@ mod program {
     #[map]
     static BENCH_FLOWS: LruHashMap<Key, u64> = LruHashMap::with_max_entries(65_536, 0);
 
+    /// The same tracker with a key the size of the detector's (two IPv6-sized addresses,
+    /// ports, padding: 40 bytes), to tell hashing cost from the detector's own work.
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct WideKey {
+        a: [u64; 2],
+        b: [u64; 2],
+        ports: u32,
+        pad: u32,
+    }
+
+    #[map]
+    static BENCH_FLOWS_WIDE: LruHashMap<WideKey, u64> = LruHashMap::with_max_entries(65_536, 0);
+
     #[xdp]
     pub fn bench_empty(_ctx: XdpContext) -> u32 {
         xdp_action::XDP_PASS
@@ -58,6 +72,43 @@ mod program {
             Some(ts) => unsafe { *ts = now },
             None => {
                 let _ = BENCH_FLOWS.insert(key, now, BPF_NOEXIST as u64);
+            }
+        }
+        xdp_action::XDP_PASS
+    }
+
+    #[xdp]
+    pub fn bench_tracker_wide(ctx: XdpContext) -> u32 {
+        let (start, end) = (ctx.data(), ctx.data_end());
+        if start + 14 + 20 + 4 > end {
+            return xdp_action::XDP_PASS;
+        }
+        // SAFETY: bounds checked above.
+        let (ethertype, proto, src, dst, ports) = unsafe {
+            (
+                core::ptr::read_unaligned((start + 12) as *const u16),
+                *((start + 23) as *const u8),
+                core::ptr::read_unaligned((start + 26) as *const u32),
+                core::ptr::read_unaligned((start + 30) as *const u32),
+                core::ptr::read_unaligned((start + 34) as *const u32),
+            )
+        };
+        if ethertype != 0x0008 || proto != 6 {
+            return xdp_action::XDP_PASS;
+        }
+        let key = WideKey {
+            a: [0, 0xffff_0000 | (src as u64) << 32],
+            b: [0, 0xffff_0000 | (dst as u64) << 32],
+            ports,
+            pad: 0,
+        };
+        // SAFETY: boot-time clock helper, no preconditions.
+        let now = unsafe { bpf_ktime_get_boot_ns() };
+        match BENCH_FLOWS_WIDE.get_ptr_mut(key) {
+            // SAFETY: a live map value.
+            Some(ts) => unsafe { *ts = now },
+            None => {
+                let _ = BENCH_FLOWS_WIDE.insert(key, now, BPF_NOEXIST as u64);
             }
         }
         xdp_action::XDP_PASS
