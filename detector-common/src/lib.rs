@@ -248,6 +248,9 @@ pub struct Direction {
     /// Bytes of a header that straddled a segment end, big-endian in the low bits.
     pub pend: u64,
     pub last_seen_ns: u64,
+    /// The idle gap before the packet that carried the last record header walked (a TLS
+    /// 1.3 close is judged at the FIN that follows the record, but its gap is this one).
+    pub last_record_gap_ns: u64,
     /// Sequence number of the next item ([`item`]) to read.
     pub cursor: u32,
     /// Where the current record ends.
@@ -549,8 +552,8 @@ mod pod {
 // The kernel writes these layouts and the agent reads them; a silent change of size would
 // make one misread the other, so pin them.
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
-const _: () = assert!(core::mem::size_of::<Direction>() == 48);
+const _: () = assert!(core::mem::size_of::<Direction>() == 56);
 const _: () = assert!(core::mem::size_of::<Tls>() == 40);
-const _: () = assert!(core::mem::size_of::<FlowState>() == 168);
+const _: () = assert!(core::mem::size_of::<FlowState>() == 184);
 const _: () = assert!(core::mem::size_of::<Event>() == 128);
 const _: () = assert!(core::mem::size_of::<Sni>() == 1 + SNI_MAX);

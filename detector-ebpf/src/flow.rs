@@ -251,7 +251,12 @@ fn finish<P: Packet>(cx: &Cx<P>, flow: &mut FlowState, found: &mut Found) {
             found.push(EventKind::IdleFin, Extra::default());
         }
         if tls::tls13_close(cx, flow) {
-            found.push(EventKind::Tls13CloseHeuristic, Extra::default());
+            // Judged at the FIN, timed at the short record before it.
+            let extra = Extra {
+                gap_ns: Some(flow.dir[side].last_record_gap_ns),
+                ..Extra::default()
+            };
+            found.push(EventKind::Tls13CloseHeuristic, extra);
         }
         if let Some(extra) = tls::handshake_aborted(flow, abort::FIN, None) {
             found.push(EventKind::HandshakeAborted, extra);

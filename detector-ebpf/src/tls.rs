@@ -414,6 +414,7 @@ fn step<P: Packet>(
                 d.rec_end = rec_end;
                 d.last_record_type = typ;
                 d.last_record_len = len as u16;
+                d.last_record_gap_ns = cx.gap_ns;
             }
             let encrypted = d.flags & dir_flags::CCS != 0;
             match typ {

@@ -43,6 +43,7 @@ pub struct TimeoutEstimator {
 
 #[derive(Default, Clone)]
 struct Gaps {
+    survived: u64,
     survived_max_ns: u64,
     died_min_ns: Option<u64>,
     flows: u64,
@@ -62,6 +63,7 @@ const MAX_ESTIMATED_SERVERS: usize = 4096;
 impl TimeoutEstimator {
     fn survived(&mut self, server: SocketAddr, gap_ns: u64) {
         let g = self.entry(server);
+        g.survived += 1;
         g.survived_max_ns = g.survived_max_ns.max(gap_ns);
         g.flows += 1;
     }
@@ -86,11 +88,13 @@ impl TimeoutEstimator {
         self.servers.entry(server).or_default()
     }
 
-    /// The estimate, once a flow has died after an idle gap longer than any survived one.
+    /// The estimate, once flows to the server have both survived idle gaps and died after
+    /// a longer one: deaths alone (a server resetting idle clients itself, say) bound
+    /// nothing about the path.
     pub fn estimate(&self, server: SocketAddr) -> Option<TimeoutEstimate> {
         let g = self.servers.get(&server)?;
         let died = g.died_min_ns?;
-        (died > g.survived_max_ns).then_some(TimeoutEstimate {
+        (g.survived > 0 && died > g.survived_max_ns).then_some(TimeoutEstimate {
             seconds: died as f64 / 1e9,
             flows: g.flows,
         })

@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod frames;
 pub mod harness;
+pub mod idle_lab;
 pub mod lab;
 pub mod pcapfile;
 pub mod relay;

@@ -15,6 +15,7 @@ pub const TEST_PROGRAMS: &[(&str, &str)] = &[
     ("curl", "curl"),
     ("nginx", "nginx"),
     ("tcpdump", "tcpdump"),
+    ("nft", "nftables"),
     ("prometheus", "prometheus"),
     ("promtool", "prometheus"),
 ];
