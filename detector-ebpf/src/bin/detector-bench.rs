@@ -44,12 +44,13 @@ mod program {
         xdp_action::XDP_PASS
     }
 
-    #[xdp]
-    pub fn bench_tracker(ctx: XdpContext) -> u32 {
+    /// Source, destination and both ports of an Ethernet/IPv4/TCP frame without options.
+    #[inline(always)]
+    fn four_tuple(ctx: &XdpContext) -> Option<(u32, u32, u32)> {
         let (start, end) = (ctx.data(), ctx.data_end());
         // Ethernet (14) + IPv4 without options (20) + TCP ports (4).
         if start + 14 + 20 + 4 > end {
-            return xdp_action::XDP_PASS;
+            return None;
         }
         // SAFETY: bounds checked above.
         let (ethertype, proto, src, dst, ports) = unsafe {
@@ -61,55 +62,41 @@ mod program {
                 core::ptr::read_unaligned((start + 34) as *const u32),
             )
         };
-        if ethertype != 0x0008 || proto != 6 {
-            return xdp_action::XDP_PASS;
-        }
-        let key = Key { src, dst, ports };
+        (ethertype == 0x0008 && proto == 6).then_some((src, dst, ports))
+    }
+
+    /// Writes the timestamp into the flow's entry, creating it if needed.
+    #[inline(always)]
+    fn touch<K>(map: &LruHashMap<K, u64>, key: K) {
         // SAFETY: boot-time clock helper, no preconditions.
         let now = unsafe { bpf_ktime_get_boot_ns() };
-        match BENCH_FLOWS.get_ptr_mut(key) {
+        match map.get_ptr_mut(&key) {
             // SAFETY: a live map value.
             Some(ts) => unsafe { *ts = now },
             None => {
-                let _ = BENCH_FLOWS.insert(key, now, BPF_NOEXIST as u64);
+                let _ = map.insert(&key, now, BPF_NOEXIST as u64);
             }
+        }
+    }
+
+    #[xdp]
+    pub fn bench_tracker(ctx: XdpContext) -> u32 {
+        if let Some((src, dst, ports)) = four_tuple(&ctx) {
+            touch(&BENCH_FLOWS, Key { src, dst, ports });
         }
         xdp_action::XDP_PASS
     }
 
     #[xdp]
     pub fn bench_tracker_wide(ctx: XdpContext) -> u32 {
-        let (start, end) = (ctx.data(), ctx.data_end());
-        if start + 14 + 20 + 4 > end {
-            return xdp_action::XDP_PASS;
-        }
-        // SAFETY: bounds checked above.
-        let (ethertype, proto, src, dst, ports) = unsafe {
-            (
-                core::ptr::read_unaligned((start + 12) as *const u16),
-                *((start + 23) as *const u8),
-                core::ptr::read_unaligned((start + 26) as *const u32),
-                core::ptr::read_unaligned((start + 30) as *const u32),
-                core::ptr::read_unaligned((start + 34) as *const u32),
-            )
-        };
-        if ethertype != 0x0008 || proto != 6 {
-            return xdp_action::XDP_PASS;
-        }
-        let key = WideKey {
-            a: [0, 0xffff_0000 | (src as u64) << 32],
-            b: [0, 0xffff_0000 | (dst as u64) << 32],
-            ports,
-            pad: 0,
-        };
-        // SAFETY: boot-time clock helper, no preconditions.
-        let now = unsafe { bpf_ktime_get_boot_ns() };
-        match BENCH_FLOWS_WIDE.get_ptr_mut(key) {
-            // SAFETY: a live map value.
-            Some(ts) => unsafe { *ts = now },
-            None => {
-                let _ = BENCH_FLOWS_WIDE.insert(key, now, BPF_NOEXIST as u64);
-            }
+        if let Some((src, dst, ports)) = four_tuple(&ctx) {
+            let key = WideKey {
+                a: [0, 0xffff_0000 | (src as u64) << 32],
+                b: [0, 0xffff_0000 | (dst as u64) << 32],
+                ports,
+                pad: 0,
+            };
+            touch(&BENCH_FLOWS_WIDE, key);
         }
         xdp_action::XDP_PASS
     }
