@@ -234,7 +234,21 @@ fn finish<P: Packet>(cx: &Cx<P>, flow: &mut FlowState, found: &mut Found) {
     let t = cx.t;
     let side = cx.sender as usize;
     let idle = cx.gap_ns >= cx.idle_ns;
-    if t.flags & tcp_flags::RST != 0 {
+    let rst = t.flags & tcp_flags::RST != 0;
+    let first_fin = t.flags & tcp_flags::FIN != 0 && flow.dir[side].flags & dir_flags::FIN == 0;
+    if !rst && !first_fin {
+        return;
+    }
+    // TLS 1.3's close: a close_notify-sized record, then FIN, or RST when the peer's own
+    // close_notify crossed it. Judged at the FIN or RST, timed at the record before it.
+    if tls::tls13_close(cx, flow) && flow.dir[side].flags & (dir_flags::FIN | dir_flags::RST) == 0 {
+        let extra = Extra {
+            gap_ns: Some(flow.dir[side].last_record_gap_ns),
+            ..Extra::default()
+        };
+        found.push(EventKind::Tls13CloseHeuristic, extra);
+    }
+    if rst {
         flow.dir[side].flags |= dir_flags::RST;
         if idle {
             found.push(EventKind::IdleRst, Extra::default());
@@ -242,21 +256,13 @@ fn finish<P: Packet>(cx: &Cx<P>, flow: &mut FlowState, found: &mut Found) {
         if let Some(extra) = tls::handshake_aborted(flow, abort::RST, None) {
             found.push(EventKind::HandshakeAborted, extra);
         }
-    } else if t.flags & tcp_flags::FIN != 0 && flow.dir[side].flags & dir_flags::FIN == 0 {
+    } else {
         flow.dir[side].flags |= dir_flags::FIN;
         // A FIN right behind an alert belongs to that close (proxies send both), which
         // may have come after an idle gap even if the FIN itself did not.
         const ALERT: u8 = 21;
         if idle || flow.dir[side].last_record_type == ALERT {
             found.push(EventKind::IdleFin, Extra::default());
-        }
-        if tls::tls13_close(cx, flow) {
-            // Judged at the FIN, timed at the short record before it.
-            let extra = Extra {
-                gap_ns: Some(flow.dir[side].last_record_gap_ns),
-                ..Extra::default()
-            };
-            found.push(EventKind::Tls13CloseHeuristic, extra);
         }
         if let Some(extra) = tls::handshake_aborted(flow, abort::FIN, None) {
             found.push(EventKind::HandshakeAborted, extra);

@@ -13,9 +13,12 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 
-/// Offsets beyond this are never read: it keeps every offset provably bounded for the
-/// verifier, and no header we parse lies deeper in a frame.
+/// Direct reads stop here: it keeps every offset provably bounded for the verifier (whose
+/// own limit for packet pointers is 64 KiB), and no header we parse lies deeper.
 pub const MAX_OFFSET: usize = 0xffff;
+/// Helper copies (`load_into`) reach further: a GRO/GSO super-packet's payload can end past
+/// 64 KiB, and a record header there must still be read. BIG TCP tops out at 512 KiB.
+pub const MAX_LOAD_OFFSET: usize = 1 << 19;
 
 pub trait Packet {
     type Ctx: EbpfContext;
@@ -77,7 +80,7 @@ impl Packet for Xdp {
 
     #[inline(always)]
     fn load_into<const N: usize>(&self, off: usize, len: usize, buf: &mut [u8; N]) -> bool {
-        if off > MAX_OFFSET || len == 0 || len > N {
+        if off > MAX_LOAD_OFFSET || len == 0 || len > N {
             return false;
         }
         let len = verifier_len::<N>(len);
@@ -122,7 +125,7 @@ impl Packet for Tc {
 
     #[inline(always)]
     fn load_into<const N: usize>(&self, off: usize, len: usize, buf: &mut [u8; N]) -> bool {
-        if off > MAX_OFFSET || len == 0 || len > N {
+        if off > MAX_LOAD_OFFSET || len == 0 || len > N {
             return false;
         }
         let len = verifier_len::<N>(len);

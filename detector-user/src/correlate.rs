@@ -717,7 +717,7 @@ fn idle(s: &Session, idle_ns: u64, estimate: Option<TimeoutEstimate>) -> Option<
             "tls13_close_heuristic",
             format!(
                 "{who} sent a short final TLS 1.3 record (close_notify sized, a heuristic) and \
-                 FIN after the flow was idle for {gap:.1} s"
+                 closed after the flow was idle for {gap:.1} s"
             ),
         ),
     };

@@ -8,3 +8,4 @@ pub mod idle_lab;
 pub mod lab;
 pub mod pcapfile;
 pub mod relay;
+pub mod scenarios;

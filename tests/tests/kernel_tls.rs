@@ -339,6 +339,36 @@ fn tls13_session_close_heuristic_and_no_renegotiation() {
 }
 
 #[test]
+fn tls13_close_heuristic_also_on_rst() {
+    let mut h = Harness::new();
+    let mut conv = Conversation::v4(443);
+    let client = Hello::client("a").with(EXT_SUPPORTED_VERSIONS, versions_ext(&[0x0304]));
+    let server = Hello::server().with(EXT_SUPPORTED_VERSIONS, 0x0304u16.to_be_bytes().to_vec());
+    let mut flight = record(HANDSHAKE, &server.server_hello());
+    flight.extend(ccs());
+    flight.extend(sealed(APPDATA, 2500)); // EncryptedExtensions..Finished
+    let mut f = vec![
+        conv.syn_ack(),
+        conv.client(&record(HANDSHAKE, &client.client_hello())),
+    ];
+    f.extend(conv.server_segments(&flight, &[1400]));
+    let mut cfin = ccs();
+    cfin.extend(sealed(APPDATA, 53));
+    f.push(conv.client(&cfin));
+    f.push(conv.server(&sealed(APPDATA, 500)));
+    // A handshake-typed record is impossible after TLS 1.3's hello: no renegotiation.
+    f.push(conv.server(&sealed(APPDATA, 19)));
+    // The peer's close_notify crossed ours: the kernel ends with RST, not FIN.
+    f.push(conv.server_flags(ACK | RST));
+    let events = h.run_all(&f);
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].kind, EventKind::Tls13CloseHeuristic);
+    assert_eq!(events[0].sender, Side::Server);
+    assert_eq!(events[0].tls.negotiated_version, Some(0x0304));
+    assert!(events[0].tls.handshake_done());
+}
+
+#[test]
 fn reset_after_client_hello_is_a_handshake_reset() {
     let mut h = Harness::new();
     let mut conv = Conversation::v4(443);

@@ -44,6 +44,26 @@ enum Task {
     /// The kernel program against an empty XDP program and a minimal flow tracker, on the
     /// same frames in one run (BPF_PROG_TEST_RUN). Needs root.
     Bench,
+    /// The lab: every field case played by real software (nginx, openssl, curl, nftables)
+    /// in network namespaces, with the agent live on the router; writes OUT/NAME.pcap,
+    /// NAME.expected.json, NAME.live.json. Needs root.
+    Lab {
+        /// Scenarios to play (names, or prefixes such as `clean`); all when none given.
+        scenarios: Vec<String>,
+        /// Directory for the captures and labels [default: target/lab].
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+        /// List the scenarios: name, field case, what it plays, about how long.
+        #[arg(long)]
+        list: bool,
+        /// Instead of playing: tshark's view of each capture in DIR [default: target/lab]
+        /// next to the detector's diagnoses from `detector replay`.
+        #[arg(long, value_name = "DIR", num_args = 0..=1)]
+        compare: Option<Option<PathBuf>>,
+    },
+    /// The detector at work with no traffic of interest around: the agent on a lab router,
+    /// one scenario per field case, diagnoses as they come, then the metrics. Needs root.
+    Demo,
 }
 
 fn main() -> std::process::ExitCode {
@@ -90,6 +110,97 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             let path = toolchain::ensure()?;
             lint(&path)
         }
+        Task::Lab {
+            scenarios,
+            out,
+            list,
+            compare,
+        } => {
+            let mut args: Vec<OsString> = Vec::new();
+            if list {
+                args.push("--list".into());
+            } else {
+                let out = out.unwrap_or_else(|| workspace_root().join("target/lab"));
+                args.extend(["--out".into(), out.clone().into_os_string()]);
+                if let Some(dir) = compare {
+                    args.push("--compare".into());
+                    args.push(dir.unwrap_or(out).into_os_string());
+                }
+            }
+            args.extend(scenarios.into_iter().map(OsString::from));
+            lab(&args, !list, compare_requested(&args))
+        }
+        Task::Demo => lab(&["--demo".into()], true, false),
+    }
+}
+
+/// Programs the lab plays with (besides `nft` for field case 5 and `tshark` for
+/// `--compare`, which are installed when missing but optional).
+const LAB_PROGRAMS: &[(&str, &str)] = &[
+    ("ip", "iproute2"),
+    ("ss", "iproute2"),
+    ("openssl", "openssl"),
+    ("curl", "curl"),
+    ("nginx", "nginx"),
+    ("tcpdump", "tcpdump"),
+];
+
+fn compare_requested(args: &[OsString]) -> bool {
+    args.iter().any(|a| a == "--compare")
+}
+
+/// Builds the agent and the `lab` binary (tests crate), then runs `lab ARGS` as root from
+/// the workspace root. While it runs, this process ignores SIGINT: a Ctrl-C reaches the lab
+/// too, which finishes its current scenario, tears its namespaces down and exits.
+fn lab(args: &[OsString], needs_root: bool, compare: bool) -> anyhow::Result<()> {
+    if needs_root {
+        if !deps::is_root() {
+            bail!(
+                "the lab creates network namespaces and loads BPF programs: run it as root \
+                 (`sudo -E cargo xtask ...`)"
+            );
+        }
+        deps::ensure(LAB_PROGRAMS)?;
+        if let Err(e) = deps::ensure(&[("nft", "nftables")]) {
+            eprintln!("xtask: {e:#}; the field-case-5 scenario (nftables router) will be skipped");
+        }
+        if compare {
+            deps::ensure(&[("tshark", "tshark")])?;
+        }
+    }
+    let path = toolchain::ensure()?;
+    run(cargo(&path).args([
+        "build",
+        "--release",
+        "--package",
+        "detector-user",
+        "--bin",
+        "detector",
+    ]))?;
+    run(cargo(&path).args(["build", "--release", "--package", "tests", "--bin", "lab"]))?;
+    let target = target_dir();
+    let bin = target.join("release/lab");
+    let mut cmd = Command::new(&bin);
+    cmd.args(args)
+        .current_dir(workspace_root())
+        .env("DETECTOR_BIN", target.join("release/detector"));
+    // SAFETY: ignoring SIGINT in this process only; restored below.
+    let previous = unsafe { libc::signal(libc::SIGINT, libc::SIG_IGN) };
+    let status = cmd.status();
+    // SAFETY: restoring the disposition saved above.
+    unsafe { libc::signal(libc::SIGINT, previous) };
+    let status = status.with_context(|| format!("starting {}", bin.display()))?;
+    if !status.success() {
+        std::process::exit(status.code().unwrap_or(1));
+    }
+    Ok(())
+}
+
+/// Cargo's target directory: `$CARGO_TARGET_DIR` (relative to the workspace) or `target`.
+fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(d) => workspace_root().join(d),
+        None => workspace_root().join("target"),
     }
 }
 
