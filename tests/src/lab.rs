@@ -1722,6 +1722,59 @@ fn find_in_path(program: &str) -> Option<PathBuf> {
         })
 }
 
+/// A path as the `&str` a command line wants; captures and certificates live under the
+/// lab's own (UTF-8) temp dir.
+pub fn path_str(p: &Path) -> Result<&str> {
+    p.to_str()
+        .with_context(|| format!("{} is not UTF-8", p.display()))
+}
+
+/// `s_server` arguments for a certificate.
+pub fn cert_args(files: &TlsFiles) -> Result<Vec<String>> {
+    Ok(vec![
+        "-cert".into(),
+        path_str(&files.cert)?.into(),
+        "-key".into(),
+        path_str(&files.key)?.into(),
+    ])
+}
+
+/// `openssl s_client -connect ADDR -servername server.test -CAfile CA EXTRA...`.
+pub fn s_client_args(connect: SocketAddr, ca: &Path, extra: &[&str]) -> Result<Vec<String>> {
+    let mut args: Vec<String> = [
+        "openssl",
+        "s_client",
+        "-connect",
+        &connect.to_string(),
+        "-servername",
+        DEFAULT_CN,
+        "-CAfile",
+        path_str(ca)?,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    Ok(args)
+}
+
+impl Lab {
+    /// A routed lab's router namespace and its client-side and server-side interfaces.
+    pub fn router_parts(&self) -> Result<(String, String, String)> {
+        Ok((
+            self.router_ns()
+                .context("routed lab has a router")?
+                .to_owned(),
+            self.router_client_if()
+                .context("router client side")?
+                .to_owned(),
+            self.router_server_if()
+                .context("router server side")?
+                .to_owned(),
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::{

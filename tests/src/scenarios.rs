@@ -30,7 +30,9 @@ use serde_json::{Value, json};
 
 use crate::{
     agent::parse_lines,
-    lab::{DEFAULT_CN, Lab, LabProcess, NginxSite, TlsFiles, run_host, url},
+    lab::{
+        DEFAULT_CN, Lab, LabProcess, NginxSite, cert_args, path_str, run_host, s_client_args, url,
+    },
     relay::{Relay, Resumption, Verdict},
 };
 
@@ -696,7 +698,7 @@ pub struct Agent {
 
 impl Agent {
     pub fn start_on_router(lab: &Lab, detector: &Path, idle_threshold_s: f64) -> Result<Agent> {
-        let (router, rc, rs) = router(lab)?;
+        let (router, rc, rs) = lab.router_parts()?;
         let args: Vec<String> = vec![
             detector.display().to_string(),
             "run".into(),
@@ -813,7 +815,7 @@ pub fn run(s: &Scenario, out: &Path, detector: &Path) -> Result<Outcome> {
     let started = Instant::now();
     fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let lab = Lab::routed()?;
-    let (router, rc, _) = router(&lab)?;
+    let (router, rc, _) = lab.router_parts()?;
     let capture = lab.capture(&router, &rc, format!("{}.pcap", s.name))?;
     let agent = Agent::start_on_router(&lab, detector, s.idle_threshold_s)?;
     let played = match s.play(&lab) {
@@ -894,60 +896,12 @@ impl Drop for Played {
 // Helpers shared by the scenarios
 // ---------------------------------------------------------------------------------------
 
-/// The router namespace and its client-side and server-side interfaces.
-fn router(lab: &Lab) -> Result<(String, String, String)> {
-    Ok((
-        lab.router_ns()
-            .context("scenarios need a routed lab")?
-            .to_owned(),
-        lab.router_client_if()
-            .context("router client side")?
-            .to_owned(),
-        lab.router_server_if()
-            .context("router server side")?
-            .to_owned(),
-    ))
-}
-
 fn c4(lab: &Lab) -> IpAddr {
     lab.client_v4().into()
 }
 
 fn s4(lab: &Lab, port: u16) -> SocketAddr {
     SocketAddr::new(lab.server_v4().into(), port)
-}
-
-fn path_str(p: &Path) -> Result<&str> {
-    p.to_str()
-        .with_context(|| format!("{} is not UTF-8", p.display()))
-}
-
-fn cert_args(files: &TlsFiles) -> Result<Vec<String>> {
-    Ok(vec![
-        "-cert".into(),
-        path_str(&files.cert)?.into(),
-        "-key".into(),
-        path_str(&files.key)?.into(),
-    ])
-}
-
-/// `openssl s_client -connect ADDR -servername server.test -CAfile CA EXTRA...`.
-fn s_client_args(connect: SocketAddr, ca: &Path, extra: &[&str]) -> Result<Vec<String>> {
-    let mut args: Vec<String> = [
-        "openssl",
-        "s_client",
-        "-connect",
-        &connect.to_string(),
-        "-servername",
-        DEFAULT_CN,
-        "-CAfile",
-        path_str(ca)?,
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    args.extend(extra.iter().map(|s| s.to_string()));
-    Ok(args)
 }
 
 /// Runs a client to completion and returns stdout and stderr together.
@@ -1336,7 +1290,7 @@ impl Drop for RouterFirewall {
 /// established TCP flows after [`CONNTRACK_TIMEOUT_S`] of quiet, and the forward chain drops
 /// every packet that is neither part of a tracked flow nor a SYN.
 fn stateful_router(lab: &Lab) -> Result<RouterFirewall> {
-    let (router, _, _) = router(lab)?;
+    let (router, _, _) = lab.router_parts()?;
     let rules = format!(
         "table inet {NFT_TABLE} {{\n\
          \tchain forward {{\n\

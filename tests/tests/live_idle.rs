@@ -67,21 +67,6 @@ fn start_agent(lab: &Lab, ns: &str, ifaces: &[&str], extra: &[&str]) -> Result<L
     LiveAgent::start(lab, ns, ifaces, extra)
 }
 
-/// The router namespace and its client-side and server-side interfaces.
-fn router(lab: &Lab) -> Result<(String, String, String)> {
-    Ok((
-        lab.router_ns()
-            .context("routed lab has a router")?
-            .to_owned(),
-        lab.router_client_if()
-            .context("router client side")?
-            .to_owned(),
-        lab.router_server_if()
-            .context("router server side")?
-            .to_owned(),
-    ))
-}
-
 /// Diagnoses printed so far once at least `n` are there, or whatever there is after
 /// `timeout` (the caller's assertions then say what is missing).
 fn wait_some(agent: &LiveAgent, n: usize, timeout: Duration) -> Result<Vec<Value>> {
@@ -235,7 +220,7 @@ struct KeepaliveRun {
 
 fn nginx_keepalive_run(protocol: &str) -> Result<KeepaliveRun> {
     let lab = Lab::routed()?;
-    let (router, rc, rs) = router(&lab)?;
+    let (router, rc, rs) = lab.router_parts()?;
     let nginx = lab.nginx(
         lab.server_ns(),
         NginxSite {
@@ -468,7 +453,7 @@ struct ResetRun {
 
 fn reset_run() -> Result<ResetRun> {
     let lab = Lab::routed()?;
-    let (router, rc, rs) = router(&lab)?;
+    let (router, rc, rs) = lab.router_parts()?;
     let server = SocketAddr::new(lab.server_v4().into(), 9000);
     let listener = listen(lab.server_ns(), server)?;
     let capture = lab.capture(&router, &rs, "router.pcap")?;
@@ -788,7 +773,7 @@ fn stretched_replay_load_balancer_350s() {
 fn keepalives_shorter_than_threshold_give_nothing() {
     let mut ev = Evidence::new("keepalives_shorter_than_threshold_give_nothing");
     let lab = Lab::routed().unwrap();
-    let (router, rc, rs) = router(&lab).unwrap();
+    let (router, rc, rs) = lab.router_parts().unwrap();
     let server = SocketAddr::new(lab.server_v4().into(), 9000);
     let echo = spawn_echo(listen(lab.server_ns(), server).unwrap(), 1, T);
     let capture = lab.capture(&router, &rs, "router.pcap").unwrap();

@@ -17,7 +17,7 @@ use anyhow::{Context as _, Result, bail, ensure};
 use serde_json::Value;
 use tests::{
     agent::{LiveAgent, identity, replay},
-    lab::{DEFAULT_CN, Lab, LabProcess, NginxSite, TlsFiles, url},
+    lab::{DEFAULT_CN, Lab, LabProcess, NginxSite, cert_args, path_str, s_client_args, url},
     relay::{Relay, Resumption, Verdict},
 };
 
@@ -37,26 +37,6 @@ fn serial() -> MutexGuard<'static, ()> {
     SERIAL
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// The router namespace and its client-side and server-side interfaces.
-fn router(lab: &Lab) -> Result<(String, String, String)> {
-    Ok((
-        lab.router_ns()
-            .context("routed lab has a router")?
-            .to_owned(),
-        lab.router_client_if()
-            .context("router client side")?
-            .to_owned(),
-        lab.router_server_if()
-            .context("router server side")?
-            .to_owned(),
-    ))
-}
-
-fn path_str(p: &Path) -> Result<&str> {
-    p.to_str()
-        .with_context(|| format!("{} is not UTF-8", p.display()))
 }
 
 fn count(hay: &str, needle: &str) -> usize {
@@ -80,35 +60,6 @@ fn wait_count(p: &LabProcess, needle: &str, n: usize, timeout: Duration) -> Resu
         }
         thread::sleep(Duration::from_millis(50));
     }
-}
-
-/// `s_server` arguments for a certificate.
-fn cert_args(files: &TlsFiles) -> Result<Vec<String>> {
-    Ok(vec![
-        "-cert".into(),
-        path_str(&files.cert)?.into(),
-        "-key".into(),
-        path_str(&files.key)?.into(),
-    ])
-}
-
-/// `openssl s_client -connect ADDR -servername server.test -CAfile CA EXTRA...`.
-fn s_client_args(connect: SocketAddr, ca: &Path, extra: &[&str]) -> Result<Vec<String>> {
-    let mut args: Vec<String> = [
-        "openssl",
-        "s_client",
-        "-connect",
-        &connect.to_string(),
-        "-servername",
-        DEFAULT_CN,
-        "-CAfile",
-        path_str(ca)?,
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    args.extend(extra.iter().map(|s| s.to_string()));
-    Ok(args)
 }
 
 /// One HTTP exchange with an `s_server -www`: s_client sends a GET, waits for the whole
@@ -189,7 +140,7 @@ fn history(d: &Value) -> &str {
 fn server_hello_request_from_openssl_renegotiation() -> Result<()> {
     let _serial = serial();
     let lab = Lab::routed()?;
-    let (router, rc, rs) = router(&lab)?;
+    let (router, rc, rs) = lab.router_parts()?;
     let capture = lab.capture(&router, &rs, "router.pcap")?;
     let agent = LiveAgent::start(&lab, &router, &[&rc, &rs], &["--no-egress"])?;
 
@@ -253,7 +204,7 @@ fn server_hello_request_from_openssl_renegotiation() -> Result<()> {
 fn resumption_rejected_by_inspecting_relay() -> Result<()> {
     let _serial = serial();
     let lab = Lab::routed()?;
-    let (router, rc, _) = router(&lab)?;
+    let (router, rc, _) = lab.router_parts()?;
     let relay_ip = lab.iface(&rc).context("router client iface")?.v4;
     let relay_addr = SocketAddr::new(relay_ip.into(), 443);
     let capture = lab.capture(&router, &rc, "router-client-side.pcap")?;
@@ -374,7 +325,7 @@ fn resumption_rejected_by_inspecting_relay() -> Result<()> {
 fn openssl_handshake_failures() -> Result<()> {
     let _serial = serial();
     let lab = Lab::routed()?;
-    let (router, rc, rs) = router(&lab)?;
+    let (router, rc, rs) = lab.router_parts()?;
     let capture = lab.capture(&router, &rs, "router.pcap")?;
     let agent = LiveAgent::start(&lab, &router, &[&rc, &rs], &["--no-egress"])?;
 
@@ -493,7 +444,7 @@ fn openssl_handshake_failures() -> Result<()> {
 fn clean_sessions_give_nothing() -> Result<()> {
     let _serial = serial();
     let lab = Lab::routed()?;
-    let (router, rc, rs) = router(&lab)?;
+    let (router, rc, rs) = lab.router_parts()?;
     let capture = lab.capture(&router, &rs, "router.pcap")?;
     let agent = LiveAgent::start(&lab, &router, &[&rc, &rs], &["--no-egress"])?;
 
