@@ -2,6 +2,7 @@
 //! record walker.
 
 use aya_ebpf::bindings::BPF_NOEXIST;
+use aya_log_ebpf::warn;
 use detector_common::{
     Counter, EventKind, FlowKey, FlowState, PayloadClass, Side, abort, dir_flags, flow_flags,
 };
@@ -182,7 +183,12 @@ pub fn slow_path<P: Packet>(p: &P) {
             first_payload(&cx, flow, found);
         }
         if tls::wants_walk(flow, side, &t) {
+            let synced = flow.dir[side].flags & dir_flags::SYNCED != 0;
             tls::walk(&cx, flow, found);
+            // Rare and worth a line in the agent's log (counted in the metrics too).
+            if synced && flow.dir[side].flags & dir_flags::SYNCED == 0 {
+                warn!(p.ctx(), "TLS record walker lost its place in a stream (seq {})", t.seq);
+            }
         }
     }
     finish(&cx, flow, found);
