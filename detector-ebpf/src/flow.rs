@@ -187,7 +187,10 @@ pub fn slow_path<P: Packet>(p: &P) {
             tls::walk(&cx, flow, found);
             // Rare and worth a line in the agent's log (counted in the metrics too).
             if synced && flow.dir[side].flags & dir_flags::SYNCED == 0 {
-                warn!(p.ctx(), "TLS record walker lost its place in a stream (seq {})", t.seq);
+                warn!(
+                    p.ctx(),
+                    "TLS record walker lost its place in a stream (seq {})", t.seq
+                );
             }
         }
     }

@@ -321,6 +321,8 @@ pub enum Verdict {
     Rejected(Resumption),
     /// Forwarded to the upstream server.
     Forwarded,
+    /// Reset right after the ClientHello (a relay started with [`Relay::start_resetting`]).
+    Reset,
     /// Closed without forwarding (the client sent nothing in time, the upstream refused,
     /// an I/O error), and why.
     Failed(String),
@@ -357,6 +359,22 @@ impl Relay {
     /// `upstream`. With `ns`, both the listener and every upstream socket live in that
     /// network namespace (by its `ip netns` name); without, in the caller's.
     pub fn start(ns: Option<&str>, listen: SocketAddr, upstream: SocketAddr) -> Result<Relay> {
+        Relay::start_with(ns, listen, upstream, false)
+    }
+
+    /// A relay that answers every ClientHello with a TCP reset, as an inline device that
+    /// kills a handshake it does not like does.
+    pub fn start_resetting(ns: Option<&str>, listen: SocketAddr) -> Result<Relay> {
+        // No upstream is ever dialled; the address only fills the field.
+        Relay::start_with(ns, listen, listen, true)
+    }
+
+    fn start_with(
+        ns: Option<&str>,
+        listen: SocketAddr,
+        upstream: SocketAddr,
+        reset_all: bool,
+    ) -> Result<Relay> {
         let listener = match ns {
             Some(ns) => in_netns(ns, || TcpListener::bind(listen))?,
             None => TcpListener::bind(listen),
@@ -371,6 +389,7 @@ impl Relay {
         let ctx = Arc::new(Ctx {
             ns: ns.map(str::to_owned),
             upstream,
+            reset_all,
             stop: Arc::clone(&stop),
             log: Arc::clone(&log),
         });
@@ -426,6 +445,8 @@ impl Drop for Relay {
 struct Ctx {
     ns: Option<String>,
     upstream: SocketAddr,
+    /// Reset every connection once its ClientHello is in (a middlebox that kills TLS).
+    reset_all: bool,
     stop: Arc<AtomicBool>,
     log: Log,
 }
@@ -496,6 +517,12 @@ fn handle(client: TcpStream, peer: SocketAddr, ctx: &Ctx) {
         Hello::Complete { info, .. } => {
             let resumption = info.resumption();
             conn.hello = Some(info);
+            if ctx.reset_all {
+                conn.verdict = Verdict::Reset;
+                ctx.record(conn);
+                reset(client);
+                return;
+            }
             if let Some(method) = resumption {
                 conn.verdict = Verdict::Rejected(method);
                 ctx.record(conn);
@@ -572,6 +599,25 @@ fn is_timeout(e: &io::Error) -> bool {
 
 /// The inspector's answer: the fatal alert, then FIN; waits (bounded) for the client to
 /// close so the connection ends with FINs rather than a RST.
+/// Closes with a RST: SO_LINGER with a zero timeout makes close() abort the connection.
+fn reset(client: TcpStream) {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: a valid socket fd and a properly sized linger struct.
+    unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&client),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            size_of::<libc::linger>() as libc::socklen_t,
+        );
+    }
+    drop(client);
+}
+
 fn reject(mut client: TcpStream, ctx: &Ctx) {
     if client.write_all(&HANDSHAKE_FAILURE_ALERT).is_err() {
         return;

@@ -579,3 +579,42 @@ fn clean_sessions_give_nothing() -> Result<()> {
     );
     Ok(())
 }
+
+/// A relay that resets every connection once the ClientHello is in: handshake_reset, with
+/// the reset coming from the server side and no ServerHello before it.
+#[test]
+fn relay_reset_after_client_hello_is_handshake_reset() -> Result<()> {
+    let _serial = serial();
+    let lab = Lab::routed()?;
+    let (router, rc, _) = lab.router_parts()?;
+    let relay_ip = lab.iface(&rc).context("router client iface")?.v4;
+    let relay_addr = SocketAddr::new(relay_ip.into(), 443);
+    let capture = lab.capture(&router, &rc, "router-client-side.pcap")?;
+    let agent = LiveAgent::start(&lab, &router, &[&rc], &[])?;
+    let relay = Relay::start_resetting(Some(&router), relay_addr)?;
+    let tls = lab.tls_cert(DEFAULT_CN)?;
+
+    let out = lab.run(
+        lab.client_ns(),
+        &s_client_args(relay_addr, &tls.ca_cert, &["-tls1_2"])?,
+        T,
+    )?;
+    assert!(!out.status.success(), "the handshake must fail");
+    let conns = relay.wait_connections(1, T)?;
+    assert_eq!(conns[0].verdict, Verdict::Reset, "{conns:#?}");
+
+    let live = agent.wait_for(1, T)?;
+    thread::sleep(Duration::from_millis(800));
+    let live_final = agent.stop()?;
+    assert_eq!(live_final.len(), live.len(), "{live_final:#?}");
+    assert_eq!(live_final.len(), 1, "{live_final:#?}");
+    let d = &live_final[0];
+    assert_eq!(d["kind"], "handshake_reset", "{d}");
+    assert_eq!(d["server"], relay_addr.to_string());
+    assert_eq!(d["detail"]["ended_by"], "rst");
+    assert_eq!(d["detail"]["sender"], "server");
+    assert_eq!(d["detail"]["server_hello_seen"], false);
+    assert_eq!(d["sni"], DEFAULT_CN);
+    replay_matches(&capture.stop()?, &live_final);
+    Ok(())
+}
