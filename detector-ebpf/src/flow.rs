@@ -358,9 +358,11 @@ fn create(key: &FlowKey, t: &Tcp, sender_is_a: bool, now: u64) -> Option<&'stati
     } else {
         init_midstream(scratch, key, now);
     }
-    // Another CPU may have created it meanwhile: then its entry is as good as ours.
-    let _ = FLOWS.insert(key, scratch, BPF_NOEXIST as u64);
-    count(Counter::FlowsCreated);
+    // Another CPU may have created it meanwhile: then its entry is as good as ours, and
+    // only one of us counts it (created minus live is what the agent reports as evicted).
+    if FLOWS.insert(key, scratch, BPF_NOEXIST as u64).is_ok() {
+        count(Counter::FlowsCreated);
+    }
     // SAFETY: as in `track`.
     FLOWS.get_ptr_mut(key).map(|s| unsafe { &mut *s })
 }

@@ -4,6 +4,7 @@
 use std::{
     io,
     net::SocketAddr,
+    os::fd::AsFd as _,
     sync::{Arc, Mutex},
 };
 
@@ -13,7 +14,7 @@ use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray, ProgramArray, RingBuf},
     programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
 };
-use detector_common::{Config, Counter, FlowKey, Sni, names};
+use detector_common::{Config, Counter, FlowKey, FlowState, Sni, names};
 
 /// The compiled kernel program, built by this crate's build script.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/detector-ebpf"));
@@ -71,6 +72,23 @@ impl SniMap {
         let sni = self.0.get(&key, 0).ok()?;
         let name = &sni.name[..usize::from(sni.len).min(sni.name.len())];
         Some(String::from_utf8_lossy(name).into_owned())
+    }
+}
+
+/// A second handle on the kernel's flow table, for the metrics endpoint: entries are
+/// only ever removed by the LRU, so flows created minus flows present is flows evicted.
+#[derive(Clone)]
+pub struct FlowTable(Arc<Mutex<HashMap<MapData, FlowKey, FlowState>>>);
+
+impl FlowTable {
+    /// Entries present now. One syscall per entry: tens of milliseconds for a full
+    /// 65 536-entry table, paid per scrape.
+    pub fn count(&self) -> anyhow::Result<u64> {
+        let map = self
+            .0
+            .lock()
+            .map_err(|_| anyhow!("flow table lock poisoned"))?;
+        Ok(map.keys().filter(|k| k.is_ok()).count() as u64)
     }
 }
 
@@ -184,6 +202,26 @@ impl Kernel {
 
     pub fn counters(&self) -> Counters {
         self.counters.clone()
+    }
+
+    /// A handle on the flow table that can live beside this one (its own fd).
+    pub fn flow_table(&self) -> anyhow::Result<FlowTable> {
+        let map = self
+            .ebpf
+            .map(names::FLOWS)
+            .ok_or_else(|| anyhow!("map {} missing from the compiled object", names::FLOWS))?;
+        let aya::maps::Map::LruHashMap(data) = map else {
+            bail!("map {} is not an LRU hash map", names::FLOWS);
+        };
+        let fd = data
+            .fd()
+            .as_fd()
+            .try_clone_to_owned()
+            .context("duplicating the flow table's fd")?;
+        let data = MapData::from_fd(fd).context("opening the flow table")?;
+        Ok(FlowTable(Arc::new(Mutex::new(HashMap::try_from(
+            aya::maps::Map::LruHashMap(data),
+        )?))))
     }
 
     pub fn events(&mut self) -> &mut RingBuf<MapData> {

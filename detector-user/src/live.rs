@@ -74,6 +74,7 @@ pub async fn run(opts: RunOptions, out: impl Write) -> anyhow::Result<()> {
         opts.listen,
         metrics.clone(),
         kernel.counters(),
+        kernel.flow_table()?,
     ));
     let sni = kernel.take_sni();
     let mut pipeline = Pipeline::new(

@@ -20,7 +20,7 @@ use crate::{
     correlate::TimeoutEstimate,
     diagnosis::{Diagnosis, Kind, alert_description_name, alert_level_name, side_name},
     event::KernelEvent,
-    kernel::Counters,
+    kernel::{Counters, FlowTable},
 };
 
 /// Default `--listen` address. 9464 would be OpenTelemetry's; 9863 is not in Prometheus'
@@ -40,6 +40,7 @@ pub struct Metrics {
     inferred_timeout: GaugeVec,
     inferred_flows: IntGaugeVec,
     kernel: Vec<(Counter, IntCounter)>,
+    flows_evicted: IntCounter,
 }
 
 /// Idle-gap buckets that resolve the timeouts that matter: 60 s, nginx's and WAFs' 120 s,
@@ -113,6 +114,11 @@ impl Metrics {
                 .const_label("version", env!("CARGO_PKG_VERSION")),
         )?;
         build.set(1);
+        let flows_evicted = IntCounter::new(
+            "kernel_flows_evicted_total",
+            "Flows the kernel's LRU flow table evicted to make room (created minus present)",
+        )?;
+        registry.register(Box::new(flows_evicted.clone()))?;
         let mut kernel = Vec::new();
         for c in Counter::ALL {
             let m = IntCounter::new(format!("{}_total", c.metric_name()), c.help())?;
@@ -145,6 +151,7 @@ impl Metrics {
             inferred_timeout,
             inferred_flows,
             kernel,
+            flows_evicted,
         })
     }
 
@@ -209,6 +216,13 @@ impl Metrics {
         }
     }
 
+    /// Evictions so far: flows created minus flows present.
+    pub fn refresh_evictions(&self, created: u64, present: u64) {
+        let evicted = created.saturating_sub(present);
+        self.flows_evicted
+            .inc_by(evicted.saturating_sub(self.flows_evicted.get()));
+    }
+
     /// The text exposition format.
     pub fn render(&self) -> anyhow::Result<String> {
         let mut buf = Vec::new();
@@ -225,6 +239,7 @@ pub async fn serve(
     addr: SocketAddr,
     metrics: Arc<Metrics>,
     counters: Counters,
+    flows: FlowTable,
 ) -> anyhow::Result<()> {
     let listener = TcpListener::bind(addr)
         .await
@@ -240,6 +255,7 @@ pub async fn serve(
         };
         let metrics = metrics.clone();
         let counters = counters.clone();
+        let flows = flows.clone();
         tokio::spawn(async move {
             // One small request per connection; a scrape never sends more than a few
             // hundred bytes of headers.
@@ -256,6 +272,9 @@ pub async fn serve(
             let response = if request.starts_with("GET ") && (path == "/metrics" || path == "/") {
                 if let Ok(values) = counters.read() {
                     metrics.refresh_kernel(&values);
+                    if let Ok(present) = flows.count() {
+                        metrics.refresh_evictions(values[Counter::FlowsCreated as usize], present);
+                    }
                 }
                 match metrics.render() {
                     Ok(body) => format!(

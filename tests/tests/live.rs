@@ -282,3 +282,41 @@ fn missing_interface_is_a_one_line_error() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn a_full_flow_table_counts_its_evictions() -> Result<()> {
+    let lab = Lab::routed()?;
+    let (router, rc, rs) = lab.router_parts()?;
+    // A table of 4 flows, and 12 connections through the router.
+    let agent = LiveAgent::start(
+        &lab,
+        &router,
+        &[&rc, &rs],
+        &["--no-egress", "--flow-table-size", "4"],
+    )?;
+    let _plain = lab.nginx(
+        lab.server_ns(),
+        NginxSite {
+            tls: false,
+            port: 80,
+            ..Default::default()
+        },
+    )?;
+    let target = url("http", IpAddr::V4(lab.server_v4()), 80, "/");
+    for _ in 0..12 {
+        let out = lab.run(
+            lab.client_ns(),
+            &["curl", "-sS", "--max-time", "5", &target],
+            T,
+        )?;
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "ok\n");
+    }
+    let text = agent.metrics(&lab)?;
+    let created = metric(&text, "detector_kernel_flows_created_total").unwrap_or(0.0);
+    let evicted = metric(&text, "detector_kernel_flows_evicted_total").unwrap_or(-1.0);
+    assert!(created >= 12.0, "{text}");
+    // LRU keeps at most 4 (fewer with per-CPU free lists): the rest were evicted.
+    assert!(evicted >= created - 4.0 && evicted <= created, "{text}");
+    agent.stop()?;
+    Ok(())
+}
