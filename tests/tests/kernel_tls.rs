@@ -309,8 +309,9 @@ fn client_renegotiation_alone() {
     assert_eq!(d[0].kind, Kind::ClientRenegotiation);
 }
 
-#[test]
-fn tls13_session_close_heuristic_and_no_renegotiation() {
+/// A TLS 1.3 session whose server ends with a close_notify-sized record and then `close`
+/// (FIN, or RST when the client's own close_notify crossed it).
+fn tls13_session_closed_by_server(close: u8) {
     let mut h = Harness::new();
     let mut conv = Conversation::v4(443);
     let client = Hello::client("a").with(EXT_SUPPORTED_VERSIONS, versions_ext(&[0x0304]));
@@ -329,7 +330,7 @@ fn tls13_session_close_heuristic_and_no_renegotiation() {
     f.push(conv.server(&sealed(APPDATA, 500)));
     // A handshake-typed record is impossible after TLS 1.3's hello: no renegotiation.
     f.push(conv.server(&sealed(APPDATA, 19)));
-    f.push(conv.server_flags(ACK | FIN));
+    f.push(conv.server_flags(ACK | close));
     let events = h.run_all(&f);
     assert_eq!(events.len(), 1, "{events:?}");
     assert_eq!(events[0].kind, EventKind::Tls13CloseHeuristic);
@@ -339,33 +340,13 @@ fn tls13_session_close_heuristic_and_no_renegotiation() {
 }
 
 #[test]
+fn tls13_session_close_heuristic_and_no_renegotiation() {
+    tls13_session_closed_by_server(FIN);
+}
+
+#[test]
 fn tls13_close_heuristic_also_on_rst() {
-    let mut h = Harness::new();
-    let mut conv = Conversation::v4(443);
-    let client = Hello::client("a").with(EXT_SUPPORTED_VERSIONS, versions_ext(&[0x0304]));
-    let server = Hello::server().with(EXT_SUPPORTED_VERSIONS, 0x0304u16.to_be_bytes().to_vec());
-    let mut flight = record(HANDSHAKE, &server.server_hello());
-    flight.extend(ccs());
-    flight.extend(sealed(APPDATA, 2500)); // EncryptedExtensions..Finished
-    let mut f = vec![
-        conv.syn_ack(),
-        conv.client(&record(HANDSHAKE, &client.client_hello())),
-    ];
-    f.extend(conv.server_segments(&flight, &[1400]));
-    let mut cfin = ccs();
-    cfin.extend(sealed(APPDATA, 53));
-    f.push(conv.client(&cfin));
-    f.push(conv.server(&sealed(APPDATA, 500)));
-    // A handshake-typed record is impossible after TLS 1.3's hello: no renegotiation.
-    f.push(conv.server(&sealed(APPDATA, 19)));
-    // The peer's close_notify crossed ours: the kernel ends with RST, not FIN.
-    f.push(conv.server_flags(ACK | RST));
-    let events = h.run_all(&f);
-    assert_eq!(events.len(), 1, "{events:?}");
-    assert_eq!(events[0].kind, EventKind::Tls13CloseHeuristic);
-    assert_eq!(events[0].sender, Side::Server);
-    assert_eq!(events[0].tls.negotiated_version, Some(0x0304));
-    assert!(events[0].tls.handshake_done());
+    tls13_session_closed_by_server(RST);
 }
 
 #[test]
