@@ -8,6 +8,7 @@ use core::mem::size_of;
 
 use aya_ebpf::{
     EbpfContext,
+    cty::c_void,
     helpers::generated::{bpf_skb_load_bytes, bpf_xdp_load_bytes},
     maps::ProgramArray,
     programs::{TcContext, XdpContext},
@@ -34,9 +35,19 @@ pub trait Packet {
     /// Reads a plain-data `T` at `off`, or `None` if it does not fit in the packet.
     fn read<T: Copy>(&self, off: usize) -> Option<T>;
 
+    /// The program type's load-bytes helper: `len` bytes at `off` into `dst`.
+    fn copy_bytes(&self, off: u32, dst: *mut c_void, len: u32) -> bool;
+
     /// Copies `len` bytes (1 to `N`) at `off` into `buf`, reaching data a direct read cannot
     /// (a variable-length window, non-linear skb data). Returns false if out of bounds.
-    fn load_into<const N: usize>(&self, off: usize, len: usize, buf: &mut [u8; N]) -> bool;
+    #[inline(always)]
+    fn load_into<const N: usize>(&self, off: usize, len: usize, buf: &mut [u8; N]) -> bool {
+        if off > MAX_LOAD_OFFSET || len == 0 || len > N {
+            return false;
+        }
+        let len = verifier_len::<N>(len);
+        self.copy_bytes(off as u32, buf.as_mut_ptr().cast(), len as u32)
+    }
 
     #[inline(always)]
     fn be16_at(&self, off: usize) -> Option<u16> {
@@ -79,20 +90,9 @@ impl Packet for Xdp {
     }
 
     #[inline(always)]
-    fn load_into<const N: usize>(&self, off: usize, len: usize, buf: &mut [u8; N]) -> bool {
-        if off > MAX_LOAD_OFFSET || len == 0 || len > N {
-            return false;
-        }
-        let len = verifier_len::<N>(len);
-        // SAFETY: buf holds at least len bytes; the helper checks the packet bounds.
-        unsafe {
-            bpf_xdp_load_bytes(
-                self.0.as_ptr().cast(),
-                off as u32,
-                buf.as_mut_ptr().cast(),
-                len as u32,
-            ) == 0
-        }
+    fn copy_bytes(&self, off: u32, dst: *mut c_void, len: u32) -> bool {
+        // SAFETY: the caller (`load_into`) bounds dst and len; the helper checks the packet.
+        unsafe { bpf_xdp_load_bytes(self.0.as_ptr().cast(), off, dst, len) == 0 }
     }
 }
 
@@ -124,20 +124,9 @@ impl Packet for Tc {
     }
 
     #[inline(always)]
-    fn load_into<const N: usize>(&self, off: usize, len: usize, buf: &mut [u8; N]) -> bool {
-        if off > MAX_LOAD_OFFSET || len == 0 || len > N {
-            return false;
-        }
-        let len = verifier_len::<N>(len);
-        // SAFETY: buf holds at least len bytes; the helper checks the packet bounds.
-        unsafe {
-            bpf_skb_load_bytes(
-                self.0.as_ptr().cast(),
-                off as u32,
-                buf.as_mut_ptr().cast(),
-                len as u32,
-            ) == 0
-        }
+    fn copy_bytes(&self, off: u32, dst: *mut c_void, len: u32) -> bool {
+        // SAFETY: the caller (`load_into`) bounds dst and len; the helper checks the packet.
+        unsafe { bpf_skb_load_bytes(self.0.as_ptr().cast(), off, dst, len) == 0 }
     }
 }
 

@@ -6,7 +6,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result, bail, ensure};
+use anyhow::{Context as _, Result, ensure};
 use serde_json::Value;
 
 use crate::lab::{Lab, LabProcess};
@@ -37,6 +37,10 @@ pub fn parse_lines(stdout: &str) -> Result<Vec<Value>> {
         .collect()
 }
 
+/// The live agent's `--correlation-window`: short, since tests wait for diagnoses and
+/// nothing in the lab is slow. Replays compared with a live run use the same.
+pub const CORRELATION_WINDOW_S: f64 = 0.5;
+
 pub struct LiveAgent {
     pub process: LabProcess,
     ns: String,
@@ -46,15 +50,27 @@ pub struct LiveAgent {
 impl LiveAgent {
     /// Starts `detector run` in `ns` on `ifaces` and waits until it is attached.
     pub fn start(lab: &Lab, ns: &str, ifaces: &[&str], extra: &[&str]) -> Result<LiveAgent> {
+        LiveAgent::start_with(&detector_bin()?, lab, ns, ifaces, extra)
+    }
+
+    /// The same with an explicit agent binary (for programs outside cargo's test layout).
+    pub fn start_with(
+        bin: &Path,
+        lab: &Lab,
+        ns: &str,
+        ifaces: &[&str],
+        extra: &[&str],
+    ) -> Result<LiveAgent> {
         let listen = "127.0.0.1:9863".to_string();
-        let bin = detector_bin()?;
         let mut args: Vec<String> = vec![bin.display().to_string(), "run".into()];
         for i in ifaces {
             args.extend(["--iface".into(), i.to_string()]);
         }
         args.extend(["--listen".into(), listen.clone()]);
-        // Short window: the test waits for diagnoses, and nothing here is slow.
-        args.extend(["--correlation-window".into(), "0.5".into()]);
+        args.extend([
+            "--correlation-window".into(),
+            CORRELATION_WINDOW_S.to_string(),
+        ]);
         args.extend(extra.iter().map(|s| s.to_string()));
         let process = lab.spawn(ns, "detector", &args)?;
         process
@@ -73,18 +89,24 @@ impl LiveAgent {
 
     /// Waits (bounded) until at least `n` diagnoses have been printed.
     pub fn wait_for(&self, n: usize, timeout: Duration) -> Result<Vec<Value>> {
+        let d = self.collect(n, timeout)?;
+        ensure!(
+            d.len() >= n,
+            "{} diagnoses after {timeout:?}, expected {n}; agent output:\n{}",
+            d.len(),
+            self.process.output()
+        );
+        Ok(d)
+    }
+
+    /// Waits (bounded) for `n` diagnoses and returns what there is either way, for
+    /// callers that judge the result themselves.
+    pub fn collect(&self, n: usize, timeout: Duration) -> Result<Vec<Value>> {
         let deadline = Instant::now() + timeout;
         loop {
             let d = self.diagnoses()?;
-            if d.len() >= n {
+            if d.len() >= n || Instant::now() > deadline {
                 return Ok(d);
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "{} diagnoses after {timeout:?}, expected {n}; agent output:\n{}",
-                    d.len(),
-                    self.process.output()
-                );
             }
             std::thread::sleep(Duration::from_millis(100));
         }

@@ -29,7 +29,7 @@ use anyhow::{Context as _, Result, bail, ensure};
 use serde_json::{Value, json};
 
 use crate::{
-    agent::parse_lines,
+    agent::{LiveAgent, parse_lines},
     lab::{
         DEFAULT_CN, Lab, LabProcess, NginxSite, cert_args, path_str, run_host, s_client_args, url,
     },
@@ -39,8 +39,8 @@ use crate::{
 /// The agent's `--idle-threshold` in every scenario: below the scaled-down timeouts (3 s
 /// keep-alive, 4 s conntrack), above anything a clean scenario pauses for.
 pub const IDLE_THRESHOLD_S: f64 = 2.0;
-/// The agent's `--correlation-window`, live and in replay.
-pub const CORRELATION_WINDOW_S: f64 = 0.5;
+/// The agent's `--correlation-window` in replay, as live (see [`LiveAgent`]).
+pub const CORRELATION_WINDOW_S: f64 = crate::agent::CORRELATION_WINDOW_S;
 /// nginx's `keepalive_timeout` in the field-case-4 scenarios (the field's 120 s, scaled).
 pub const KEEPALIVE_TIMEOUT_S: u32 = 3;
 /// The router's conntrack timeout for established TCP flows in field case 5 (350 s, scaled).
@@ -48,8 +48,6 @@ pub const CONNTRACK_TIMEOUT_S: u32 = 4;
 /// `ssl_protocols` of every TLS nginx here: nginx 1.22 (Debian 12) leaves TLS 1.3 off
 /// unless told.
 pub const NGINX_PROTOCOLS: &str = "TLSv1.2 TLSv1.3";
-/// Where the agent serves /metrics inside the router namespace.
-pub const AGENT_LISTEN: &str = "127.0.0.1:9863";
 
 /// Bound for each step of a scenario (a client run, a server answer).
 const T: Duration = Duration::from_secs(15);
@@ -691,84 +689,16 @@ pub fn detector_path() -> Result<PathBuf> {
 
 /// The agent running live on the lab's router: XDP on both router veths, `--no-egress`
 /// (both directions of every session arrive there as ingress).
-pub struct Agent {
-    pub process: LabProcess,
-    ns: String,
-}
-
-impl Agent {
-    pub fn start_on_router(lab: &Lab, detector: &Path, idle_threshold_s: f64) -> Result<Agent> {
-        let (router, rc, rs) = lab.router_parts()?;
-        let args: Vec<String> = vec![
-            detector.display().to_string(),
-            "run".into(),
-            "--iface".into(),
-            rc,
-            "--iface".into(),
-            rs,
-            "--no-egress".into(),
-            "--listen".into(),
-            AGENT_LISTEN.into(),
-            "--correlation-window".into(),
-            CORRELATION_WINDOW_S.to_string(),
-            "--idle-threshold".into(),
-            idle_threshold_s.to_string(),
-        ];
-        let process = lab.spawn(&router, "detector", &args)?;
-        process
-            .wait_for_output("watching", Duration::from_secs(30))
-            .context("the agent did not attach")?;
-        Ok(Agent {
-            process,
-            ns: router,
-        })
-    }
-
-    /// Diagnoses printed so far.
-    pub fn diagnoses(&self) -> Result<Vec<Value>> {
-        parse_lines(&self.process.stdout())
-    }
-
-    /// Waits (bounded) until at least `n` diagnoses have been printed; returns what there
-    /// is either way (the caller judges).
-    pub fn wait_for(&self, n: usize, timeout: Duration) -> Result<Vec<Value>> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let d = self.diagnoses()?;
-            if d.len() >= n || Instant::now() > deadline {
-                return Ok(d);
-            }
-            thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    /// /metrics, scraped from inside the router namespace.
-    pub fn metrics(&self, lab: &Lab) -> Result<String> {
-        lab.run_ok(
-            &self.ns,
-            &[
-                "curl",
-                "-sS",
-                "--max-time",
-                "5",
-                &format!("http://{AGENT_LISTEN}/metrics"),
-            ],
-            Duration::from_secs(10),
-        )
-    }
-
-    /// SIGTERM (the agent judges open sessions and detaches); returns its stdout, the JSON
-    /// lines.
-    pub fn stop(self) -> Result<String> {
-        self.process.signal(libc::SIGTERM)?;
-        let status = self.process.wait_timeout(Duration::from_secs(15))?;
-        ensure!(
-            status.success(),
-            "agent exited with {status}:\n{}",
-            self.process.output()
-        );
-        Ok(self.process.stdout())
-    }
+pub fn agent_on_router(lab: &Lab, detector: &Path, idle_threshold_s: f64) -> Result<LiveAgent> {
+    let (router, rc, rs) = lab.router_parts()?;
+    let idle = idle_threshold_s.to_string();
+    LiveAgent::start_with(
+        detector,
+        lab,
+        &router,
+        &[&rc, &rs],
+        &["--no-egress", "--idle-threshold", &idle],
+    )
 }
 
 /// `detector replay PCAP` with the scenario's idle threshold and the lab's correlation
@@ -817,7 +747,7 @@ pub fn run(s: &Scenario, out: &Path, detector: &Path) -> Result<Outcome> {
     let lab = Lab::routed()?;
     let (router, rc, _) = lab.router_parts()?;
     let capture = lab.capture(&router, &rc, format!("{}.pcap", s.name))?;
-    let agent = Agent::start_on_router(&lab, detector, s.idle_threshold_s)?;
+    let agent = agent_on_router(&lab, detector, s.idle_threshold_s)?;
     let played = match s.play(&lab) {
         Ok(p) => p,
         Err(e) => {
@@ -827,10 +757,12 @@ pub fn run(s: &Scenario, out: &Path, detector: &Path) -> Result<Outcome> {
             )));
         }
     };
-    agent.wait_for(played.must.len(), Duration::from_secs(8))?;
+    agent.collect(played.must.len(), Duration::from_secs(8))?;
     thread::sleep(SETTLE);
-    let raw = agent.stop()?;
-    let live = parse_lines(&raw)?;
+    let stdout = agent.process.stdout_path().to_path_buf();
+    let live = agent.stop()?;
+    let raw = fs::read_to_string(&stdout)
+        .with_context(|| format!("reading the agent's output {}", stdout.display()))?;
     let pcap_tmp = capture.stop()?;
     let pcap = out.join(format!("{}.pcap", s.name));
     fs::copy(&pcap_tmp, &pcap)

@@ -35,8 +35,8 @@ use tests::{
     agent::parse_lines,
     lab::Lab,
     scenarios::{
-        self, Agent, DEMO, Expected, IDLE_THRESHOLD_S, SCENARIOS, Scenario, identities,
-        known_failing, short_diagnosis, summary_of,
+        self, DEMO, Expected, IDLE_THRESHOLD_S, SCENARIOS, Scenario, identities, known_failing,
+        short_diagnosis, summary_of,
     },
 };
 
@@ -806,7 +806,7 @@ fn demo(detector: &Path) -> Result<ExitCode> {
          below is real software; diagnoses print as the agent emits them.\n"
     );
     let lab = Lab::routed()?;
-    let agent = Agent::start_on_router(&lab, detector, IDLE_THRESHOLD_S)?;
+    let agent = scenarios::agent_on_router(&lab, detector, IDLE_THRESHOLD_S)?;
     let done = Arc::new(AtomicBool::new(false));
     let printer = {
         let path = agent.process.stdout_path().to_path_buf();
@@ -836,7 +836,7 @@ fn demo(detector: &Path) -> Result<ExitCode> {
             }
         };
         let want = seen + played.must.len();
-        let got = agent.wait_for(want, Duration::from_secs(10))?;
+        let got = agent.collect(want, Duration::from_secs(10))?;
         // Past the correlation window, so this step's diagnoses are all out.
         thread::sleep(Duration::from_millis(900));
         if played.must.is_empty() && got.len() == seen {
