@@ -15,6 +15,7 @@ pub mod names {
     pub const XDP_SLOW_ARRAY: &str = "XDP_SLOW";
     pub const TC_SLOW_ARRAY: &str = "TC_SLOW";
     pub const FLOWS: &str = "FLOWS";
+    pub const UNCONFIRMED: &str = "UNCONFIRMED";
     pub const SNI: &str = "SNI";
     pub const SCRATCH: &str = "SCRATCH";
     pub const EVENTS: &str = "EVENTS";
@@ -25,6 +26,10 @@ pub mod names {
 
 /// Default number of flows the kernel tracks; the agent can change it at load time.
 pub const DEFAULT_FLOW_TABLE_SIZE: u32 = 65_536;
+/// Default size of the table of unconfirmed flows (seen from one side only so far). A
+/// flood of one-sided packets (scans, spoofed segments, SYN-ACKs of a SYN flood) churns
+/// this table only, never the confirmed flows in the main one.
+pub const DEFAULT_UNCONFIRMED_TABLE_SIZE: u32 = 16_384;
 /// Size of the kernel → agent ring buffer in bytes (a power of two, page aligned).
 pub const EVENT_RING_BYTES: u32 = 1 << 20;
 /// How many ports the TLS port set can hold.
@@ -176,6 +181,9 @@ pub mod flow_flags {
     pub const MIDSTREAM_TLS: u8 = 1 << 3;
     /// The handshake ended before it finished, and that was reported (once per flow).
     pub const ABORT_REPORTED: u8 = 1 << 4;
+    /// No SYN-ACK was seen: the flow was picked up mid-stream (older than the agent, or
+    /// evicted earlier, or one side's traffic only). Its start and its idle gap are unknown.
+    pub const MIDSTREAM: u8 = 1 << 5;
 }
 
 /// What the record walker expects at [`Direction::cursor`].
@@ -347,13 +355,17 @@ pub enum EventKind {
     /// A side's FIN after the flow was idle for at least the threshold.
     IdleFin = 9,
     /// A side resumed after an idle gap and retransmits without any answer: the path
-    /// forgot the flow (a load balancer or firewall idle timeout).
+    /// forgot the flow (a load balancer or firewall idle timeout). Also a flow first seen
+    /// mid-stream ([`flow_flags::MIDSTREAM`]) whose first sender retransmits with no
+    /// answer, once the detector has run longer than the idle threshold; its gap is then
+    /// unknown (`gap_ns` 0).
     IdleRetransmit = 10,
     /// The other side answered a resumption after an idle gap: the flow survived it.
     IdleSurvived = 11,
-    /// A flow first seen mid-stream (no handshake) after the detector has run longer than
-    /// the idle threshold: its start was not missed, something dropped it elsewhere.
-    Midstream = 12,
+    /// A side resumed after an idle gap and the answer was a RST (from the peer, or a
+    /// middlebox in its name): the peer or the path forgot the flow. The event's sender
+    /// is the RST's; `gap_ns` is the gap before the resumption.
+    IdleRstAnswer = 12,
 }
 
 impl EventKind {
@@ -370,7 +382,7 @@ impl EventKind {
             9 => EventKind::IdleFin,
             10 => EventKind::IdleRetransmit,
             11 => EventKind::IdleSurvived,
-            12 => EventKind::Midstream,
+            12 => EventKind::IdleRstAnswer,
             _ => return None,
         })
     }
@@ -480,10 +492,18 @@ pub enum Counter {
     /// Packets the slow-path program could not be reached for (it is installed at load
     /// time, so this stays zero).
     TailCallFailed = 10,
+    /// Flows entered in the unconfirmed table (seen from one side so far).
+    UnconfirmedCreated = 11,
+    /// Abstention: a flow first seen mid-stream was answered by its peer and adopted as
+    /// healthy; its start was not seen, so it is never judged for it.
+    MidstreamAdopted = 12,
+    /// Abstention: an unconfirmed flow was answered by a RST only (a scan, a spoofed
+    /// segment, or a flow older than the agent): no evidence of what the path did.
+    UnconfirmedReset = 13,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 11;
+    pub const COUNT: u32 = 14;
     pub const ALL: [Counter; Counter::COUNT as usize] = [
         Counter::Packets,
         Counter::TcpPackets,
@@ -496,6 +516,9 @@ impl Counter {
         Counter::TlsSyncLost,
         Counter::TlsResynced,
         Counter::TailCallFailed,
+        Counter::UnconfirmedCreated,
+        Counter::MidstreamAdopted,
+        Counter::UnconfirmedReset,
     ];
 
     /// The counter's name in metrics (without prefix and `_total`).
@@ -512,6 +535,9 @@ impl Counter {
             Counter::TlsSyncLost => "kernel_tls_sync_lost",
             Counter::TlsResynced => "kernel_tls_resynced",
             Counter::TailCallFailed => "kernel_slow_path_tail_call_failed",
+            Counter::UnconfirmedCreated => "kernel_unconfirmed_flows_created",
+            Counter::MidstreamAdopted => "kernel_abstained_midstream_adopted",
+            Counter::UnconfirmedReset => "kernel_abstained_unconfirmed_reset",
         }
     }
 
@@ -534,6 +560,15 @@ impl Counter {
                 "Times the TLS record walker found record boundaries again from evidence"
             }
             Counter::TailCallFailed => "Packets the slow-path program could not be reached for",
+            Counter::UnconfirmedCreated => {
+                "Flows entered in the kernel's unconfirmed table (seen from one side so far)"
+            }
+            Counter::MidstreamAdopted => {
+                "Flows first seen mid-stream that their peer answered: adopted, never judged"
+            }
+            Counter::UnconfirmedReset => {
+                "Unconfirmed flows answered by a RST only: no evidence, no diagnosis"
+            }
         }
     }
 }

@@ -174,9 +174,6 @@ pub fn slow_path<P: Packet>(p: &P) {
     // SAFETY: per-CPU scratch, ours for this program run.
     let found = unsafe { &mut *found };
     found.clear();
-    if args.midstream_start {
-        found.push(EventKind::Midstream, Extra::default());
-    }
     idle_resumption(&cx, flow, args.retransmission, found);
     if t.payload_len > 0 {
         if flow.dir[side].first_class == PayloadClass::None as u8 {

@@ -175,7 +175,11 @@ enum IdleHow {
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum IdleDrop {
+    /// Resumed after a gap, then retransmitted with no answer.
     Retransmission,
+    /// Resumed after a gap and answered by a RST.
+    RstAnswer,
+    /// First seen mid-stream, then retransmitted with no answer.
     Midstream,
 }
 
@@ -248,7 +252,13 @@ impl Correlator {
         // Gaps after which the path dropped the flow (a reset, retransmissions into
         // silence) feed the timeout estimate. A peer closing after idle is that peer's
         // own timeout, and says nothing about the path.
-        if matches!(e.kind, EventKind::IdleRst | EventKind::IdleRetransmit) {
+        let known_gap = !e.midstream;
+        if known_gap
+            && matches!(
+                e.kind,
+                EventKind::IdleRst | EventKind::IdleRetransmit | EventKind::IdleRstAnswer
+            )
+        {
             self.timeouts.died(e.server, e.gap_ns);
         }
         let s = self.sessions.entry(key).or_insert_with(|| Session {
@@ -334,12 +344,17 @@ impl Correlator {
                 });
             }
             EventKind::IdleRetransmit => {
-                s.idle_drop
-                    .get_or_insert((IdleDrop::Retransmission, e.sender, e.gap_ns));
+                let how = if e.midstream {
+                    IdleDrop::Midstream
+                } else {
+                    IdleDrop::Retransmission
+                };
+                s.idle_drop.get_or_insert((how, e.sender, e.gap_ns));
             }
-            EventKind::Midstream => {
+            EventKind::IdleRstAnswer => {
+                // The resumer is the RST's peer; the drop is told from its side.
                 s.idle_drop
-                    .get_or_insert((IdleDrop::Midstream, e.sender, e.gap_ns));
+                    .get_or_insert((IdleDrop::RstAnswer, e.sender, e.gap_ns));
             }
             EventKind::IdleSurvived => self.timeouts.survived(e.server, e.gap_ns),
             EventKind::HelloRequest => s.hello_requests += 1,
@@ -666,10 +681,18 @@ fn idle(s: &Session, idle_ns: u64, estimate: Option<TimeoutEstimate>) -> Option<
                 side_name(side),
                 secs(gap)
             ),
-            IdleDrop::Midstream => "flow first seen mid-stream (no handshake) although the \
-                 detector had run longer than the idle threshold: the path lost its state or \
-                 sent its start elsewhere"
-                .to_string(),
+            IdleDrop::RstAnswer => format!(
+                "the flow resumed after {:.1} s idle and the {} answered with a RST: the peer \
+                 or something on the path forgot the flow{inferred}",
+                secs(gap),
+                side_name(side)
+            ),
+            IdleDrop::Midstream => format!(
+                "flow first seen mid-stream (no handshake) after the detector had run longer \
+                 than the idle threshold, and the {} retransmitted with no answer: the path \
+                 lost its state or sent its start elsewhere",
+                side_name(side)
+            ),
         }];
         if let Some(end) = s.idle_end.filter(|e| e.how == IdleHow::Rst) {
             evidence.push(format!("then a RST from the {}", side_name(end.sender)));
@@ -679,10 +702,11 @@ fn idle(s: &Session, idle_ns: u64, estimate: Option<TimeoutEstimate>) -> Option<
             "how".into(),
             json!(match how {
                 IdleDrop::Retransmission => "unanswered_retransmission",
-                IdleDrop::Midstream => "midstream_without_handshake",
+                IdleDrop::RstAnswer => "rst_answer",
+                IdleDrop::Midstream => "midstream_unanswered_retransmission",
             }),
         );
-        if how == IdleDrop::Retransmission {
+        if how != IdleDrop::Midstream {
             detail.insert("gap_s".into(), json!(secs(gap)));
         }
         return Some((Kind::IdleTimeoutDrop, evidence, detail));
@@ -808,6 +832,7 @@ mod tests {
             handshake_seen: true,
             tls_port: true,
             midstream_tls: false,
+            midstream: false,
             record_len: 0,
             snippet: vec![],
             tcp_seq: 1,

@@ -39,6 +39,9 @@ pub struct KernelEvent {
     pub tls_port: bool,
     /// TLS was picked up mid-stream: no handshake facts.
     pub midstream_tls: bool,
+    /// The flow itself was picked up mid-stream (no SYN-ACK seen): its start and any gap
+    /// before it are unknown.
+    pub midstream: bool,
     /// Length of the record behind the event (alerts, handshake records).
     pub record_len: u16,
     /// The first bytes of the packet's payload.
@@ -190,6 +193,7 @@ impl KernelEvent {
             handshake_seen: e.flow_flags & flow_flags::SYNACK_SEEN != 0,
             tls_port: e.flow_flags & flow_flags::TLS_PORT != 0,
             midstream_tls: e.flow_flags & flow_flags::MIDSTREAM_TLS != 0,
+            midstream: e.flow_flags & flow_flags::MIDSTREAM != 0,
             record_len: e.record_len,
             snippet: e.snippet[..snippet_len].to_vec(),
             tcp_seq: e.tcp_seq,
