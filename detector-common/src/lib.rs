@@ -279,6 +279,17 @@ pub struct Direction {
     /// Type and length of the last record header walked.
     pub last_record_type: u8,
     pub last_record_len: u16,
+    /// One past the highest sequence number of the segments the walker has looked at.
+    pub walked_end: u32,
+    /// Application-data headers read ahead of a reordering gap: `ahead_records` of them,
+    /// the first at `ahead_at`, the next header after them at `ahead_next`.
+    pub ahead_at: u32,
+    pub ahead_next: u32,
+    pub ahead_records: u16,
+    pub ahead_last_len: u16,
+    /// Why the walker last lost its place (the kernel program's `Loss`), for its log.
+    pub lost_why: u8,
+    pub _pad: [u8; 7],
 }
 
 /// TLS facts of a flow: the hellos' contents and the message history.
@@ -314,7 +325,9 @@ pub struct FlowState {
     pub flags: u8,
     /// Side (+1) that resumed after an idle gap and has had no answer yet; 0 if none.
     pub idle_resumer: u8,
-    pub _pad: [u8; 6],
+    /// [`Side`] whose packet created the flow: a packet from the other side confirms it.
+    pub opener: u8,
+    pub _pad: [u8; 5],
     /// The gap before that resumption.
     pub idle_gap_ns: u64,
 }
@@ -587,8 +600,8 @@ mod pod {
 // The kernel writes these layouts and the agent reads them; a silent change of size would
 // make one misread the other, so pin them.
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
-const _: () = assert!(core::mem::size_of::<Direction>() == 56);
+const _: () = assert!(core::mem::size_of::<Direction>() == 80);
 const _: () = assert!(core::mem::size_of::<Tls>() == 40);
-const _: () = assert!(core::mem::size_of::<FlowState>() == 184);
+const _: () = assert!(core::mem::size_of::<FlowState>() == 232);
 const _: () = assert!(core::mem::size_of::<Event>() == 128);
 const _: () = assert!(core::mem::size_of::<Sni>() == 1 + SNI_MAX);

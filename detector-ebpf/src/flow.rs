@@ -8,7 +8,7 @@ use detector_common::{
 };
 
 use crate::{
-    FLOWS, FOUND, SCRATCH, SLOW_ARGS, TLS_PORTS, count,
+    FLOWS, FOUND, SCRATCH, SLOW_ARGS, TLS_PORTS, UNCONFIRMED, count,
     emit::{Cx, Extra, Found},
     packet::Packet,
     parse::{Tcp, tcp_flags},
@@ -34,11 +34,9 @@ pub fn track<P: Packet>(p: &P, t: &Tcp, clock: &Clock) {
         return;
     }
 
-    let (flow, created) = match FLOWS.get_ptr_mut(key) {
-        // SAFETY: map values stay valid for the program's run. Each direction's fields
-        // are written by that direction's packets; see tls.rs for the shared history.
-        Some(s) => (unsafe { &mut *s }, false),
-        None => match create(&key, t, sender_is_a, now) {
+    let (mut flow, mut unconfirmed) = match lookup(&key) {
+        Some(found) => found,
+        None => match create(&key, t, sender_is_a, clock) {
             Some(s) => (s, true),
             None => return,
         },
@@ -50,6 +48,20 @@ pub fn track<P: Packet>(p: &P, t: &Tcp, clock: &Clock) {
     } else {
         Side::Server
     };
+    if unconfirmed && sender as u8 != flow.opener {
+        if t.flags & tcp_flags::RST != 0 {
+            // Answered by a RST only: a scan, a spoofed segment, a connection older than
+            // us that its peer forgot. Nothing two-sided was seen, so nothing is judged.
+            count(Counter::UnconfirmedReset);
+            let _ = UNCONFIRMED.remove(&key);
+            return;
+        }
+        // Both sides seen: the flow is real and moves to the confirmed table.
+        match confirm(&key, flow) {
+            Some(s) => (flow, unconfirmed) = (s, false),
+            None => return,
+        }
+    }
 
     if syn {
         // A SYN-ACK on a known flow: a retransmission, or the 4-tuple reused by a new
@@ -78,13 +90,9 @@ pub fn track<P: Packet>(p: &P, t: &Tcp, clock: &Clock) {
 
     // Everything that can raise an event runs in a program of its own (see
     // `to_slow_path`); this one only keeps the books. Most packets stop here.
-    let midstream_start = created
-        && flow.flags & flow_flags::SYNACK_SEEN == 0
-        && now.saturating_sub(clock.started_ns) >= clock.idle_ns;
     let rst_or_fin = t.flags & (tcp_flags::RST | tcp_flags::FIN) != 0;
     let payload = t.payload_len > 0;
-    let interesting = midstream_start
-        || rst_or_fin
+    let interesting = rst_or_fin
         || gap_ns >= clock.idle_ns
         || flow.idle_resumer != 0
         || (payload
@@ -101,7 +109,7 @@ pub fn track<P: Packet>(p: &P, t: &Tcp, clock: &Clock) {
             payload_len: t.payload_len as u32,
             tcp_flags: t.flags,
             sender: sender as u8,
-            midstream_start,
+            unconfirmed,
             retransmission,
         };
         to_slow_path(p, &args);
@@ -134,10 +142,15 @@ pub fn slow_path<P: Packet>(p: &P) {
     };
     // SAFETY: per-CPU scratch written just before the tail call that got us here.
     let args = unsafe { &*args };
-    let Some(flow) = FLOWS.get_ptr_mut(args.key) else {
+    let flow = if args.unconfirmed {
+        UNCONFIRMED.get_ptr_mut(args.key)
+    } else {
+        FLOWS.get_ptr_mut(args.key)
+    };
+    let Some(flow) = flow else {
         return;
     };
-    // SAFETY: as in `track`.
+    // SAFETY: as in `lookup`.
     let flow = unsafe { &mut *flow };
     let t = Tcp {
         src: [0; 2],
@@ -186,7 +199,10 @@ pub fn slow_path<P: Packet>(p: &P) {
             if synced && flow.dir[side].flags & dir_flags::SYNCED == 0 {
                 warn!(
                     p.ctx(),
-                    "TLS record walker lost its place in a stream (seq {})", t.seq
+                    "TLS record walker lost its place in a stream (seq {}, cursor {}, why {})",
+                    t.seq,
+                    flow.dir[side].cursor,
+                    flow.dir[side].lost_why
                 );
             }
         }
@@ -222,7 +238,11 @@ fn idle_resumption<P: Packet>(
     };
     if waiting != me {
         flow.idle_resumer = 0;
-        if !rst {
+        if rst {
+            found.push(EventKind::IdleRstAnswer, extra);
+        } else if flow.idle_gap_ns != 0 {
+            // Survived gaps bound the path's timeout; a mid-stream flow's gap is unknown
+            // (zero) and bounds nothing.
             found.push(EventKind::IdleSurvived, extra);
         }
     } else if retransmission {
@@ -289,7 +309,8 @@ pub struct SlowArgs {
     payload_len: u32,
     tcp_flags: u8,
     sender: u8,
-    midstream_start: bool,
+    /// Which table holds the flow.
+    unconfirmed: bool,
     retransmission: bool,
 }
 
@@ -334,16 +355,40 @@ fn mismatch(flow: &FlowState, sender: Side, class: PayloadClass) -> bool {
                 // the agent shows next to the request).
                 class.is_tls() || flow.flags & flow_flags::TLS_PORT != 0
             } else {
-                client == PayloadClass::ClientHello as u8 && class == PayloadClass::HttpResponse
+                // A ClientHello answered by bytes that cannot start a TLS record: an HTTP
+                // status line, an HTML page, a banner.
+                client == PayloadClass::ClientHello as u8
+                    && matches!(class, PayloadClass::HttpResponse | PayloadClass::Other)
             }
         }
     }
 }
 
-/// Creates the flow from a SYN-ACK or a first payload. The state is built in a per-CPU
-/// scratch slot: it is too large for the BPF stack.
+/// The flow's state and whether it is still unconfirmed. Confirmed flows are looked up
+/// first: they carry nearly all packets.
+#[inline(always)]
+fn lookup(key: &FlowKey) -> Option<(&'static mut FlowState, bool)> {
+    // SAFETY (both): map values stay valid for the program's run. Each direction's
+    // fields are written by that direction's packets; see tls.rs for the shared history.
+    if let Some(s) = FLOWS.get_ptr_mut(key) {
+        return Some((unsafe { &mut *s }, false));
+    }
+    UNCONFIRMED
+        .get_ptr_mut(key)
+        .map(|s| (unsafe { &mut *s }, true))
+}
+
+/// Creates the flow, unconfirmed, from a SYN-ACK or a first payload: until the other side
+/// answers it lives in a table of its own, so that one-sided floods (spoofed segments,
+/// scans, the SYN-ACKs of a SYN flood) churn that table and never evict confirmed flows.
+/// The state is built in a per-CPU scratch slot: it is too large for the BPF stack.
 #[inline(never)]
-fn create(key: &FlowKey, t: &Tcp, sender_is_a: bool, now: u64) -> Option<&'static mut FlowState> {
+fn create(
+    key: &FlowKey,
+    t: &Tcp,
+    sender_is_a: bool,
+    clock: &Clock,
+) -> Option<&'static mut FlowState> {
     let syn = t.flags & tcp_flags::SYN != 0;
     if !syn && t.payload_len == 0 {
         return None;
@@ -351,16 +396,32 @@ fn create(key: &FlowKey, t: &Tcp, sender_is_a: bool, now: u64) -> Option<&'stati
     // SAFETY: per-CPU scratch value, ours for the duration of this program run.
     let scratch = unsafe { &mut *SCRATCH.get_ptr_mut(0)? };
     if syn {
-        init_synack(scratch, key, t, sender_is_a, now);
+        init_synack(scratch, key, t, sender_is_a, clock.now);
     } else {
-        init_midstream(scratch, key, now);
+        init_midstream(scratch, key, sender_is_a, clock);
     }
-    // Another CPU may have created it meanwhile: then its entry is as good as ours, and
-    // only one of us counts it (created minus live is what the agent reports as evicted).
-    if FLOWS.insert(key, scratch, BPF_NOEXIST as u64).is_ok() {
+    // Another CPU may have created it meanwhile: then its entry is as good as ours.
+    if UNCONFIRMED.insert(key, scratch, BPF_NOEXIST as u64).is_ok() {
+        count(Counter::UnconfirmedCreated);
+    }
+    // SAFETY: as in `lookup`.
+    UNCONFIRMED.get_ptr_mut(key).map(|s| unsafe { &mut *s })
+}
+
+/// Moves an answered flow into the confirmed table. Only one CPU's insert wins and counts
+/// (created minus present is what the agent reports as evicted).
+#[inline(never)]
+fn confirm(key: &FlowKey, flow: &FlowState) -> Option<&'static mut FlowState> {
+    if FLOWS.insert(key, flow, BPF_NOEXIST as u64).is_ok() {
         count(Counter::FlowsCreated);
+        if flow.flags & flow_flags::MIDSTREAM != 0 {
+            // A flow older than us, or one the table evicted, that its peer answers:
+            // healthy, whatever our uptime. Its start was not seen, so never judged.
+            count(Counter::MidstreamAdopted);
+        }
     }
-    // SAFETY: as in `track`.
+    let _ = UNCONFIRMED.remove(key);
+    // SAFETY: as in `lookup`.
     FLOWS.get_ptr_mut(key).map(|s| unsafe { &mut *s })
 }
 
@@ -369,6 +430,8 @@ fn create(key: &FlowKey, t: &Tcp, sender_is_a: bool, now: u64) -> Option<&'stati
 fn init_synack(flow: &mut FlowState, key: &FlowKey, t: &Tcp, sender_is_a: bool, now: u64) {
     reset(flow, now);
     flow.flags = flow_flags::SYNACK_SEEN;
+    // The SYN-ACK's sender is the server; the client's next packet confirms the flow.
+    flow.opener = Side::Server as u8;
     if !sender_is_a {
         flow.flags |= flow_flags::CLIENT_IS_A;
     }
@@ -383,8 +446,9 @@ fn init_synack(flow: &mut FlowState, key: &FlowKey, t: &Tcp, sender_is_a: bool, 
 /// A flow picked up mid-stream: roles are guessed from the ports (a TLS port, else the
 /// lower port, is the server's).
 #[inline(always)]
-fn init_midstream(flow: &mut FlowState, key: &FlowKey, now: u64) {
-    reset(flow, now);
+fn init_midstream(flow: &mut FlowState, key: &FlowKey, sender_is_a: bool, clock: &Clock) {
+    reset(flow, clock.now);
+    flow.flags = flow_flags::MIDSTREAM;
     let a_tls = is_tls_port(key.port_a);
     let b_tls = is_tls_port(key.port_b);
     let server_is_a = if a_tls != b_tls {
@@ -397,6 +461,20 @@ fn init_midstream(flow: &mut FlowState, key: &FlowKey, now: u64) {
     }
     if (server_is_a && a_tls) || (!server_is_a && b_tls) {
         flow.flags |= flow_flags::TLS_PORT;
+    }
+    let opener = if sender_is_a == server_is_a {
+        Side::Server
+    } else {
+        Side::Client
+    };
+    flow.opener = opener as u8;
+    // Once we have run longer than the idle threshold, a flow we never saw had been quiet
+    // at least that long (or was evicted): like a resumption after a gap, it is waiting
+    // for an answer, and a retransmission into silence is evidence that the path dropped
+    // it. Its gap is unknown, so reported as zero.
+    if clock.now.saturating_sub(clock.started_ns) >= clock.idle_ns {
+        flow.idle_resumer = opener as u8 + 1;
+        flow.idle_gap_ns = 0;
     }
 }
 

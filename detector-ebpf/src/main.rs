@@ -30,8 +30,8 @@ mod program {
         programs::{TcContext, XdpContext},
     };
     use detector_common::{
-        Config, Counter, DEFAULT_FLOW_TABLE_SIZE, EVENT_RING_BYTES, FlowKey, FlowState,
-        MAX_TLS_PORTS, Sni,
+        Config, Counter, DEFAULT_FLOW_TABLE_SIZE, DEFAULT_UNCONFIRMED_TABLE_SIZE, EVENT_RING_BYTES,
+        FlowKey, FlowState, MAX_TLS_PORTS, Sni,
     };
 
     use crate::{
@@ -44,6 +44,11 @@ mod program {
     #[map]
     pub static FLOWS: LruHashMap<FlowKey, FlowState> =
         LruHashMap::with_max_entries(DEFAULT_FLOW_TABLE_SIZE, 0);
+
+    /// Flows seen from one side only so far (see flow.rs `create`); sized by the agent.
+    #[map]
+    pub static UNCONFIRMED: LruHashMap<FlowKey, FlowState> =
+        LruHashMap::with_max_entries(DEFAULT_UNCONFIRMED_TABLE_SIZE, 0);
 
     /// SNI host names of flows, kept out of the per-packet state; sized like FLOWS.
     #[map]
@@ -82,9 +87,14 @@ mod program {
 
     #[inline(always)]
     pub fn count(c: Counter) {
+        count_by(c, 1);
+    }
+
+    #[inline(always)]
+    pub fn count_by(c: Counter, n: u64) {
         if let Some(v) = COUNTERS.get_ptr_mut(c as u32) {
             // SAFETY: per-CPU slot, so no other writer runs concurrently.
-            unsafe { *v += 1 };
+            unsafe { *v += n };
         }
     }
 
@@ -156,7 +166,8 @@ mod program {
 
 #[cfg(target_arch = "bpf")]
 pub use program::{
-    EVENTS, FLOWS, FOUND, SCRATCH, SLOW_ARGS, SNI, SNI_SCRATCH, TC_SLOW, TLS_PORTS, XDP_SLOW, count,
+    EVENTS, FLOWS, FOUND, SCRATCH, SLOW_ARGS, SNI, SNI_SCRATCH, TC_SLOW, TLS_PORTS, UNCONFIRMED,
+    XDP_SLOW, count, count_by,
 };
 
 /// Built for the host only so that `cargo check --workspace` passes; the real program is

@@ -18,7 +18,7 @@ use detector_common::{
 use aya_ebpf::{cty::c_void, helpers::generated::bpf_loop};
 
 use crate::{
-    SNI, SNI_SCRATCH, count,
+    SNI, SNI_SCRATCH, count, count_by,
     emit::{Cx, Extra, Found},
     packet::Packet,
 };
@@ -31,13 +31,21 @@ const MAX_ITEMS: usize = 32;
 const MAX_GAP: u32 = 1 << 20;
 /// Records checked when looking for evidence of a boundary.
 const RESYNC_RECORDS: usize = 4;
+/// Headers read ahead of a gap: a 64 KB super-packet of 16 KB records holds five.
+const AHEAD_RECORDS: usize = 6;
 
 const CHANGE_CIPHER_SPEC: u8 = 20;
 const ALERT: u8 = 21;
 const HANDSHAKE: u8 = 22;
 const APPLICATION_DATA: u8 = 23;
 const HEARTBEAT: u8 = 24;
-const TLS13: u16 = 0x0304;
+
+/// TLS 1.3, or one of its drafts (0x7f00 + draft number, used by browsers in 2016-2018):
+/// records after the handshake are all application data, and there is no renegotiation.
+#[inline(always)]
+fn tls13_family(version: u16) -> bool {
+    version == 0x0304 || version >> 8 == 0x7f
+}
 
 /// `a` comes before `b` in sequence space (modulo 2^32).
 #[inline(always)]
@@ -131,10 +139,17 @@ pub fn walk<P: Packet>(cx: &Cx<P>, flow: &mut FlowState, found: &mut Found) {
         end: cx.t.seq.wrapping_add(cx.t.payload_len as u32),
         payload_off: cx.t.payload_off,
     };
-    // The main program already moved max_end past this segment if it was new.
-    let prior_max = flow.dir[side].max_end;
     if flow.dir[side].flags & dir_flags::SYNCED == 0 && !resync(cx, flow, &seg) {
         return;
+    }
+    // What earlier segments brought, as far as the walker has seen them. Not the highest
+    // sequence number the fast path saw: a later segment on another CPU may have raised
+    // that already, and it will still be walked.
+    let prior_walked = flow.dir[side].walked_end;
+    if before(flow.dir[side].cursor, seg.start) {
+        // The next header lies before this segment: a segment that came early may have
+        // read it ahead (see `read_ahead`).
+        take_read_ahead(flow, side);
     }
     if !before(flow.dir[side].cursor, seg.end) {
         // Only record bodies, or bytes walked already.
@@ -162,11 +177,22 @@ pub fn walk<P: Packet>(cx: &Cx<P>, flow: &mut FlowState, found: &mut Found) {
     }
     match w.outcome {
         // More items in this packet than the walker reads: the rest went by unread.
-        Outcome::Running => lose(flow, side),
+        Outcome::Running => lose(flow, side, Loss::TooManyItems),
         // The next item lies in bytes an earlier, out-of-order packet already carried:
-        // they went by unread, so the boundary after them is unknown.
-        Outcome::Done if before(flow.dir[side].cursor, prior_max) => lose(flow, side),
+        // unless that packet read it ahead, they went by unread, so the boundary after
+        // them is unknown.
+        Outcome::Done if before(flow.dir[side].cursor, prior_walked) => {
+            take_read_ahead(flow, side);
+            if before(flow.dir[side].cursor, prior_walked) {
+                lose(flow, side, Loss::PassedUnread);
+            }
+        }
+        Outcome::Waiting => read_ahead(cx, flow, &w.seg),
         _ => {}
+    }
+    let d = &mut flow.dir[side];
+    if before(d.walked_end, w.seg.end) {
+        d.walked_end = w.seg.end;
     }
 }
 
@@ -175,7 +201,9 @@ enum Outcome {
     Running,
     /// The cursor is past this segment.
     Done,
-    /// Waiting for more bytes, or sync lost.
+    /// The next item starts before this segment, in bytes not seen yet (reordering).
+    Waiting,
+    /// A header cut by the segment end is kept for the next one, or sync was lost.
     Stopped,
 }
 
@@ -215,10 +243,11 @@ fn next_item<P: Packet>(cx: &Cx<P>, flow: &mut FlowState, seg: &Seg, found: &mut
     };
     if early > d.pend_len as u32 || early >= need {
         if seg.start.wrapping_sub(cursor) > MAX_GAP {
-            lose(flow, side);
+            lose(flow, side, Loss::GapTooLong);
+            return Outcome::Stopped;
         }
         // Otherwise wait: the missing bytes may still arrive (reordering).
-        return Outcome::Stopped;
+        return Outcome::Waiting;
     }
     let first = if early > 0 {
         d.pend >> (8 * (d.pend_len as u32 - early))
@@ -237,7 +266,7 @@ fn next_item<P: Packet>(cx: &Cx<P>, flow: &mut FlowState, seg: &Seg, found: &mut
         seg.payload_off + at.wrapping_sub(seg.start) as usize,
         take,
     ) else {
-        lose(flow, side);
+        lose(flow, side, Loss::Unreadable);
         return Outcome::Stopped;
     };
     let value = (first << (8 * take)) | v;
@@ -255,12 +284,93 @@ fn next_item<P: Packet>(cx: &Cx<P>, flow: &mut FlowState, seg: &Seg, found: &mut
     }
 }
 
+/// Why the walker lost its place (logged with the loss, for whoever has to find out why).
+#[derive(Clone, Copy)]
+#[repr(u8)]
+pub enum Loss {
+    /// A record header that TLS does not allow.
+    Implausible = 1,
+    /// More items in one packet than the walker reads.
+    TooManyItems = 2,
+    /// The next header was in bytes an out-of-order segment carried before, unread.
+    PassedUnread = 3,
+    /// The stream ran further ahead of the cursor than the walker waits.
+    GapTooLong = 4,
+    /// The packet did not hold bytes its headers promised.
+    Unreadable = 5,
+}
+
 #[inline(always)]
-fn lose(flow: &mut FlowState, side: usize) {
+fn lose(flow: &mut FlowState, side: usize, why: Loss) {
     let d = &mut flow.dir[side];
     d.flags &= !(dir_flags::SYNCED | dir_flags::IN_HELLO);
     d.pend_len = 0;
+    d.ahead_records = 0;
+    d.lost_why = why as u8;
     count(Counter::TlsSyncLost);
+}
+
+/// Reordering: a segment arrived while the next header still lies in bytes before it.
+/// Those bytes will come, but the headers in this segment will then have gone by. In a
+/// bulk transfer records have one size, so the first header in this segment is most
+/// likely a whole number of `last_record_len` records on from the cursor: read the chain
+/// of application-data headers from there to past the segment's end and keep it. When
+/// the cursor later arrives at exactly that position it takes the chain instead of losing
+/// its place. The prediction only chooses which bytes to keep: they are taken only where
+/// the walker's own count of lengths arrives, so nothing is guessed.
+#[inline(never)]
+fn read_ahead<P: Packet>(cx: &Cx<P>, flow: &mut FlowState, seg: &Seg) {
+    let side = cx.sender as usize;
+    let d = &flow.dir[side];
+    if d.item != item::RECORD || d.flags & dir_flags::APPDATA == 0 {
+        return;
+    }
+    let step = 5 + d.last_record_len as u32;
+    let records_to_seg = seg.start.wrapping_sub(d.cursor).div_ceil(step);
+    let start = d.cursor.wrapping_add(records_to_seg * step);
+    let mut at = start;
+    let mut records = 0u16;
+    let mut last_len = 0u16;
+    for _ in 0..AHEAD_RECORDS {
+        if !before(at, seg.end) {
+            break;
+        }
+        // Fails when `at` lies before the segment or the header runs past its end.
+        let Some(h) = seg.read(cx.p, at, 5) else {
+            return;
+        };
+        let len = (h & 0xffff) as u32;
+        let typ = (h >> 32) as u8;
+        if typ != APPLICATION_DATA || !plausible(typ, (h >> 24) as u8, (h >> 16) as u8, len) {
+            return;
+        }
+        records += 1;
+        last_len = len as u16;
+        at = at.wrapping_add(5 + len);
+    }
+    if records == 0 || before(at, seg.end) {
+        return;
+    }
+    let d = &mut flow.dir[side];
+    d.ahead_at = start;
+    d.ahead_next = at;
+    d.ahead_records = records;
+    d.ahead_last_len = last_len;
+}
+
+/// Takes the chain `read_ahead` kept, if the cursor stands exactly where it starts.
+#[inline(always)]
+fn take_read_ahead(flow: &mut FlowState, side: usize) {
+    let d = &mut flow.dir[side];
+    if d.ahead_records == 0 || d.item != item::RECORD || d.cursor != d.ahead_at {
+        return;
+    }
+    count_by(Counter::TlsRecords, d.ahead_records as u64);
+    d.cursor = d.ahead_next;
+    d.rec_end = d.ahead_next;
+    d.last_record_type = APPLICATION_DATA;
+    d.last_record_len = d.ahead_last_len;
+    d.ahead_records = 0;
 }
 
 /// Starts walking a side at the first byte of its stream (the caller saw a TLS record
@@ -270,8 +380,10 @@ pub fn sync_at_start(flow: &mut FlowState, side: usize, seq: u32) {
     let d = &mut flow.dir[side];
     d.flags |= dir_flags::SYNCED;
     d.cursor = seq;
+    d.walked_end = seq;
     d.item = item::RECORD;
     d.pend_len = 0;
+    d.ahead_records = 0;
 }
 
 /// Evidence of a record boundary mid-stream: the segment starts with a plausible header,
@@ -404,7 +516,7 @@ fn step<P: Packet>(
             let typ = (value >> 32) as u8;
             let len = (value & 0xffff) as u32;
             if !plausible(typ, (value >> 24) as u8, (value >> 16) as u8, len) {
-                lose(flow, side);
+                lose(flow, side, Loss::Implausible);
                 return false;
             }
             count(Counter::TlsRecords);
@@ -423,7 +535,7 @@ fn step<P: Packet>(
                     flow.dir[side].flags |= dir_flags::CCS;
                     if sender == Side::Server
                         && d.flags & (dir_flags::HELLO | dir_flags::CERTIFICATE) == dir_flags::HELLO
-                        && flow.tls.negotiated_version != TLS13
+                        && !tls13_family(flow.tls.negotiated_version)
                     {
                         flow.tls.flags |= tls_flags::ABBREVIATED;
                     }
@@ -450,7 +562,7 @@ fn step<P: Packet>(
                         flow.dir[side].flags |= dir_flags::FINISHED;
                         check_done(flow);
                     } else if (flow.dir[0].flags | flow.dir[1].flags) & dir_flags::APPDATA != 0
-                        && flow.tls.negotiated_version != TLS13
+                        && !tls13_family(flow.tls.negotiated_version)
                         && d.flags & dir_flags::RENEGOTIATED == 0
                     {
                         // Reported once per side: the whole renegotiation handshake that
@@ -644,7 +756,7 @@ fn step<P: Packet>(
             expect(flow, side, item::RECORD, rec_end);
         }
         _ => {
-            lose(flow, side);
+            lose(flow, side, Loss::Implausible);
             return false;
         }
     }
@@ -723,19 +835,19 @@ fn store_sni<P: Packet>(cx: &Cx<P>, flow: &mut FlowState, seg: &Seg, data: u32) 
     }
 }
 
-/// TLS 1.2: both sides sent Finished. TLS 1.3: the client sent application-data records
-/// (its Finished is the first) after the server's encrypted flight.
+/// Both sides sent Finished (TLS 1.2 and older), or both sent application-data records
+/// (TLS 1.3, whose encrypted flights are type 23 records; and any version at all, since
+/// application data both ways means the session was established whatever its version
+/// code said).
 #[inline(always)]
 fn check_done(flow: &mut FlowState) {
     let (c, s) = (
         flow.dir[Side::Client as usize].flags,
         flow.dir[Side::Server as usize].flags,
     );
-    let done = if flow.tls.negotiated_version == TLS13 {
-        c & s & dir_flags::APPDATA != 0
-    } else {
-        c & s & dir_flags::FINISHED != 0
-    };
+    let both = c & s;
+    let done = both & dir_flags::APPDATA != 0
+        || (both & dir_flags::FINISHED != 0 && !tls13_family(flow.tls.negotiated_version));
     if done {
         flow.tls.flags |= tls_flags::HANDSHAKE_DONE;
     }
@@ -766,7 +878,7 @@ pub fn handshake_aborted(flow: &mut FlowState, how: u8, alert: Option<(u8, u8)>)
 pub fn tls13_close<P: Packet>(cx: &Cx<P>, flow: &FlowState) -> bool {
     const CLOSE_NOTIFY_LEN: u16 = 19;
     let d = &flow.dir[cx.sender as usize];
-    flow.tls.negotiated_version == TLS13
+    tls13_family(flow.tls.negotiated_version)
         && d.last_record_type == APPLICATION_DATA
         && d.last_record_len == CLOSE_NOTIFY_LEN
 }

@@ -72,18 +72,24 @@ impl Harness {
         self.kernel.counters().get(c).expect("reading counters")
     }
 
-    /// The kernel's state for a flow, read from its map.
+    /// The kernel's state for a flow, read from the confirmed table, or else from the
+    /// unconfirmed one.
     pub fn flow(&self, client: SocketAddr, server: SocketAddr) -> FlowState {
-        let map: HashMap<_, FlowKey, FlowState> =
-            HashMap::try_from(self.kernel.ebpf.map(names::FLOWS).expect("FLOWS map"))
-                .expect("FLOWS is a hash map");
         let (key, _) = FlowKey::normalised(
             &addr(client.ip()),
             client.port(),
             &addr(server.ip()),
             server.port(),
         );
-        map.get(&key, 0).expect("the flow is in the table")
+        [names::FLOWS, names::UNCONFIRMED]
+            .iter()
+            .find_map(|name| {
+                let map: HashMap<_, FlowKey, FlowState> =
+                    HashMap::try_from(self.kernel.ebpf.map(name).expect("flow map"))
+                        .expect("a flow table is a hash map");
+                map.get(&key, 0).ok()
+            })
+            .expect("the flow is in a table")
     }
 }
 

@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use detector_common::{EventKind, Side};
-use detector_user::{diagnosis::Kind, event::KernelEvent};
+use detector_common::{Counter, EventKind, Side, flow_flags};
+use detector_user::{diagnosis::Kind, event::KernelEvent, kernel::Options};
 use tests::{
     frames::{self, ACK, Conversation, FIN, Hello, RST, handshake, record},
     harness::{Harness, diagnose_idle},
@@ -152,22 +152,139 @@ fn load_balancer_timeout_drops_and_inference() {
     assert_eq!(drops[1].detail["inferred_from_flows"], 3);
 }
 
+/// A flow older than the detector (an agent restart, a long-lived pooled connection) or
+/// one the table evicted shows up mid-stream. If its peer answers it is healthy, whatever
+/// the uptime: adopted silently, and counted as an abstention.
 #[test]
-fn midstream_flow_after_uptime_is_a_drop_before_it_is_not() {
+fn midstream_flow_that_is_answered_is_adopted_silently() {
+    let mut h = Harness::new();
+    h.advance(Duration::from_secs(31));
+    let mut conv = Conversation::v4(443);
+    let mut events = h.run(&conv.client(&sealed(23, 100)));
+    events.extend(h.run(&conv.server(&sealed(23, 300))));
+    assert!(events.is_empty(), "{events:?}");
+    assert_eq!(h.counter(Counter::MidstreamAdopted), 1);
+    assert_eq!(
+        h.counter(Counter::FlowsCreated),
+        1,
+        "confirmed once answered"
+    );
+    // Adopted: later idle gaps are judged as for any flow (this one survives).
+    h.advance(Duration::from_secs(40));
+    events.extend(h.run(&conv.client(&sealed(23, 100))));
+    events.extend(h.run(&conv.server(&sealed(23, 100))));
+    assert_eq!(kinds(&events), [(EventKind::IdleSurvived, Side::Server)]);
+    assert!(diagnose_idle(&events, IDLE).is_empty());
+}
+
+/// Field case 5 seen from a detector that never saw the flow's start: the side that
+/// resumes retransmits into silence. That is failure evidence; the gap is unknown.
+#[test]
+fn midstream_flow_retransmitting_into_silence_is_a_drop_after_uptime_only() {
     let mut h = Harness::new();
     let mut early = Conversation::v4(443);
+    let first = early.client(&sealed(23, 100));
+    let mut events = h.run(&first);
+    h.advance(Duration::from_millis(300));
+    events.extend(h.run(&first));
     assert!(
-        h.run(&early.client(&sealed(23, 100))).is_empty(),
-        "just started"
+        events.is_empty(),
+        "just started: nothing to say: {events:?}"
     );
+
     h.advance(Duration::from_secs(31));
     let mut late = Conversation::new(
         ("10.1.0.9".parse().unwrap(), 50_000),
         ("10.2.0.1".parse().unwrap(), 443),
     );
-    let events = h.run(&late.client(&sealed(23, 100)));
-    assert_eq!(kinds(&events), [(EventKind::Midstream, Side::Client)]);
+    let resume = late.client(&sealed(23, 100));
+    assert!(h.run(&resume).is_empty(), "one packet is no evidence");
+    h.advance(Duration::from_millis(300));
+    let events = h.run(&resume);
+    assert_eq!(kinds(&events), [(EventKind::IdleRetransmit, Side::Client)]);
+    assert!(events[0].midstream);
     let d = diagnose_idle(&events, IDLE);
+    assert_eq!(d.len(), 1, "{d:?}");
     assert_eq!(d[0].kind, Kind::IdleTimeoutDrop);
-    assert_eq!(d[0].detail["how"], "midstream_without_handshake");
+    assert_eq!(d[0].detail["how"], "midstream_unanswered_retransmission");
+    assert!(d[0].detail.get("gap_s").is_none(), "the gap is unknown");
+}
+
+/// One-sided traffic (a scan, spoofed segments) answered by the host's RST: nothing was
+/// seen from both sides, so nothing is judged.
+#[test]
+fn unconfirmed_flow_answered_by_rst_is_no_diagnosis() {
+    let mut h = Harness::new();
+    h.advance(Duration::from_secs(31));
+    let mut conv = Conversation::v4(443);
+    let mut events = h.run(&conv.client(&[0x41]));
+    events.extend(h.run(&conv.server_flags(RST)));
+    assert!(events.is_empty(), "{events:?}");
+    assert_eq!(h.counter(Counter::UnconfirmedReset), 1);
+    assert_eq!(h.counter(Counter::FlowsCreated), 0);
+}
+
+/// A resumption after an idle gap answered by a RST: the peer or the path forgot the flow.
+#[test]
+fn resumption_answered_by_rst_is_a_drop() {
+    let mut h = Harness::new();
+    let mut conv = Conversation::v4(443);
+    established(&mut h, &mut conv);
+    h.advance(Duration::from_secs(61));
+    let mut events = h.run(&conv.client(&sealed(23, 80)));
+    events.extend(h.run(&conv.server_flags(ACK | RST)));
+    assert_eq!(kinds(&events), [(EventKind::IdleRstAnswer, Side::Server)]);
+    let d = diagnose_idle(&events, IDLE);
+    assert_eq!(d.len(), 1, "{d:?}");
+    assert_eq!(d[0].kind, Kind::IdleTimeoutDrop);
+    assert_eq!(d[0].detail["how"], "rst_answer");
+    assert_eq!(d[0].detail["sender"], "server");
+    assert_eq!(d[0].detail["gap_s"], 61.001);
+}
+
+/// Spoofed one-byte segments from many sources: each is a flow of its own, seen from one
+/// side. They never diagnose, and they churn the unconfirmed table only: the confirmed
+/// flows of a table far smaller than the flood all stay.
+#[test]
+fn one_sided_flood_cannot_evict_confirmed_flows() {
+    const TABLE: u32 = 64;
+    let mut h = Harness::with(Options {
+        flow_table_size: TABLE,
+        ..Options::default()
+    });
+    let mut real: Vec<Conversation> = (0..8)
+        .map(|i| {
+            Conversation::new(
+                ("10.1.0.1".parse().unwrap(), 41_000 + i),
+                ("10.2.0.1".parse().unwrap(), 443),
+            )
+        })
+        .collect();
+    for conv in &mut real {
+        assert!(established(&mut h, conv).is_empty());
+    }
+    h.advance(Duration::from_secs(31));
+    let mut events = Vec::new();
+    for i in 0..10 * TABLE {
+        let src: std::net::IpAddr = format!("198.18.{}.{}", i / 250, 1 + i % 250)
+            .parse()
+            .unwrap();
+        let mut spoof =
+            Conversation::new((src, 1024 + i as u16), ("10.2.0.1".parse().unwrap(), 443));
+        events.extend(h.run(&spoof.client(&[0x41])));
+    }
+    assert!(events.is_empty(), "{events:?}");
+    assert_eq!(
+        h.counter(Counter::UnconfirmedCreated),
+        8 + 10 * TABLE as u64
+    );
+    assert_eq!(h.counter(Counter::FlowsCreated), 8);
+    // Every real flow is still known: closing after idle is still diagnosed with its gap.
+    for conv in &mut real {
+        let state = h.flow(conv.client_addr(), conv.server_addr());
+        assert_ne!(state.flags & flow_flags::SYNACK_SEEN, 0);
+    }
+    let events = h.run(&real[0].server(&sealed(21, 26)));
+    assert_eq!(kinds(&events), [(EventKind::EncryptedAlert, Side::Server)]);
+    assert!(events[0].gap_ns >= 31_000_000_000);
 }

@@ -417,3 +417,141 @@ fn sni_is_kept_in_its_own_map() {
     );
     assert_ne!(events[0].tls.flags & tls_flags::SNI, 0);
 }
+
+/// A TLS 1.3-style session whose ServerHello selects `version` (a draft code, or one not
+/// defined yet), with application data both ways and an ordinary close from both sides.
+fn session_with_version(version: u16, psk: bool) -> (Vec<frames::Frame>, Conversation) {
+    let mut conv = Conversation::v4(443);
+    let mut client = Hello::client("a").with(EXT_SUPPORTED_VERSIONS, versions_ext(&[version]));
+    let mut server = Hello::server().with(EXT_SUPPORTED_VERSIONS, version.to_be_bytes().to_vec());
+    if psk {
+        client = client
+            .with(EXT_PSK_MODES, vec![1, 1])
+            .with(EXT_PRE_SHARED_KEY, vec![0x5c; 80]);
+        server = server.with(EXT_PRE_SHARED_KEY, vec![0, 0]);
+    }
+    let mut flight = record(HANDSHAKE, &server.server_hello());
+    flight.extend(sealed(APPDATA, 900));
+    let mut f = vec![
+        conv.syn_ack(),
+        conv.client(&record(HANDSHAKE, &client.client_hello())),
+        conv.server(&flight),
+        conv.client(&sealed(APPDATA, 53)),
+        conv.client(&sealed(APPDATA, 300)),
+        conv.server(&sealed(APPDATA, 4000)),
+    ];
+    f.push(conv.client_flags(ACK | FIN));
+    f.push(conv.server_flags(ACK | FIN));
+    (f, conv)
+}
+
+/// Application data from both sides after a ServerHello means the session was established,
+/// whatever version code it chose: the close is no aborted handshake, an accepted PSK no
+/// rejected resumption.
+#[test]
+fn unknown_version_codes_with_data_both_ways_are_established() {
+    for version in [0x7f17u16, 0x7f1c, 0x0305] {
+        for psk in [false, true] {
+            let mut h = Harness::new();
+            let (f, conv) = session_with_version(version, psk);
+            let events = h.run_all(&f);
+            assert!(events.is_empty(), "{version:#x} psk {psk}: {events:?}");
+            let flow = h.flow(conv.client_addr(), conv.server_addr());
+            assert_eq!(flow.tls.negotiated_version, version);
+            assert_ne!(flow.tls.flags & tls_flags::HANDSHAKE_DONE, 0);
+            assert!(diagnose(&events).is_empty());
+        }
+    }
+}
+
+/// A ClientHello answered by bytes that cannot start a TLS record: an HTML page without a
+/// status line (Python's http.server answering what it takes for HTTP/0.9), mail and SSH
+/// banners. Each is a ClientHello sent to a plaintext port.
+#[test]
+fn client_hello_answered_by_plaintext_that_is_not_http() {
+    let answers: [(&[u8], &str); 4] = [
+        (b"<!DOCTYPE HTML>\n<html lang=\"en\">", "html"),
+        (b"220 mail.example ESMTP ready\r\n", "banner"),
+        (b"SSH-2.0-OpenSSH_9.2p1 Debian\r\n", "banner"),
+        (b"HTTP/1.1 400 Bad Request\r\n", "http"),
+    ];
+    for (answer, word) in answers {
+        let mut h = Harness::new();
+        let mut conv = Conversation::v4(8080);
+        let f = vec![
+            conv.syn_ack(),
+            conv.client(&frames::client_hello("a")),
+            conv.server(answer),
+            conv.server_flags(ACK | FIN),
+        ];
+        let events = h.run_all(&f);
+        let kinds: Vec<(EventKind, Side)> = events.iter().map(|e| (e.kind, e.sender)).collect();
+        assert_eq!(
+            kinds[0],
+            (EventKind::ProtocolMismatch, Side::Server),
+            "{word}: {events:?}"
+        );
+        let d = diagnose(&events);
+        assert_eq!(d.len(), 1, "{word}: {d:?}");
+        assert_eq!(d[0].kind, Kind::TlsToPlaintextPort);
+        assert_eq!(d[0].detail["answer"], word);
+    }
+}
+
+/// Bulk transfer reordered across CPUs (a veth's per-CPU backlogs, or two CPUs sending):
+/// a later segment arrives before the one holding the header it continues from. Its
+/// headers are read ahead where one-size records put them, and taken when the walker's
+/// own count of lengths gets there.
+#[test]
+fn reordered_bulk_records_keep_sync_by_reading_ahead() {
+    const LEN: usize = 1_000;
+    let session_records = {
+        let mut h = Harness::new();
+        let mut conv = Conversation::v4(443);
+        h.run_all(&tls12_session(
+            &mut conv,
+            &Hello::client("a"),
+            &Hello::server(),
+        ));
+        h.counter(Counter::TlsRecords)
+    };
+    let mut h = Harness::new();
+    let mut conv = Conversation::v4(443);
+    let mut f = tls12_session(&mut conv, &Hello::client("a"), &Hello::server());
+    // The previous record sets the size the read-ahead expects.
+    f.push(conv.server(&sealed(APPDATA, LEN)));
+    let mut data = Vec::new();
+    for _ in 0..12 {
+        data.extend(sealed(APPDATA, LEN));
+    }
+    data.extend(sealed(ALERT, 26));
+    // Headers at 0, 1005, 2010, ...: segment 1 holds 3015..5025, segment 2 6030..8040.
+    let mut segs = conv.server_segments(&data, &[3_000, 3_000, 3_000, 3_000]);
+    segs.swap(1, 2);
+    f.extend(segs);
+    let events = h.run_all(&f);
+    assert_eq!(h.counter(Counter::TlsSyncLost), 0);
+    // Every header was counted once: the session's, one record, twelve more, the alert.
+    assert_eq!(h.counter(Counter::TlsRecords), session_records + 1 + 12 + 1);
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].kind, EventKind::EncryptedAlert);
+}
+
+/// The same reordering where the headers are not where one-size records would put them:
+/// nothing was read ahead there, so the walker loses its place rather than guess.
+#[test]
+fn reordered_records_of_other_sizes_still_lose_sync() {
+    let mut h = Harness::new();
+    let mut conv = Conversation::v4(443);
+    let mut f = tls12_session(&mut conv, &Hello::client("a"), &Hello::server());
+    f.push(conv.server(&sealed(APPDATA, 1_000)));
+    let mut data = Vec::new();
+    for len in [1_000, 1_000, 1_000, 700, 1_000, 1_000, 1_000, 1_000, 1_000] {
+        data.extend(sealed(APPDATA, len));
+    }
+    let mut segs = conv.server_segments(&data, &[3_000, 3_000]);
+    segs.swap(1, 2);
+    f.extend(segs);
+    assert!(h.run_all(&f).is_empty());
+    assert_eq!(h.counter(Counter::TlsSyncLost), 1);
+}
