@@ -513,10 +513,12 @@ pub enum Counter {
     /// Abstention: an unconfirmed flow was answered by a RST only (a scan, a spoofed
     /// segment, or a flow older than the agent): no evidence of what the path did.
     UnconfirmedReset = 13,
+    /// Times the record walker bridged a reordering gap with headers it had read ahead.
+    TlsReadAhead = 14,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 14;
+    pub const COUNT: u32 = 15;
     pub const ALL: [Counter; Counter::COUNT as usize] = [
         Counter::Packets,
         Counter::TcpPackets,
@@ -532,6 +534,7 @@ impl Counter {
         Counter::UnconfirmedCreated,
         Counter::MidstreamAdopted,
         Counter::UnconfirmedReset,
+        Counter::TlsReadAhead,
     ];
 
     /// The counter's name in metrics (without prefix and `_total`).
@@ -551,6 +554,7 @@ impl Counter {
             Counter::UnconfirmedCreated => "kernel_unconfirmed_flows_created",
             Counter::MidstreamAdopted => "kernel_abstained_midstream_adopted",
             Counter::UnconfirmedReset => "kernel_abstained_unconfirmed_reset",
+            Counter::TlsReadAhead => "kernel_tls_read_ahead",
         }
     }
 
@@ -581,6 +585,9 @@ impl Counter {
             }
             Counter::UnconfirmedReset => {
                 "Unconfirmed flows answered by a RST only: no evidence, no diagnosis"
+            }
+            Counter::TlsReadAhead => {
+                "Times the TLS record walker bridged a reordering gap with headers read ahead"
             }
         }
     }

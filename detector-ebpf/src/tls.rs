@@ -365,6 +365,7 @@ fn take_read_ahead(flow: &mut FlowState, side: usize) {
     if d.ahead_records == 0 || d.item != item::RECORD || d.cursor != d.ahead_at {
         return;
     }
+    count(Counter::TlsReadAhead);
     count_by(Counter::TlsRecords, d.ahead_records as u64);
     d.cursor = d.ahead_next;
     d.rec_end = d.ahead_next;

@@ -531,6 +531,7 @@ fn reordered_bulk_records_keep_sync_by_reading_ahead() {
     f.extend(segs);
     let events = h.run_all(&f);
     assert_eq!(h.counter(Counter::TlsSyncLost), 0);
+    assert_eq!(h.counter(Counter::TlsReadAhead), 1);
     // Every header was counted once: the session's, one record, twelve more, the alert.
     assert_eq!(h.counter(Counter::TlsRecords), session_records + 1 + 12 + 1);
     assert_eq!(events.len(), 1, "{events:?}");

@@ -556,10 +556,12 @@ fn clean_sessions_give_nothing() -> Result<()> {
     for (phase, text) in &phases {
         println!(
             "after {phase}: detector_kernel_tls_records_total {:?}, \
-             detector_kernel_tls_sync_lost_total {:?}, detector_kernel_tls_resynced_total {:?}",
+             detector_kernel_tls_sync_lost_total {:?}, detector_kernel_tls_resynced_total {:?}, \
+             detector_kernel_tls_read_ahead_total {:?}",
             metric(text, "detector_kernel_tls_records_total"),
             metric(text, "detector_kernel_tls_sync_lost_total"),
             metric(text, "detector_kernel_tls_resynced_total"),
+            metric(text, "detector_kernel_tls_read_ahead_total"),
         );
     }
     let records = metric(&metrics, "detector_kernel_tls_records_total");
