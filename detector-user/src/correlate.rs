@@ -154,6 +154,9 @@ struct Session {
     history: String,
     tls: TlsFacts,
     server_hello_seen: bool,
+    /// Both sides sent application data after the ServerHello: see
+    /// [`established_by_data`].
+    established: bool,
 }
 
 /// The first bytes of a payload, and whether the payload went on beyond them.
@@ -332,6 +335,7 @@ impl Correlator {
         }
         s.tls = e.tls;
         s.server_hello_seen |= e.server_flags & dir_flags::HELLO != 0;
+        s.established |= established_by_data(e);
         // Every event carries each side's first-payload class; keep the first real one.
         if e.client_first != PayloadClass::None {
             s.client_first.get_or_insert(e.client_first);
@@ -1005,7 +1009,10 @@ fn fatal_alert(s: &Session) -> Option<Found> {
         json!(alert_description_name(first.alert.description)),
     );
     detail.insert("code".into(), json!(first.alert.description));
-    detail.insert("during_handshake".into(), json!(!s.tls.handshake_done()));
+    detail.insert(
+        "during_handshake".into(),
+        json!(!s.tls.handshake_done() && !s.established),
+    );
     detail.insert("alerts".into(), alerts_json(&s.alerts));
     Some((Kind::FatalAlert, evidence, detail))
 }
@@ -1474,12 +1481,18 @@ mod tests {
     }
 
     #[test]
-    fn unknown_version_is_shown_as_hex() {
+    fn unknown_version_is_shown_as_hex_and_data_both_ways_is_established() {
         let mut c = correlator();
         let mut a = event(EventKind::PlaintextAlert, Side::Server);
         a.alert = alert(2, 40);
         a.tls.negotiated_version = Some(0x7f17);
         c.ingest(&a, None);
-        assert_eq!(c.flush()[0].detail["tls_version"], "0x7f17");
+        let d = c.flush();
+        assert_eq!(d[0].detail["tls_version"], "0x7f17");
+        assert_eq!(d[0].detail["during_handshake"], true);
+        a.client_flags = dir_flags::HELLO | dir_flags::APPDATA;
+        a.server_flags = dir_flags::HELLO | dir_flags::APPDATA;
+        c.ingest(&a, None);
+        assert_eq!(c.flush()[0].detail["during_handshake"], false);
     }
 }
