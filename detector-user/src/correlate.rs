@@ -9,13 +9,14 @@
 
 use std::{collections::HashMap, net::SocketAddr, time::Duration};
 
-use detector_common::{EventKind, PayloadClass, Side, dir_flags};
+use detector_common::{EventKind, PayloadClass, Side, dir_flags, tls_flags};
 use serde_json::{Map, Value, json};
 
 use crate::{
     clock::Clock,
     diagnosis::{
-        Diagnosis, Kind, alert_description_name, alert_level_name, hex, show_bytes, side_name,
+        Abstention, Diagnosis, Kind, alert_description_name, alert_level_name, hex, show_bytes,
+        side_name,
     },
     event::{Abort, Alert, KernelEvent, TlsFacts, version_name},
 };
@@ -30,7 +31,13 @@ pub struct Correlator {
     sessions: HashMap<SessionKey, Session>,
     evicted: u64,
     timeouts: TimeoutEstimator,
+    /// Abstentions decided here, indexed like [`Abstention::ALL`].
+    abstained: [u64; Abstention::ALL.len()],
 }
+
+/// Alerts (plaintext, and encrypted) kept per session; the rest are only counted, so that
+/// a peer sending alerts in a loop cannot grow the agent's memory.
+pub const MAX_ALERTS_KEPT: usize = 8;
 
 /// Field case 5's question: after how long does something on the path to a server forget
 /// idle flows? Each server endpoint's idle gaps are kept in two sets, gaps that flows
@@ -115,6 +122,9 @@ impl TimeoutEstimator {
 
 #[derive(Default)]
 struct Session {
+    /// The kernel's first sighting of the flow: a different one on a later event means
+    /// the 4-tuple now carries another connection.
+    flow_first_seen_ns: u64,
     first_ns: u64,
     last_ns: u64,
     tls_port: bool,
@@ -124,13 +134,16 @@ struct Session {
     client_bytes: Option<Bytes>,
     server_first: Option<PayloadClass>,
     server_bytes: Option<Bytes>,
+    /// At most [`MAX_ALERTS_KEPT`]; `alerts_omitted` counts the rest.
     alerts: Vec<SeenAlert>,
+    alerts_omitted: u32,
+    /// Sender and record length, at most [`MAX_ALERTS_KEPT`]; the rest are counted.
     encrypted_alerts: Vec<(Side, u16)>,
-    /// Plaintext HelloRequests (server).
-    hello_requests: u32,
-    /// Handshake records after application data, per side, with the record length (0 for
-    /// a plaintext ClientHello).
-    renegotiation: [Option<(u64, u16)>; 2],
+    encrypted_alerts_omitted: u32,
+    /// When the server's first plaintext HelloRequest came.
+    hello_request_ns: Option<u64>,
+    /// The first handshake record after application data, per side.
+    renegotiation: [Option<Renegotiation>; 2],
     tls13_close: Option<Side>,
     aborted: Option<(Abort, Side, Option<Alert>)>,
     /// The first end after an idle gap: who, how long, and how.
@@ -141,6 +154,9 @@ struct Session {
     history: String,
     tls: TlsFacts,
     server_hello_seen: bool,
+    /// Both sides sent application data after the ServerHello: see
+    /// [`established_by_data`].
+    established: bool,
 }
 
 /// The first bytes of a payload, and whether the payload went on beyond them.
@@ -184,6 +200,15 @@ enum IdleDrop {
 }
 
 #[derive(Clone, Copy)]
+struct Renegotiation {
+    ts_ns: u64,
+    /// Length of the record (0 for a plaintext ClientHello).
+    record_len: u16,
+    /// The other side had already started a renegotiation, so this one answers it.
+    answering: bool,
+}
+
+#[derive(Clone, Copy)]
 struct SeenAlert {
     sender: Side,
     alert: Alert,
@@ -200,6 +225,7 @@ impl Correlator {
             sessions: HashMap::new(),
             evicted: 0,
             timeouts: TimeoutEstimator::default(),
+            abstained: [0; Abstention::ALL.len()],
         }
     }
 
@@ -222,19 +248,50 @@ impl Correlator {
         self.sessions.len()
     }
 
-    /// Whether the session of this event already knows its SNI (so the caller can skip a
-    /// map lookup).
-    pub fn has_sni(&self, e: &KernelEvent) -> bool {
-        self.sessions
-            .get(&(e.client, e.server))
-            .is_some_and(|s| s.sni.is_some())
+    /// Abstentions the correlator decided so far for `reason` (kernel reasons are counted
+    /// by the kernel, and stay zero here).
+    pub fn abstained(&self, reason: Abstention) -> u64 {
+        Abstention::ALL
+            .iter()
+            .position(|r| *r == reason)
+            .map_or(0, |i| self.abstained[i])
+    }
+
+    fn abstain(&mut self, reason: Abstention) {
+        if let Some(i) = Abstention::ALL.iter().position(|r| *r == reason) {
+            self.abstained[i] += 1;
+        }
+    }
+
+    /// Whether the caller should look this event's SNI up in the kernel's map: only when
+    /// the kernel says the flow's ClientHello carried one (else the map may still hold a
+    /// previous connection's name under the same flow key), and the session of this very
+    /// connection does not know it yet.
+    pub fn wants_sni(&self, e: &KernelEvent) -> bool {
+        e.tls.flags & tls_flags::SNI != 0
+            && !self
+                .sessions
+                .get(&(e.client, e.server))
+                .is_some_and(|s| s.flow_first_seen_ns == e.flow_first_seen_ns && s.sni.is_some())
     }
 
     /// Adds an event (with the SNI, if the caller found one); returns diagnoses of
-    /// sessions pushed out to make room.
+    /// sessions it ended: one pushed out to make room, or the previous connection on a
+    /// reused 4-tuple.
     pub fn ingest(&mut self, e: &KernelEvent, sni: Option<String>) -> Vec<Diagnosis> {
         let key = (e.client, e.server);
         let mut out = Vec::new();
+        // The kernel restarted the flow (a new connection on the same 4-tuple, or the
+        // flow evicted and picked up again): what the old session holds is judged now,
+        // and nothing of it (its name above all) carries over to the new one.
+        if self
+            .sessions
+            .get(&key)
+            .is_some_and(|s| s.flow_first_seen_ns != e.flow_first_seen_ns)
+        {
+            let old = self.sessions.remove(&key).expect("key just found");
+            out.extend(self.judge(key, old));
+        }
         if !self.sessions.contains_key(&key) && self.sessions.len() >= self.max_sessions {
             // Judge the quietest session now rather than lose what it holds.
             if let Some(oldest) = self
@@ -262,9 +319,11 @@ impl Correlator {
             self.timeouts.died(e.server, e.gap_ns);
         }
         let s = self.sessions.entry(key).or_insert_with(|| Session {
+            flow_first_seen_ns: e.flow_first_seen_ns,
             first_ns: e.ts_ns,
             ..Session::default()
         });
+        let mut abstained = None;
         s.last_ns = s.last_ns.max(e.ts_ns);
         s.tls_port |= e.tls_port;
         s.midstream |= e.midstream_tls;
@@ -276,6 +335,7 @@ impl Correlator {
         }
         s.tls = e.tls;
         s.server_hello_seen |= e.server_flags & dir_flags::HELLO != 0;
+        s.established |= established_by_data(e);
         // Every event carries each side's first-payload class; keep the first real one.
         if e.client_first != PayloadClass::None {
             s.client_first.get_or_insert(e.client_first);
@@ -296,22 +356,29 @@ impl Correlator {
             }
             EventKind::PlaintextAlert => {
                 if let Some(alert) = e.alert {
-                    // A retransmitted alert is the same alert.
+                    // A retransmitted alert is the same alert (among those kept: past the
+                    // cap, a retransmission is counted again, which only inflates a count).
                     let dup = s
                         .alerts
                         .iter()
                         .any(|a| a.sender == e.sender && a.tcp_seq == e.tcp_seq);
-                    if !dup {
+                    if !dup && s.alerts.len() < MAX_ALERTS_KEPT {
                         s.alerts.push(SeenAlert {
                             sender: e.sender,
                             alert,
                             tcp_seq: e.tcp_seq,
                         });
+                    } else if !dup {
+                        s.alerts_omitted += 1;
                     }
                 }
             }
             EventKind::EncryptedAlert => {
-                s.encrypted_alerts.push((e.sender, e.record_len));
+                if s.encrypted_alerts.len() < MAX_ALERTS_KEPT {
+                    s.encrypted_alerts.push((e.sender, e.record_len));
+                } else {
+                    s.encrypted_alerts_omitted += 1;
+                }
                 if e.gap_ns >= idle_ns {
                     s.idle_end.get_or_insert(IdleEnd {
                         sender: e.sender,
@@ -357,9 +424,25 @@ impl Correlator {
                     .get_or_insert((IdleDrop::RstAnswer, e.sender, e.gap_ns));
             }
             EventKind::IdleSurvived => self.timeouts.survived(e.server, e.gap_ns),
-            EventKind::HelloRequest => s.hello_requests += 1,
+            EventKind::HelloRequest => {
+                s.hello_request_ns.get_or_insert(e.ts_ns);
+            }
             EventKind::Renegotiation => {
-                s.renegotiation[e.sender as usize].get_or_insert((e.ts_ns, e.record_len));
+                // The kernel marks a side RENEGOTIATED when it reports that side's
+                // renegotiation, and every event carries both sides' marks: if the other
+                // side's is set, it started first and this side is answering. A plaintext
+                // HelloRequest is not marked that way, so it counts here too.
+                let other = match e.sender {
+                    Side::Client => e.server_flags,
+                    Side::Server => e.client_flags,
+                };
+                let answering = other & dir_flags::RENEGOTIATED != 0
+                    || (e.sender == Side::Client && s.hello_request_ns.is_some());
+                s.renegotiation[e.sender as usize].get_or_insert(Renegotiation {
+                    ts_ns: e.ts_ns,
+                    record_len: e.record_len,
+                    answering,
+                });
             }
             EventKind::Tls13CloseHeuristic => {
                 s.tls13_close = Some(e.sender);
@@ -372,11 +455,17 @@ impl Correlator {
                     });
                 }
             }
+            EventKind::HandshakeAborted if established_by_data(e) => {
+                abstained = Some(Abstention::EstablishedByData);
+            }
             EventKind::HandshakeAborted => {
                 if let Some(how) = e.abort {
                     s.aborted.get_or_insert((how, e.sender, e.alert));
                 }
             }
+        }
+        if let Some(reason) = abstained {
+            self.abstain(reason);
         }
         out
     }
@@ -406,15 +495,18 @@ impl Correlator {
             .collect();
         // Output in time order, whatever order the hash map holds them in.
         sessions.sort_by_key(|(k, s)| (s.first_ns, *k));
-        sessions
-            .into_iter()
-            .flat_map(|(k, s)| self.judge(k, s))
-            .collect()
+        let mut out = Vec::new();
+        for (k, s) in sessions {
+            out.extend(self.judge(k, s));
+        }
+        out
     }
 
-    fn judge(&self, (client, server): SessionKey, s: Session) -> Vec<Diagnosis> {
+    fn judge(&mut self, (client, server): SessionKey, s: Session) -> Vec<Diagnosis> {
         let mut found: Vec<Found> = Vec::new();
-        renegotiation(&s, &mut found);
+        if let Err(reason) = renegotiation(&s, &mut found) {
+            self.abstain(reason);
+        }
         found.extend(idle(&s, self.idle_ns, self.timeouts.estimate(server)));
         // A protocol mismatch is the root cause of whatever ended the session after it
         // (nginx's 400 and close, OpenSSL's alert): those are evidence, not diagnoses.
@@ -441,6 +533,15 @@ impl Correlator {
                 if s.midstream {
                     detail.insert("midstream".into(), json!(true));
                 }
+                if s.alerts_omitted > 0 {
+                    detail.insert("alerts_omitted".into(), json!(s.alerts_omitted));
+                }
+                if s.encrypted_alerts_omitted > 0 {
+                    detail.insert(
+                        "encrypted_alerts_omitted".into(),
+                        json!(s.encrypted_alerts_omitted),
+                    );
+                }
                 Diagnosis {
                     ts: self.clock.to_wall(s.first_ns),
                     kind,
@@ -456,6 +557,15 @@ impl Correlator {
 }
 
 type Found = (Kind, Vec<String>, Map<String, Value>);
+
+/// Application data (type 23) from both sides after a ServerHello: the handshake finished
+/// as far as the packets show, whatever the version code, so no later end of the session
+/// is a failed handshake.
+fn established_by_data(e: &KernelEvent) -> bool {
+    e.client_flags & dir_flags::APPDATA != 0
+        && e.server_flags & dir_flags::APPDATA != 0
+        && e.server_flags & dir_flags::HELLO != 0
+}
 
 /// Field case 3: plaintext HTTP where TLS is expected, or a ClientHello to a plaintext
 /// server.
@@ -516,23 +626,34 @@ fn protocol_mismatch(s: &Session, server: SocketAddr) -> Option<Found> {
             detail.insert("alerts".into(), alerts_json(&s.alerts));
             Some((Kind::HttpToTlsPort, evidence, detail))
         }
-        (Some(PayloadClass::ClientHello), Some(PayloadClass::HttpResponse)) => {
+        // Any answer to a ClientHello whose first bytes cannot start a TLS record: the
+        // kernel classes it as an HTTP status line or as something else. "Something else"
+        // is only diagnosed with the server's bytes in hand (the mismatch event), since
+        // they are the evidence.
+        (
+            Some(PayloadClass::ClientHello),
+            Some(class @ (PayloadClass::HttpResponse | PayloadClass::Other)),
+        ) if class == PayloadClass::HttpResponse || s.server_bytes.is_some() => {
+            let answer = match &s.server_bytes {
+                Some(b) => PlaintextAnswer::of(&b.head),
+                None => PlaintextAnswer::Http,
+            };
+            let shown = s
+                .server_bytes
+                .as_ref()
+                .map(Bytes::shown)
+                .unwrap_or_default();
             let evidence = vec![
                 format!(
                     "client's first payload is a TLS ClientHello (record type 22, handshake \
                      type 1) to port {}",
                     server.port()
                 ),
-                format!(
-                    "server answered in plaintext HTTP: {}",
-                    s.server_bytes
-                        .as_ref()
-                        .map(Bytes::shown)
-                        .unwrap_or_default()
-                ),
+                format!("server answered {}: {shown}", answer.words()),
             ];
             let mut detail = Map::new();
             detail.insert("sender".into(), json!("server"));
+            detail.insert("answer".into(), json!(answer.as_str()));
             if let Some(b) = &s.server_bytes {
                 detail.insert("server_bytes".into(), json!(hex(&b.head)));
             }
@@ -542,54 +663,150 @@ fn protocol_mismatch(s: &Session, server: SocketAddr) -> Option<Found> {
     }
 }
 
-/// Field case 1: the server asks for renegotiation (HelloRequest), or the client starts it.
-/// A client renegotiating right after a server's request is answering it, not starting it.
-fn renegotiation(s: &Session, found: &mut Vec<Found>) {
+/// What a plaintext server sent back to a ClientHello, from its first bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum PlaintextAnswer {
+    /// An HTTP status line (`HTTP/1.1 400 Bad Request`).
+    Http,
+    /// An HTML page with no status line (Python's `http.server` error page, `<!DOCTYPE`).
+    Html,
+    /// A printable text line: the greeting of a line protocol (`220 smtp ready`,
+    /// `SSH-2.0-OpenSSH`, `+OK`, `* OK`).
+    Banner,
+    Other,
+}
+
+impl PlaintextAnswer {
+    fn of(head: &[u8]) -> PlaintextAnswer {
+        if head.starts_with(b"HTTP/") {
+            return PlaintextAnswer::Http;
+        }
+        let text = head.trim_ascii_start();
+        if text.starts_with(b"<") {
+            return PlaintextAnswer::Html;
+        }
+        // The first line (or as much of it as the snippet holds) must be printable ASCII
+        // and start with a visible character; a few bytes are too little to call a line.
+        let line = head
+            .split(|&c| c == b'\r' || c == b'\n')
+            .next()
+            .unwrap_or_default();
+        let printable = line.iter().all(|c| c.is_ascii_graphic() || *c == b' ');
+        if line.len() >= 3 && printable && line[0].is_ascii_graphic() {
+            return PlaintextAnswer::Banner;
+        }
+        PlaintextAnswer::Other
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            PlaintextAnswer::Http => "http",
+            PlaintextAnswer::Html => "html",
+            PlaintextAnswer::Banner => "banner",
+            PlaintextAnswer::Other => "other",
+        }
+    }
+
+    fn words(self) -> &'static str {
+        match self {
+            PlaintextAnswer::Http => "in plaintext HTTP",
+            PlaintextAnswer::Html => "with an HTML page and no HTTP status line",
+            PlaintextAnswer::Banner => "with a plaintext protocol banner",
+            PlaintextAnswer::Other => "with bytes that cannot start a TLS record",
+        }
+    }
+}
+
+/// Field case 1: who started a renegotiation. Attribution follows who sent the first
+/// handshake record after application data (a plaintext HelloRequest is the server's);
+/// the other side's handshake records are its answer, told in the same diagnosis, never a
+/// second one. Errs with the abstention when the session holds only an answer, whose
+/// start was judged with an earlier window or lost.
+fn renegotiation(s: &Session, found: &mut Vec<Found>) -> Result<(), Abstention> {
     let server = s.renegotiation[Side::Server as usize];
     let client = s.renegotiation[Side::Client as usize];
-    if s.hello_requests > 0 || server.is_some() {
-        let mut evidence = Vec::new();
-        if s.hello_requests > 0 {
-            evidence.push(
-                "server sent a plaintext HelloRequest (handshake type 0, empty body: \
-                 16 03 0x 00 04 00 00 00 00)"
-                    .to_string(),
-            );
-        }
-        if let Some((_, len)) = server {
-            evidence.push(format!(
-                "server sent an encrypted handshake record ({len} bytes) after application data \
-                 had flowed: a HelloRequest (TLS 1.2 renegotiation request)"
-            ));
-        }
-        if client.is_some() {
-            evidence.push("client answered with a renegotiation handshake".into());
-        }
-        for (side, len) in &s.encrypted_alerts {
-            evidence.push(format!(
-                "{} then sent an encrypted alert ({len} bytes)",
-                side_name(*side)
-            ));
-        }
-        let mut detail = Map::new();
-        detail.insert("sender".into(), json!("server"));
-        detail.insert("encrypted".into(), json!(s.hello_requests == 0));
-        detail.insert("client_renegotiated".into(), json!(client.is_some()));
-        found.push((Kind::ServerHelloRequest, evidence, detail));
-    } else if let Some((_, len)) = client {
-        let what = if len == 0 {
-            "a plaintext ClientHello".to_string()
-        } else {
-            format!("an encrypted handshake record ({len} bytes)")
-        };
-        let evidence = vec![format!(
-            "client sent {what} after application data had flowed: client-initiated \
-             renegotiation (TLS 1.2 or older)"
-        )];
-        let mut detail = Map::new();
-        detail.insert("sender".into(), json!("client"));
-        found.push((Kind::ClientRenegotiation, evidence, detail));
+    if server.is_none() && client.is_none() && s.hello_request_ns.is_none() {
+        return Ok(());
     }
+    let start = |r: Option<Renegotiation>| r.filter(|r| !r.answering).map(|r| r.ts_ns);
+    let server_start = match (s.hello_request_ns, start(server)) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    let initiator = match (server_start, start(client)) {
+        (Some(sv), Some(cl)) if cl < sv => Side::Client,
+        (Some(_), _) => Side::Server,
+        (None, Some(_)) => Side::Client,
+        (None, None) => return Err(Abstention::RenegotiationAnswerOnly),
+    };
+    let record = |side: &str, r: Renegotiation| {
+        if r.record_len == 0 {
+            format!("a plaintext {side}")
+        } else {
+            format!("an encrypted handshake record ({} bytes)", r.record_len)
+        }
+    };
+    let mut evidence = Vec::new();
+    let mut detail = Map::new();
+    detail.insert("sender".into(), json!(side_name(initiator)));
+    let kind = match initiator {
+        Side::Server => {
+            if s.hello_request_ns.is_some() {
+                evidence.push(
+                    "server sent a plaintext HelloRequest (handshake type 0, empty body: \
+                     16 03 0x 00 04 00 00 00 00)"
+                        .to_string(),
+                );
+            }
+            if let Some(r) = server.filter(|r| !r.answering) {
+                evidence.push(format!(
+                    "server sent {} after application data had flowed, before any from the \
+                     client: a HelloRequest (TLS 1.2 renegotiation request)",
+                    record("HelloRequest", r)
+                ));
+            }
+            if let Some(r) = client {
+                evidence.push(format!(
+                    "client answered with a renegotiation handshake: {}",
+                    record("ClientHello", r)
+                ));
+            }
+            detail.insert("encrypted".into(), json!(s.hello_request_ns.is_none()));
+            detail.insert("client_renegotiated".into(), json!(client.is_some()));
+            Kind::ServerHelloRequest
+        }
+        Side::Client => {
+            let r = client.expect("the client started it");
+            evidence.push(format!(
+                "client sent {} after application data had flowed, before any from the \
+                 server: client-initiated renegotiation (TLS 1.2 or older)",
+                record("ClientHello", r)
+            ));
+            if let Some(answer) = server {
+                evidence.push(format!(
+                    "server answered with {}",
+                    record("handshake record", answer)
+                ));
+            }
+            detail.insert("encrypted".into(), json!(r.record_len != 0));
+            detail.insert("server_answered".into(), json!(server.is_some()));
+            Kind::ClientRenegotiation
+        }
+    };
+    for (side, len) in &s.encrypted_alerts {
+        evidence.push(format!(
+            "{} then sent an encrypted alert ({len} bytes)",
+            side_name(*side)
+        ));
+    }
+    if s.encrypted_alerts_omitted > 0 {
+        evidence.push(format!(
+            "and {} more encrypted alerts",
+            s.encrypted_alerts_omitted
+        ));
+    }
+    found.push((kind, evidence, detail));
+    Ok(())
 }
 
 /// Field case 2 and handshake failures: a handshake that ended before it finished.
@@ -778,6 +995,9 @@ fn fatal_alert(s: &Session) -> Option<Found> {
             )
         })
         .collect();
+    if s.alerts_omitted > 0 {
+        evidence.push(format!("and {} more alerts", s.alerts_omitted));
+    }
     if s.aborted.is_some() {
         evidence.push("the handshake had not finished".into());
     }
@@ -789,7 +1009,10 @@ fn fatal_alert(s: &Session) -> Option<Found> {
         json!(alert_description_name(first.alert.description)),
     );
     detail.insert("code".into(), json!(first.alert.description));
-    detail.insert("during_handshake".into(), json!(!s.tls.handshake_done()));
+    detail.insert(
+        "during_handshake".into(),
+        json!(!s.tls.handshake_done() && !s.established),
+    );
     detail.insert("alerts".into(), alerts_json(&s.alerts));
     Some((Kind::FatalAlert, evidence, detail))
 }
@@ -951,18 +1174,96 @@ mod tests {
     #[test]
     fn client_answer_to_hello_request_is_not_client_renegotiation() {
         let mut c = correlator();
+        // As the kernel reports them: each side's mark is set with its own report.
         let mut s = event(EventKind::Renegotiation, Side::Server);
         s.record_len = 32;
+        s.server_flags = dir_flags::APPDATA | dir_flags::RENEGOTIATED;
         let mut cl = event(EventKind::Renegotiation, Side::Client);
         cl.ts_ns = 2_000;
         cl.record_len = 300;
+        cl.server_flags = s.server_flags;
+        cl.client_flags = dir_flags::APPDATA | dir_flags::RENEGOTIATED;
         c.ingest(&s, None);
         c.ingest(&cl, None);
         let d = c.flush();
         assert_eq!(d.len(), 1, "{d:?}");
         assert_eq!(d[0].kind, Kind::ServerHelloRequest);
+        assert_eq!(d[0].detail["sender"], "server");
         assert_eq!(d[0].detail["client_renegotiated"], true);
         assert_eq!(d[0].detail["encrypted"], true);
+    }
+
+    #[test]
+    fn client_answer_to_plaintext_hello_request_is_one_server_hello_request() {
+        let mut c = correlator();
+        let hr = event(EventKind::HelloRequest, Side::Server);
+        // A plaintext HelloRequest does not mark the server as renegotiated.
+        let mut cl = event(EventKind::Renegotiation, Side::Client);
+        cl.ts_ns = 2_000;
+        cl.record_len = 300;
+        cl.client_flags = dir_flags::APPDATA | dir_flags::RENEGOTIATED;
+        c.ingest(&hr, None);
+        c.ingest(&cl, None);
+        let d = c.flush();
+        assert_eq!(d.len(), 1, "{d:?}");
+        assert_eq!(d[0].kind, Kind::ServerHelloRequest);
+        assert_eq!(d[0].detail["encrypted"], false);
+        assert_eq!(d[0].detail["client_renegotiated"], true);
+    }
+
+    #[test]
+    fn server_answer_to_client_renegotiation_is_not_a_hello_request() {
+        // openssl s_client's `R`: the client's handshake record comes first, the server's
+        // records answer it.
+        let mut c = correlator();
+        let mut cl = event(EventKind::Renegotiation, Side::Client);
+        cl.record_len = 300;
+        cl.client_flags = dir_flags::APPDATA | dir_flags::RENEGOTIATED;
+        cl.server_flags = dir_flags::APPDATA;
+        let mut sv = event(EventKind::Renegotiation, Side::Server);
+        sv.ts_ns = 2_000;
+        sv.record_len = 1200;
+        sv.client_flags = cl.client_flags;
+        sv.server_flags = dir_flags::APPDATA | dir_flags::RENEGOTIATED;
+        c.ingest(&cl, None);
+        c.ingest(&sv, None);
+        let d = c.flush();
+        assert_eq!(d.len(), 1, "{d:?}");
+        assert_eq!(d[0].kind, Kind::ClientRenegotiation);
+        assert_eq!(d[0].detail["sender"], "client");
+        assert_eq!(d[0].detail["server_answered"], true);
+        assert_eq!(c.abstained(Abstention::RenegotiationAnswerOnly), 0);
+    }
+
+    #[test]
+    fn marks_decide_the_initiator_even_out_of_order() {
+        // The server's answer delivered first (its timestamp earlier, say from another
+        // CPU's clock): the marks still say the client started.
+        let mut c = correlator();
+        let mut sv = event(EventKind::Renegotiation, Side::Server);
+        sv.record_len = 1200;
+        sv.client_flags = dir_flags::RENEGOTIATED;
+        sv.server_flags = dir_flags::RENEGOTIATED;
+        let mut cl = event(EventKind::Renegotiation, Side::Client);
+        cl.ts_ns = 2_000;
+        cl.record_len = 300;
+        cl.client_flags = dir_flags::RENEGOTIATED;
+        c.ingest(&sv, None);
+        c.ingest(&cl, None);
+        let d = c.flush();
+        assert_eq!(d.len(), 1, "{d:?}");
+        assert_eq!(d[0].kind, Kind::ClientRenegotiation);
+    }
+
+    #[test]
+    fn a_renegotiation_answer_alone_is_an_abstention() {
+        let mut c = correlator();
+        let mut sv = event(EventKind::Renegotiation, Side::Server);
+        sv.record_len = 1200;
+        sv.client_flags = dir_flags::RENEGOTIATED;
+        c.ingest(&sv, None);
+        assert!(c.flush().is_empty());
+        assert_eq!(c.abstained(Abstention::RenegotiationAnswerOnly), 1);
     }
 
     #[test]
@@ -989,5 +1290,209 @@ mod tests {
         assert_eq!(pushed.len(), 1);
         assert_eq!(pushed[0].client, a.client);
         assert_eq!(c.evicted(), 1);
+    }
+
+    #[test]
+    fn plaintext_answers_are_told_apart() {
+        use PlaintextAnswer::*;
+        for (bytes, want) in [
+            (&b"HTTP/1.0 400 Bad "[..], Http),
+            (b"<!DOCTYPE HTML>\n<", Html),
+            (b"<html><head>", Html),
+            (b"\r\n  <HTML>", Html),
+            (b"220 smtp ready\r\n", Banner),
+            (b"SSH-2.0-OpenSSH_9", Banner),
+            (b"+OK POP3\r\n", Banner),
+            (b"* OK IMAP4rev1 ", Banner),
+            (b"\x00\x01\x02\x03", Other),
+            (b"ok\x80\x81", Other),
+            (b"+O", Other),
+            (b"", Other),
+        ] {
+            assert_eq!(PlaintextAnswer::of(bytes), want, "{bytes:?}");
+        }
+    }
+
+    /// A ClientHello answered by `answer` (the server's first bytes, classed by the
+    /// kernel as `class`), then the server's FIN ending the handshake.
+    fn client_hello_answered(class: PayloadClass, answer: &[u8]) -> Vec<Diagnosis> {
+        let mut c = correlator();
+        let mut mismatch = event(EventKind::ProtocolMismatch, Side::Server);
+        mismatch.tls_port = false;
+        mismatch.client_first = PayloadClass::ClientHello;
+        mismatch.server_first = class;
+        mismatch.snippet = answer.to_vec();
+        mismatch.payload_len = 200;
+        let mut end = mismatch.clone();
+        end.kind = EventKind::HandshakeAborted;
+        end.abort = Some(Abort::Fin);
+        end.snippet.clear();
+        end.ts_ns = 2_000;
+        c.ingest(&mismatch, None);
+        c.ingest(&end, None);
+        c.flush()
+    }
+
+    #[test]
+    fn client_hello_answered_in_plaintext_is_tls_to_plaintext_port() {
+        for (class, bytes, answer) in [
+            (
+                PayloadClass::HttpResponse,
+                &b"HTTP/1.1 400 Bad "[..],
+                "http",
+            ),
+            (PayloadClass::Other, b"<!DOCTYPE HTML PU", "html"),
+            (PayloadClass::Other, b"220 smtp ready\r\n", "banner"),
+            (PayloadClass::Other, b"SSH-2.0-OpenSSH_9", "banner"),
+            (PayloadClass::Other, b"\x00\x00\x00\x01\xff", "other"),
+        ] {
+            let d = client_hello_answered(class, bytes);
+            assert_eq!(d.len(), 1, "{answer}: {d:?}");
+            assert_eq!(d[0].kind, Kind::TlsToPlaintextPort, "{answer}");
+            assert_eq!(d[0].detail["answer"], answer);
+            assert_eq!(d[0].detail["server_bytes"], hex(bytes));
+            assert_eq!(d[0].detail["sender"], "server");
+        }
+    }
+
+    #[test]
+    fn unexplained_other_answer_without_its_bytes_is_no_mismatch() {
+        // The server's first payload was classed "other" but its bytes never arrived:
+        // no evidence of a plaintext server, so the abort is judged as it is.
+        let mut c = correlator();
+        let mut end = event(EventKind::HandshakeAborted, Side::Server);
+        end.abort = Some(Abort::Rst);
+        end.client_first = PayloadClass::ClientHello;
+        end.server_first = PayloadClass::Other;
+        c.ingest(&end, None);
+        let d = c.flush();
+        assert_eq!(d.len(), 1, "{d:?}");
+        assert_eq!(d[0].kind, Kind::HandshakeReset);
+    }
+
+    #[test]
+    fn alerts_are_capped_with_a_count_of_the_rest() {
+        let mut c = correlator();
+        for i in 0..20 {
+            let mut a = event(EventKind::PlaintextAlert, Side::Server);
+            a.alert = alert(2, 40);
+            a.tcp_seq = 1000 + i;
+            c.ingest(&a, None);
+            let mut enc = event(EventKind::EncryptedAlert, Side::Client);
+            enc.record_len = 26;
+            enc.tcp_seq = 5000 + i;
+            c.ingest(&enc, None);
+        }
+        let mut hr = event(EventKind::HelloRequest, Side::Server);
+        hr.ts_ns = 3_000;
+        c.ingest(&hr, None);
+        let d = c.flush();
+        let fatal = d.iter().find(|d| d.kind == Kind::FatalAlert).unwrap();
+        assert_eq!(
+            fatal.detail["alerts"].as_array().unwrap().len(),
+            MAX_ALERTS_KEPT
+        );
+        assert_eq!(fatal.detail["alerts_omitted"], 20 - MAX_ALERTS_KEPT);
+        assert_eq!(
+            fatal.detail["encrypted_alerts_omitted"],
+            20 - MAX_ALERTS_KEPT
+        );
+        let hello = d
+            .iter()
+            .find(|d| d.kind == Kind::ServerHelloRequest)
+            .unwrap();
+        assert!(
+            hello
+                .evidence
+                .join("; ")
+                .contains("and 12 more encrypted alerts")
+        );
+    }
+
+    #[test]
+    fn sni_is_asked_for_only_when_the_flow_has_one() {
+        let mut c = correlator();
+        let mut e = event(EventKind::PlaintextAlert, Side::Server);
+        e.alert = alert(2, 40);
+        assert!(!c.wants_sni(&e), "no SNI flag, no lookup");
+        e.tls.flags = tls_flags::SNI;
+        assert!(c.wants_sni(&e));
+        c.ingest(&e, Some("a.example".into()));
+        assert!(!c.wants_sni(&e), "already known");
+        let mut next = e.clone();
+        next.flow_first_seen_ns = 7;
+        assert!(c.wants_sni(&next), "another connection on the same 4-tuple");
+    }
+
+    #[test]
+    fn reused_four_tuple_judges_the_old_connection_and_forgets_its_name() {
+        let mut c = correlator();
+        let mut old = event(EventKind::PlaintextAlert, Side::Client);
+        old.alert = alert(2, 48);
+        old.flow_first_seen_ns = 100;
+        old.tls.flags = tls_flags::SNI;
+        assert!(c.ingest(&old, Some("old.example".into())).is_empty());
+        let mut new = event(EventKind::HandshakeAborted, Side::Server);
+        new.abort = Some(Abort::Rst);
+        new.flow_first_seen_ns = 5_000;
+        new.ts_ns = 6_000;
+        let judged = c.ingest(&new, None);
+        assert_eq!(judged.len(), 1, "{judged:?}");
+        assert_eq!(judged[0].kind, Kind::FatalAlert);
+        assert_eq!(judged[0].sni.as_deref(), Some("old.example"));
+        let d = c.flush();
+        assert_eq!(d.len(), 1, "{d:?}");
+        assert_eq!(d[0].kind, Kind::HandshakeReset);
+        assert_eq!(d[0].sni, None);
+        assert!(
+            d[0].detail
+                .get("alerts")
+                .is_none_or(|a| a.as_array().is_some_and(|a| a.is_empty()))
+        );
+    }
+
+    #[test]
+    fn data_from_both_sides_means_established_whatever_the_version() {
+        // A TLS 1.3 draft version code the kernel does not know: its ordinary close, and
+        // an accepted PSK resumption's, must not read as failed handshakes.
+        for psk in [false, true] {
+            let mut c = correlator();
+            let mut end = event(EventKind::HandshakeAborted, Side::Client);
+            end.abort = Some(Abort::Fin);
+            end.tls.negotiated_version = Some(0x7f17);
+            if psk {
+                end.tls.flags = tls_flags::PSK_OFFERED | tls_flags::PSK_ACCEPTED;
+            }
+            end.client_flags = dir_flags::HELLO | dir_flags::APPDATA;
+            end.server_flags = dir_flags::HELLO | dir_flags::APPDATA;
+            c.ingest(&end, None);
+            assert!(c.flush().is_empty(), "psk {psk}");
+            assert_eq!(c.abstained(Abstention::EstablishedByData), 1);
+        }
+        // Data from one side only is no such evidence.
+        let mut c = correlator();
+        let mut end = event(EventKind::HandshakeAborted, Side::Server);
+        end.abort = Some(Abort::Rst);
+        end.client_flags = dir_flags::HELLO | dir_flags::APPDATA;
+        end.server_flags = dir_flags::HELLO;
+        c.ingest(&end, None);
+        assert_eq!(c.flush()[0].kind, Kind::HandshakeReset);
+        assert_eq!(c.abstained(Abstention::EstablishedByData), 0);
+    }
+
+    #[test]
+    fn unknown_version_is_shown_as_hex_and_data_both_ways_is_established() {
+        let mut c = correlator();
+        let mut a = event(EventKind::PlaintextAlert, Side::Server);
+        a.alert = alert(2, 40);
+        a.tls.negotiated_version = Some(0x7f17);
+        c.ingest(&a, None);
+        let d = c.flush();
+        assert_eq!(d[0].detail["tls_version"], "0x7f17");
+        assert_eq!(d[0].detail["during_handshake"], true);
+        a.client_flags = dir_flags::HELLO | dir_flags::APPDATA;
+        a.server_flags = dir_flags::HELLO | dir_flags::APPDATA;
+        c.ingest(&a, None);
+        assert_eq!(c.flush()[0].detail["during_handshake"], false);
     }
 }

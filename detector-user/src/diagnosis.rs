@@ -3,7 +3,7 @@
 
 use std::{fmt, net::SocketAddr};
 
-use detector_common::Side;
+use detector_common::{Counter, Side};
 use serde::Serialize;
 use serde_json::{Map, Value};
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
@@ -60,6 +60,55 @@ impl Kind {
 impl fmt::Display for Kind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+/// Why the detector declined to diagnose something: the closed label set of
+/// `detector_abstained_total`. Not having seen something (a handshake older than the agent,
+/// one side of a flow, the start of a renegotiation) is never evidence of failure, so these
+/// are counted instead.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Abstention {
+    /// Kernel: a flow first seen mid-stream was answered by its peer, so it is healthy;
+    /// it is adopted and never judged for the start the detector did not see.
+    MidstreamAdopted,
+    /// Kernel: a flow seen from one side only was answered by a RST only (a scan, a
+    /// spoofed segment, a connection older than the agent): nothing two-sided was seen.
+    UnconfirmedReset,
+    /// Agent: the kernel reported a handshake as ended early, but both sides had already
+    /// sent application data after the ServerHello: the session was established, whatever
+    /// its version code said.
+    EstablishedByData,
+    /// Agent: a side's renegotiation handshake answered the other side's, whose start is
+    /// not among the session's events (judged with an earlier window, or its event lost).
+    RenegotiationAnswerOnly,
+}
+
+impl Abstention {
+    pub const ALL: [Abstention; 4] = [
+        Abstention::MidstreamAdopted,
+        Abstention::UnconfirmedReset,
+        Abstention::EstablishedByData,
+        Abstention::RenegotiationAnswerOnly,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Abstention::MidstreamAdopted => "midstream_adopted",
+            Abstention::UnconfirmedReset => "unconfirmed_reset",
+            Abstention::EstablishedByData => "established_by_data",
+            Abstention::RenegotiationAnswerOnly => "renegotiation_answer_only",
+        }
+    }
+
+    /// The kernel counter that counts this reason, for reasons the kernel decides; the
+    /// others are counted by the correlator.
+    pub const fn kernel_counter(self) -> Option<Counter> {
+        match self {
+            Abstention::MidstreamAdopted => Some(Counter::MidstreamAdopted),
+            Abstention::UnconfirmedReset => Some(Counter::UnconfirmedReset),
+            Abstention::EstablishedByData | Abstention::RenegotiationAnswerOnly => None,
+        }
     }
 }
 

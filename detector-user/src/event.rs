@@ -1,6 +1,9 @@
 //! Kernel events, decoded from ring-buffer bytes into typed Rust values.
 
-use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::{
+    borrow::Cow,
+    net::{IpAddr, Ipv6Addr, SocketAddr},
+};
 
 use detector_common::{
     Addr, Event, EventKind, PayloadClass, Side, abort, addr_from_bytes, addr_to_bytes, flow_flags,
@@ -86,7 +89,7 @@ pub struct TlsFacts {
     pub offered_versions: u8,
     pub session_id_len: u8,
     pub session_ticket_len: u16,
-    /// The ServerHello's version, if one was seen.
+    /// The ServerHello's version, if one was seen (a GREASE value counts as none).
     pub negotiated_version: Option<u16>,
     /// [`tls_flags`] bits.
     pub flags: u16,
@@ -120,7 +123,7 @@ impl TlsFacts {
     }
 
     /// Offered versions as names ("TLS1.2", ...).
-    pub fn offered(&self) -> Vec<&'static str> {
+    pub fn offered(&self) -> Vec<Cow<'static, str>> {
         (0..=4)
             .filter(|n| self.offered_versions & (1 << n) != 0)
             .map(|n| version_name(0x0300 + n))
@@ -128,15 +131,24 @@ impl TlsFacts {
     }
 }
 
-pub fn version_name(v: u16) -> &'static str {
-    match v {
+/// A version's name; codes the detector does not know (TLS 1.3 drafts `0x7f0e`..`0x7f1c`,
+/// whatever comes next) are shown as their hex code, so that the reader can still tell
+/// them apart. Only diagnosis details show it, never a metric label.
+pub fn version_name(v: u16) -> Cow<'static, str> {
+    Cow::Borrowed(match v {
         0x0300 => "SSL3.0",
         0x0301 => "TLS1.0",
         0x0302 => "TLS1.1",
         0x0303 => "TLS1.2",
         0x0304 => "TLS1.3",
-        _ => "unknown",
-    }
+        _ => return Cow::Owned(format!("{v:#06x}")),
+    })
+}
+
+/// RFC 8701 GREASE values (`0x0a0a`, `0x1a1a`, ... `0xfafa`): placeholders that mean
+/// nothing, so never a negotiated version.
+pub fn is_grease(v: u16) -> bool {
+    v & 0x0f0f == 0x0a0a && v >> 8 == v & 0xff
 }
 
 impl KernelEvent {
@@ -214,8 +226,9 @@ impl KernelEvent {
                 offered_versions: e.tls.offered_versions,
                 session_id_len: e.tls.session_id_len,
                 session_ticket_len: e.tls.session_ticket_len,
-                negotiated_version: (e.tls.negotiated_version != 0)
-                    .then_some(e.tls.negotiated_version),
+                negotiated_version: (e.tls.negotiated_version != 0
+                    && !is_grease(e.tls.negotiated_version))
+                .then_some(e.tls.negotiated_version),
                 flags: e.tls.flags,
             },
         })
@@ -328,6 +341,38 @@ mod tests {
             ..TlsFacts::default()
         };
         assert_eq!(tls12.resumption_offered(), Some("tls12_session_id"));
+    }
+
+    #[test]
+    fn unknown_versions_show_as_hex() {
+        assert_eq!(version_name(0x0303), "TLS1.2");
+        assert_eq!(version_name(0x0304), "TLS1.3");
+        assert_eq!(version_name(0x7f17), "0x7f17");
+        assert_eq!(version_name(0x0305), "0x0305");
+        assert_eq!(version_name(0x0001), "0x0001");
+    }
+
+    #[test]
+    fn grease_is_never_a_negotiated_version() {
+        assert!(is_grease(0x0a0a) && is_grease(0x7a7a) && is_grease(0xfafa));
+        assert!(!is_grease(0x0a1a) && !is_grease(0x0303) && !is_grease(0x7f17));
+        let mut e = sample();
+        e.tls.negotiated_version = 0x2a2a;
+        assert_eq!(
+            KernelEvent::decode(&raw(&e))
+                .unwrap()
+                .tls
+                .negotiated_version,
+            None
+        );
+        e.tls.negotiated_version = 0x7f17;
+        assert_eq!(
+            KernelEvent::decode(&raw(&e))
+                .unwrap()
+                .tls
+                .negotiated_version,
+            Some(0x7f17)
+        );
     }
 
     #[test]

@@ -30,7 +30,11 @@ const MIN_KERNEL: (u32, u32) = (5, 18);
 
 #[derive(Clone, Debug)]
 pub struct Options {
+    /// Confirmed flows (both sides seen) the kernel tracks.
     pub flow_table_size: u32,
+    /// Flows seen from one side only so far, kept apart so that one-sided floods cannot
+    /// evict confirmed flows.
+    pub unconfirmed_table_size: u32,
     pub tls_ports: Vec<u16>,
     /// Quiet time after which a flow counts as idle.
     pub idle_threshold: std::time::Duration,
@@ -40,6 +44,7 @@ impl Default for Options {
     fn default() -> Options {
         Options {
             flow_table_size: detector_common::DEFAULT_FLOW_TABLE_SIZE,
+            unconfirmed_table_size: detector_common::DEFAULT_UNCONFIRMED_TABLE_SIZE,
             tls_ports: detector_common::DEFAULT_TLS_PORTS.to_vec(),
             idle_threshold: std::time::Duration::from_nanos(
                 detector_common::DEFAULT_IDLE_THRESHOLD_NS,
@@ -75,8 +80,9 @@ impl SniMap {
     }
 }
 
-/// A second handle on the kernel's flow table, for the metrics endpoint: entries are
-/// only ever removed by the LRU, so flows created minus flows present is flows evicted.
+/// A second handle on one of the kernel's flow tables (confirmed or unconfirmed), for the
+/// metrics endpoint: counting what is present tells, against what was created, what the
+/// LRU evicted.
 #[derive(Clone)]
 pub struct FlowTable(Arc<Mutex<HashMap<MapData, FlowKey, FlowState>>>);
 
@@ -123,7 +129,10 @@ impl Kernel {
     pub fn load(opts: &Options) -> anyhow::Result<Kernel> {
         check_kernel_version()?;
         if opts.flow_table_size == 0 {
-            bail!("the flow table needs at least one entry");
+            bail!("the flow table needs at least one entry (--flow-table-size)");
+        }
+        if opts.unconfirmed_table_size == 0 {
+            bail!("the unconfirmed flow table needs at least one entry (--unconfirmed-table-size)");
         }
         if opts.tls_ports.len() > detector_common::MAX_TLS_PORTS as usize {
             bail!(
@@ -134,6 +143,7 @@ impl Kernel {
         }
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(names::FLOWS, opts.flow_table_size)
+            .map_max_entries(names::UNCONFIRMED, opts.unconfirmed_table_size)
             .map_max_entries(names::SNI, opts.flow_table_size)
             .load(OBJECT)
             .map_err(anyhow::Error::from)
@@ -204,24 +214,34 @@ impl Kernel {
         self.counters.clone()
     }
 
-    /// A handle on the flow table that can live beside this one (its own fd).
+    /// A handle on the confirmed flow table that can live beside this one (its own fd).
     pub fn flow_table(&self) -> anyhow::Result<FlowTable> {
+        self.lru_table(names::FLOWS)
+    }
+
+    /// A handle on the table of flows seen from one side only, likewise.
+    pub fn unconfirmed_table(&self) -> anyhow::Result<FlowTable> {
+        self.lru_table(names::UNCONFIRMED)
+    }
+
+    fn lru_table(&self, name: &str) -> anyhow::Result<FlowTable> {
         let map = self
             .ebpf
-            .map(names::FLOWS)
-            .ok_or_else(|| anyhow!("map {} missing from the compiled object", names::FLOWS))?;
+            .map(name)
+            .ok_or_else(|| anyhow!("map {name} missing from the compiled object"))?;
         let aya::maps::Map::LruHashMap(data) = map else {
-            bail!("map {} is not an LRU hash map", names::FLOWS);
+            bail!("map {name} is not an LRU hash map");
         };
         let fd = data
             .fd()
             .as_fd()
             .try_clone_to_owned()
-            .context("duplicating the flow table's fd")?;
-        let data = MapData::from_fd(fd).context("opening the flow table")?;
-        Ok(FlowTable(Arc::new(Mutex::new(HashMap::try_from(
-            aya::maps::Map::LruHashMap(data),
-        )?))))
+            .with_context(|| format!("duplicating the fd of map {name}"))?;
+        let data = MapData::from_fd(fd).with_context(|| format!("opening map {name}"))?;
+        Ok(FlowTable(Arc::new(Mutex::new(
+            HashMap::try_from(aya::maps::Map::LruHashMap(data))
+                .with_context(|| format!("map {name} as a flow table"))?,
+        ))))
     }
 
     pub fn events(&mut self) -> &mut RingBuf<MapData> {
@@ -342,4 +362,34 @@ fn check_kernel_version() -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_tables_are_refused_before_loading() {
+        for (opts, flag) in [
+            (
+                Options {
+                    flow_table_size: 0,
+                    ..Options::default()
+                },
+                "--flow-table-size",
+            ),
+            (
+                Options {
+                    unconfirmed_table_size: 0,
+                    ..Options::default()
+                },
+                "--unconfirmed-table-size",
+            ),
+        ] {
+            let Err(e) = Kernel::load(&opts) else {
+                panic!("a table of 0 entries was accepted");
+            };
+            assert!(format!("{e:#}").contains(flag), "{e:#}");
+        }
+    }
 }

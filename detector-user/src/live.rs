@@ -75,6 +75,7 @@ pub async fn run(opts: RunOptions, out: impl Write) -> anyhow::Result<()> {
         metrics.clone(),
         kernel.counters(),
         kernel.flow_table()?,
+        kernel.unconfirmed_table()?,
     ));
     let sni = kernel.take_sni();
     let mut pipeline = Pipeline::new(

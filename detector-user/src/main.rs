@@ -26,6 +26,11 @@ struct KernelArgs {
     /// Flows the kernel tracks at once; the least recently seen are evicted beyond it.
     #[arg(long, value_name = "N", default_value_t = detector_common::DEFAULT_FLOW_TABLE_SIZE)]
     flow_table_size: u32,
+    /// Flows seen from one side only (no answer yet) the kernel tracks at once, in a table
+    /// of their own so that floods of them (scans, spoofed segments) never evict confirmed
+    /// flows; the least recently seen are evicted beyond it.
+    #[arg(long, value_name = "N", default_value_t = detector_common::DEFAULT_UNCONFIRMED_TABLE_SIZE)]
+    unconfirmed_table_size: u32,
     /// Seconds a session must be quiet before its events are judged together.
     #[arg(long, value_name = "SECONDS", default_value_t = pipeline::DEFAULT_WINDOW.as_secs_f64())]
     correlation_window: f64,
@@ -39,6 +44,7 @@ impl KernelArgs {
     fn options(&self) -> anyhow::Result<Options> {
         let mut o = Options {
             flow_table_size: self.flow_table_size,
+            unconfirmed_table_size: self.unconfirmed_table_size,
             idle_threshold: Duration::try_from_secs_f64(self.idle_threshold)
                 .map_err(|e| anyhow::anyhow!("--idle-threshold {}: {e}", self.idle_threshold))?,
             ..Options::default()
@@ -130,5 +136,37 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             eprintln!("{summary}");
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+
+    fn kernel_args(args: &[&str]) -> Options {
+        let cli = Cli::try_parse_from([&["detector", "replay", "x.pcap"], args].concat()).unwrap();
+        let Command::Replay { kernel, .. } = cli.command else {
+            unreachable!("parsed as replay");
+        };
+        kernel.options().unwrap()
+    }
+
+    #[test]
+    fn table_sizes_default_and_can_be_set() {
+        let o = kernel_args(&[]);
+        assert_eq!(o.flow_table_size, detector_common::DEFAULT_FLOW_TABLE_SIZE);
+        assert_eq!(
+            o.unconfirmed_table_size,
+            detector_common::DEFAULT_UNCONFIRMED_TABLE_SIZE
+        );
+        let o = kernel_args(&[
+            "--flow-table-size",
+            "1024",
+            "--unconfirmed-table-size",
+            "99",
+        ]);
+        assert_eq!((o.flow_table_size, o.unconfirmed_table_size), (1024, 99));
     }
 }

@@ -18,7 +18,7 @@ use tokio::{
 
 use crate::{
     correlate::TimeoutEstimate,
-    diagnosis::{Diagnosis, Kind, alert_description_name, alert_level_name, side_name},
+    diagnosis::{Abstention, Diagnosis, Kind, alert_description_name, alert_level_name, side_name},
     event::KernelEvent,
     kernel::{Counters, FlowTable},
 };
@@ -41,6 +41,8 @@ pub struct Metrics {
     inferred_flows: IntGaugeVec,
     kernel: Vec<(Counter, IntCounter)>,
     flows_evicted: IntCounter,
+    unconfirmed_evicted: IntCounter,
+    abstained: IntCounterVec,
 }
 
 /// Idle-gap buckets that resolve the timeouts that matter: 60 s, nginx's and WAFs' 120 s,
@@ -119,6 +121,23 @@ impl Metrics {
             "Flows the kernel's LRU flow table evicted to make room (created minus present)",
         )?;
         registry.register(Box::new(flows_evicted.clone()))?;
+        let unconfirmed_evicted = IntCounter::new(
+            "kernel_unconfirmed_flows_evicted_total",
+            "Flows seen from one side only that the kernel's unconfirmed table evicted to make \
+             room (created minus confirmed minus reset minus present)",
+        )?;
+        registry.register(Box::new(unconfirmed_evicted.clone()))?;
+        let abstained = IntCounterVec::new(
+            Opts::new(
+                "abstained_total",
+                "Times the detector declined to diagnose for lack of evidence, by reason",
+            ),
+            &["reason"],
+        )?;
+        for r in Abstention::ALL {
+            abstained.with_label_values(&[r.as_str()]);
+        }
+        registry.register(Box::new(abstained.clone()))?;
         let mut kernel = Vec::new();
         for c in Counter::ALL {
             let m = IntCounter::new(format!("{}_total", c.metric_name()), c.help())?;
@@ -152,6 +171,8 @@ impl Metrics {
             inferred_flows,
             kernel,
             flows_evicted,
+            unconfirmed_evicted,
+            abstained,
         })
     }
 
@@ -208,19 +229,49 @@ impl Metrics {
             .inc_by(evicted_total.saturating_sub(seen));
     }
 
-    /// Brings the kernel counters up to the values in the maps (they only grow).
+    /// Brings the kernel counters, and the abstentions the kernel counts, up to the
+    /// values in the maps (they only grow).
     pub fn refresh_kernel(&self, values: &[u64; Counter::COUNT as usize]) {
         for (c, m) in &self.kernel {
             let v = values[*c as usize];
             m.inc_by(v.saturating_sub(m.get()));
         }
+        for r in Abstention::ALL {
+            if let Some(c) = r.kernel_counter() {
+                self.refresh_abstained(r, values[c as usize]);
+            }
+        }
     }
 
-    /// Evictions so far: flows created minus flows present.
+    /// Brings `detector_abstained_total{reason}` up to `total` (each reason has one source,
+    /// the kernel or the correlator, which counts from the start).
+    pub fn refresh_abstained(&self, reason: Abstention, total: u64) {
+        let m = self.abstained.with_label_values(&[reason.as_str()]);
+        m.inc_by(total.saturating_sub(m.get()));
+    }
+
+    /// Evictions from the confirmed flow table so far: flows created minus flows present
+    /// (entries leave it only by eviction).
     pub fn refresh_evictions(&self, created: u64, present: u64) {
         let evicted = created.saturating_sub(present);
         self.flows_evicted
             .inc_by(evicted.saturating_sub(self.flows_evicted.get()));
+    }
+
+    /// Evictions from the unconfirmed table so far. An entry leaves it by moving to the
+    /// confirmed table (counted as a flow created there), by a RST answer (counted as an
+    /// abstention), or by eviction: so created, minus those two, minus present.
+    pub fn refresh_unconfirmed_evictions(
+        &self,
+        values: &[u64; Counter::COUNT as usize],
+        present: u64,
+    ) {
+        let evicted = values[Counter::UnconfirmedCreated as usize]
+            .saturating_sub(values[Counter::FlowsCreated as usize])
+            .saturating_sub(values[Counter::UnconfirmedReset as usize])
+            .saturating_sub(present);
+        self.unconfirmed_evicted
+            .inc_by(evicted.saturating_sub(self.unconfirmed_evicted.get()));
     }
 
     /// The text exposition format.
@@ -240,6 +291,7 @@ pub async fn serve(
     metrics: Arc<Metrics>,
     counters: Counters,
     flows: FlowTable,
+    unconfirmed: FlowTable,
 ) -> anyhow::Result<()> {
     let listener = TcpListener::bind(addr)
         .await
@@ -256,6 +308,7 @@ pub async fn serve(
         let metrics = metrics.clone();
         let counters = counters.clone();
         let flows = flows.clone();
+        let unconfirmed = unconfirmed.clone();
         tokio::spawn(async move {
             // One small request per connection; a scrape never sends more than a few
             // hundred bytes of headers.
@@ -272,8 +325,14 @@ pub async fn serve(
             let response = if request.starts_with("GET ") && (path == "/metrics" || path == "/") {
                 if let Ok(values) = counters.read() {
                     metrics.refresh_kernel(&values);
-                    if let Ok(present) = flows.count() {
-                        metrics.refresh_evictions(values[Counter::FlowsCreated as usize], present);
+                    match flows.count() {
+                        Ok(present) => metrics
+                            .refresh_evictions(values[Counter::FlowsCreated as usize], present),
+                        Err(e) => log::warn!("metrics: {e:#}"),
+                    }
+                    match unconfirmed.count() {
+                        Ok(present) => metrics.refresh_unconfirmed_evictions(&values, present),
+                        Err(e) => log::warn!("metrics: {e:#}"),
                     }
                 }
                 match metrics.render() {
@@ -314,5 +373,60 @@ mod tests {
         );
         assert!(text.contains("detector_diagnoses_total{kind=\"http_to_tls_port\"} 0"));
         assert!(text.contains("detector_build_info{version="));
+    }
+
+    #[test]
+    fn abstentions_come_from_kernel_and_correlator_under_one_name() {
+        let m = Metrics::new().unwrap();
+        let text = m.render().unwrap();
+        for r in Abstention::ALL {
+            assert!(
+                text.contains(&format!(
+                    "detector_abstained_total{{reason=\"{}\"}} 0",
+                    r.as_str()
+                )),
+                "{text}"
+            );
+        }
+        let mut v = [0u64; Counter::COUNT as usize];
+        v[Counter::MidstreamAdopted as usize] = 4;
+        v[Counter::UnconfirmedReset as usize] = 2000;
+        m.refresh_kernel(&v);
+        m.refresh_kernel(&v);
+        m.refresh_abstained(Abstention::EstablishedByData, 3);
+        m.refresh_abstained(Abstention::EstablishedByData, 3);
+        let text = m.render().unwrap();
+        for line in [
+            "detector_abstained_total{reason=\"midstream_adopted\"} 4",
+            "detector_abstained_total{reason=\"unconfirmed_reset\"} 2000",
+            "detector_abstained_total{reason=\"established_by_data\"} 3",
+            "detector_abstained_total{reason=\"renegotiation_answer_only\"} 0",
+        ] {
+            assert!(text.contains(line), "{line} missing from\n{text}");
+        }
+    }
+
+    #[test]
+    fn unconfirmed_evictions_are_what_left_the_table_unexplained() {
+        let m = Metrics::new().unwrap();
+        let mut v = [0u64; Counter::COUNT as usize];
+        // 3000 one-sided flows entered the table; 100 were answered and confirmed, 1000
+        // were answered by a RST, 900 are still there: 1000 were evicted.
+        v[Counter::UnconfirmedCreated as usize] = 3000;
+        v[Counter::FlowsCreated as usize] = 100;
+        v[Counter::UnconfirmedReset as usize] = 1000;
+        m.refresh_unconfirmed_evictions(&v, 900);
+        m.refresh_unconfirmed_evictions(&v, 900);
+        // Confirmed flows present: the two tables are counted apart.
+        m.refresh_evictions(v[Counter::FlowsCreated as usize], 60);
+        let text = m.render().unwrap();
+        assert!(
+            text.contains("detector_kernel_unconfirmed_flows_evicted_total 1000"),
+            "{text}"
+        );
+        assert!(
+            text.contains("detector_kernel_flows_evicted_total 40"),
+            "{text}"
+        );
     }
 }

@@ -7,7 +7,11 @@ use std::{io::Write, sync::Arc, time::Duration};
 use anyhow::Context as _;
 
 use crate::{
-    clock::Clock, correlate::Correlator, diagnosis::Diagnosis, event::KernelEvent, kernel::SniMap,
+    clock::Clock,
+    correlate::Correlator,
+    diagnosis::{Abstention, Diagnosis},
+    event::KernelEvent,
+    kernel::SniMap,
     metrics::Metrics,
 };
 
@@ -63,7 +67,7 @@ impl<W: Write> Pipeline<W> {
                 self.events += 1;
                 self.metrics.on_event(&e);
                 let sni = match &self.sni {
-                    Some(map) if !self.correlator.has_sni(&e) => map.lookup(e.client, e.server),
+                    Some(map) if self.correlator.wants_sni(&e) => map.lookup(e.client, e.server),
                     _ => None,
                 };
                 let pushed = self.correlator.ingest(&e, sni);
@@ -100,8 +104,63 @@ impl<W: Write> Pipeline<W> {
         self.out.flush().context("flushing diagnoses")?;
         self.metrics
             .set_sessions(self.correlator.open_sessions(), self.correlator.evicted());
+        for reason in Abstention::ALL {
+            if reason.kernel_counter().is_none() {
+                self.metrics
+                    .refresh_abstained(reason, self.correlator.abstained(reason));
+            }
+        }
         self.metrics
             .set_timeouts(&self.correlator.timeouts().top(INFERRED_TIMEOUTS_EXPORTED));
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use detector_common::{Event, EventKind, PayloadClass, Side, abort, dir_flags};
+
+    use super::*;
+
+    fn record(e: &Event) -> Vec<u8> {
+        // SAFETY: Event is repr(C) plain data with explicit padding.
+        unsafe { std::slice::from_raw_parts((e as *const Event).cast::<u8>(), size_of::<Event>()) }
+            .to_vec()
+    }
+
+    #[test]
+    fn correlator_abstentions_reach_the_metric() {
+        let metrics = Arc::new(Metrics::new().unwrap());
+        let mut p = Pipeline::new(
+            Clock::Capture,
+            DEFAULT_WINDOW,
+            Duration::from_secs(30),
+            metrics.clone(),
+            None,
+            Vec::new(),
+        );
+        // SAFETY: all-zero is a valid Event.
+        let mut e: Event = unsafe { std::mem::zeroed() };
+        e.kind = EventKind::HandshakeAborted as u8;
+        e.detail = abort::FIN;
+        e.ts_ns = 1;
+        e.client_port = 40000;
+        e.server_port = 443;
+        e.sender = Side::Client as u8;
+        e.client_first = PayloadClass::ClientHello as u8;
+        e.server_first = PayloadClass::TlsRecord as u8;
+        // Both sides sent application data after the ServerHello.
+        e.dir_flags = [
+            dir_flags::HELLO | dir_flags::APPDATA,
+            dir_flags::HELLO | dir_flags::APPDATA,
+        ];
+        p.on_record(&record(&e)).unwrap();
+        p.finish().unwrap();
+        assert_eq!(p.diagnoses(), 0);
+        let text = metrics.render().unwrap();
+        assert!(
+            text.contains("detector_abstained_total{reason=\"established_by_data\"} 1"),
+            "{text}"
+        );
     }
 }
