@@ -327,7 +327,9 @@ pub struct FlowState {
     pub idle_resumer: u8,
     /// [`Side`] whose packet created the flow: a packet from the other side confirms it.
     pub opener: u8,
-    pub _pad: [u8; 5],
+    /// Retransmissions by `idle_resumer` with no answer since it resumed.
+    pub idle_retransmits: u8,
+    pub _pad: [u8; 4],
     /// The gap before that resumption.
     pub idle_gap_ns: u64,
 }
@@ -367,8 +369,9 @@ pub enum EventKind {
     IdleRst = 8,
     /// A side's FIN after the flow was idle for at least the threshold.
     IdleFin = 9,
-    /// A side resumed after an idle gap and retransmits without any answer: the path
-    /// forgot the flow (a load balancer or firewall idle timeout). Also a flow first seen
+    /// A side resumed after an idle gap and retransmitted twice without any answer (one
+    /// retransmission can be a lost packet's tail-loss probe): the path forgot the flow (a
+    /// load balancer or firewall idle timeout). Also a flow first seen
     /// mid-stream ([`flow_flags::MIDSTREAM`]) whose first sender retransmits with no
     /// answer, once the detector has run longer than the idle threshold; its gap is then
     /// unknown (`gap_ns` 0).

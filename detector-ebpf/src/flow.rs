@@ -226,6 +226,7 @@ fn idle_resumption<P: Packet>(
     if cx.gap_ns >= cx.idle_ns && !rst {
         flow.idle_resumer = me;
         flow.idle_gap_ns = cx.gap_ns;
+        flow.idle_retransmits = 0;
         return;
     }
     let waiting = flow.idle_resumer;
@@ -246,10 +247,19 @@ fn idle_resumption<P: Packet>(
             found.push(EventKind::IdleSurvived, extra);
         }
     } else if retransmission {
-        flow.idle_resumer = NO_LONGER_WAITING;
-        found.push(EventKind::IdleRetransmit, extra);
+        // One retransmission into silence can be the tail-loss probe of a packet lost on
+        // a healthy path, which its answer will follow; a second, after the backoff, is a
+        // sender still talking into a path that forgot the flow.
+        flow.idle_retransmits += 1;
+        if flow.idle_retransmits >= UNANSWERED_RETRANSMITS {
+            flow.idle_resumer = NO_LONGER_WAITING;
+            found.push(EventKind::IdleRetransmit, extra);
+        }
     }
 }
+
+/// Retransmissions with no answer that make a resumption after idle a drop.
+const UNANSWERED_RETRANSMITS: u8 = 2;
 
 /// `idle_resumer` once its unanswered retransmission was reported.
 const NO_LONGER_WAITING: u8 = 0xff;

@@ -639,6 +639,9 @@ fn step<P: Packet>(
             history(flow, sender, letter);
             match (htype, sender) {
                 (0, Side::Server) => {
+                    // Marks the server as the one that started renegotiating, so that
+                    // the client's answer is told as one (see the agent's attribution).
+                    flow.dir[side].flags |= dir_flags::RENEGOTIATED;
                     found.push(EventKind::HelloRequest, Extra::default());
                     after_message(flow, side);
                 }

@@ -309,7 +309,9 @@ impl Correlator {
         // Gaps after which the path dropped the flow (a reset, retransmissions into
         // silence) feed the timeout estimate. A peer closing after idle is that peer's
         // own timeout, and says nothing about the path.
-        let known_gap = !e.midstream;
+        // A flow first seen mid-stream resumes after a gap nobody measured (zero); once
+        // adopted, its later gaps are measured like any flow's.
+        let known_gap = e.gap_ns != 0;
         if known_gap
             && matches!(
                 e.kind,
@@ -411,7 +413,7 @@ impl Correlator {
                 });
             }
             EventKind::IdleRetransmit => {
-                let how = if e.midstream {
+                let how = if e.midstream && e.gap_ns == 0 {
                     IdleDrop::Midstream
                 } else {
                     IdleDrop::Retransmission

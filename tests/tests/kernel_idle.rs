@@ -124,8 +124,10 @@ fn load_balancer_timeout_drops_and_inference() {
             events.extend(h.run(&conv.server(&sealed(23, 80))));
         } else {
             h.advance(Duration::from_millis(200));
-            events.extend(h.run(&resume)); // retransmission into silence
+            events.extend(h.run(&resume)); // a retransmission, perhaps a probe
             h.advance(Duration::from_millis(400));
+            events.extend(h.run(&resume)); // a second into silence: dropped
+            h.advance(Duration::from_millis(800));
             events.extend(h.run(&resume)); // reported once
         }
     }
@@ -185,8 +187,10 @@ fn midstream_flow_retransmitting_into_silence_is_a_drop_after_uptime_only() {
     let mut early = Conversation::v4(443);
     let first = early.client(&sealed(23, 100));
     let mut events = h.run(&first);
-    h.advance(Duration::from_millis(300));
-    events.extend(h.run(&first));
+    for _ in 0..3 {
+        h.advance(Duration::from_millis(300));
+        events.extend(h.run(&first));
+    }
     assert!(
         events.is_empty(),
         "just started: nothing to say: {events:?}"
@@ -199,7 +203,12 @@ fn midstream_flow_retransmitting_into_silence_is_a_drop_after_uptime_only() {
     );
     let resume = late.client(&sealed(23, 100));
     assert!(h.run(&resume).is_empty(), "one packet is no evidence");
-    h.advance(Duration::from_millis(300));
+    h.advance(Duration::from_millis(200));
+    assert!(
+        h.run(&resume).is_empty(),
+        "one retransmission can be a tail-loss probe"
+    );
+    h.advance(Duration::from_millis(400));
     let events = h.run(&resume);
     assert_eq!(kinds(&events), [(EventKind::IdleRetransmit, Side::Client)]);
     assert!(events[0].midstream);
@@ -222,6 +231,23 @@ fn unconfirmed_flow_answered_by_rst_is_no_diagnosis() {
     assert!(events.is_empty(), "{events:?}");
     assert_eq!(h.counter(Counter::UnconfirmedReset), 1);
     assert_eq!(h.counter(Counter::FlowsCreated), 0);
+}
+
+/// A packet lost on a healthy path after an idle gap: one retransmission (the tail-loss
+/// probe), then the answer. The flow survived; nothing is diagnosed.
+#[test]
+fn one_retransmission_then_an_answer_is_no_drop() {
+    let mut h = Harness::new();
+    let mut conv = Conversation::v4(443);
+    established(&mut h, &mut conv);
+    h.advance(Duration::from_secs(61));
+    let resume = conv.client(&sealed(23, 80));
+    let mut events = h.run(&resume);
+    h.advance(Duration::from_millis(200));
+    events.extend(h.run(&resume));
+    events.extend(h.run(&conv.server(&sealed(23, 80))));
+    assert_eq!(kinds(&events), [(EventKind::IdleSurvived, Side::Server)]);
+    assert!(diagnose_idle(&events, IDLE).is_empty());
 }
 
 /// A resumption after an idle gap answered by a RST: the peer or the path forgot the flow.
