@@ -53,7 +53,7 @@ pub fn track<P: Packet>(p: &P, t: &Tcp, clock: &Clock) {
             // Answered by a RST only: a scan, a spoofed segment, a connection older than
             // us that its peer forgot. Nothing two-sided was seen, so nothing is judged.
             count(Counter::UnconfirmedReset);
-            let _ = UNCONFIRMED.remove(&key);
+            let _ = UNCONFIRMED.remove(key);
             return;
         }
         // Both sides seen: the flow is real and moves to the confirmed table.
