@@ -10,7 +10,7 @@ use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 
 use crate::community_id::community_id_v1;
 
-/// The closed set of diagnosis kinds (BRIEF.md's vocabulary). Metric label values come from
+/// The closed set of diagnosis kinds (docs/field-cases.md). Metric label values come from
 /// here, so cardinality stays bounded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
