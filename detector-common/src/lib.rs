@@ -225,6 +225,8 @@ pub mod dir_flags {
     pub const MSG_CONTINUES: u16 = 1 << 9;
     /// Renegotiation by this side was reported (once per side and flow).
     pub const RENEGOTIATED: u16 = 1 << 10;
+    /// Headers read ahead of a reordering gap are kept (`Direction::ahead_*`).
+    pub const AHEAD: u16 = 1 << 11;
 }
 
 /// Bits of [`Tls::flags`]: facts about the session, from both hellos.
@@ -279,17 +281,20 @@ pub struct Direction {
     /// Type and length of the last record header walked.
     pub last_record_type: u8,
     pub last_record_len: u16,
+    /// Application-data headers read ahead of a reordering gap: `ahead_records` of them,
+    /// the first at `ahead_at`, the next header after them at `ahead_next`, whose first
+    /// `ahead_pend_len` bytes are `ahead_pend` when a segment end cut it.
+    pub ahead_pend: u64,
     /// One past the highest sequence number of the segments the walker has looked at.
     pub walked_end: u32,
-    /// Application-data headers read ahead of a reordering gap: `ahead_records` of them,
-    /// the first at `ahead_at`, the next header after them at `ahead_next`.
     pub ahead_at: u32,
     pub ahead_next: u32,
     pub ahead_records: u16,
     pub ahead_last_len: u16,
+    pub ahead_pend_len: u8,
     /// Why the walker last lost its place (the kernel program's `Loss`), for its log.
     pub lost_why: u8,
-    pub _pad: [u8; 7],
+    pub _pad: [u8; 6],
 }
 
 /// TLS facts of a flow: the hellos' contents and the message history.
@@ -518,10 +523,14 @@ pub enum Counter {
     UnconfirmedReset = 13,
     /// Times the record walker bridged a reordering gap with headers it had read ahead.
     TlsReadAhead = 14,
+    /// Abstention: an end (RST, FIN) was not judged because the packet followed or
+    /// acknowledged bytes the detector never saw (a capture drop, a packet outside its
+    /// view): a handshake may have finished, traffic may have flowed, unseen.
+    UnseenBytes = 15,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 15;
+    pub const COUNT: u32 = 16;
     pub const ALL: [Counter; Counter::COUNT as usize] = [
         Counter::Packets,
         Counter::TcpPackets,
@@ -538,6 +547,7 @@ impl Counter {
         Counter::MidstreamAdopted,
         Counter::UnconfirmedReset,
         Counter::TlsReadAhead,
+        Counter::UnseenBytes,
     ];
 
     /// The counter's name in metrics (without prefix and `_total`).
@@ -558,6 +568,7 @@ impl Counter {
             Counter::MidstreamAdopted => "kernel_abstained_midstream_adopted",
             Counter::UnconfirmedReset => "kernel_abstained_unconfirmed_reset",
             Counter::TlsReadAhead => "kernel_tls_read_ahead",
+            Counter::UnseenBytes => "kernel_abstained_unseen_bytes",
         }
     }
 
@@ -592,6 +603,9 @@ impl Counter {
             Counter::TlsReadAhead => {
                 "Times the TLS record walker bridged a reordering gap with headers read ahead"
             }
+            Counter::UnseenBytes => {
+                "Ends not judged: the packet followed or acknowledged bytes never seen"
+            }
         }
     }
 }
@@ -610,8 +624,8 @@ mod pod {
 // The kernel writes these layouts and the agent reads them; a silent change of size would
 // make one misread the other, so pin them.
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
-const _: () = assert!(core::mem::size_of::<Direction>() == 80);
+const _: () = assert!(core::mem::size_of::<Direction>() == 88);
 const _: () = assert!(core::mem::size_of::<Tls>() == 40);
-const _: () = assert!(core::mem::size_of::<FlowState>() == 232);
+const _: () = assert!(core::mem::size_of::<FlowState>() == 248);
 const _: () = assert!(core::mem::size_of::<Event>() == 128);
 const _: () = assert!(core::mem::size_of::<Sni>() == 1 + SNI_MAX);

@@ -4,7 +4,8 @@
 use aya_ebpf::bindings::BPF_NOEXIST;
 use aya_log_ebpf::warn;
 use detector_common::{
-    Counter, EventKind, FlowKey, FlowState, PayloadClass, Side, abort, dir_flags, flow_flags,
+    Counter, Direction, EventKind, FlowKey, FlowState, PayloadClass, Side, abort, dir_flags,
+    flow_flags,
 };
 
 use crate::{
@@ -105,6 +106,7 @@ pub fn track<P: Packet>(p: &P, t: &Tcp, clock: &Clock) {
             gap_ns,
             idle_ns: clock.idle_ns,
             seq: t.seq,
+            ack: t.ack,
             payload_off: t.payload_off as u32,
             payload_len: t.payload_len as u32,
             tcp_flags: t.flags,
@@ -158,7 +160,7 @@ pub fn slow_path<P: Packet>(p: &P) {
         sport: 0,
         dport: 0,
         seq: args.seq,
-        ack: 0,
+        ack: args.ack,
         flags: args.tcp_flags,
         payload_off: args.payload_off as usize,
         payload_len: args.payload_len as usize,
@@ -275,6 +277,17 @@ fn finish<P: Packet>(cx: &Cx<P>, flow: &mut FlowState, found: &mut Found) {
     if !rst && !first_fin {
         return;
     }
+    // What an end says (a handshake cut short, a close after idle) rests on having seen
+    // everything before it; if the packet follows or acknowledges bytes we never saw (a
+    // capture drop, a packet outside our view), it says nothing.
+    let seen = seen_through(flow, side, t);
+    let mut judged = |kind: EventKind, extra: Extra| {
+        if seen {
+            found.push(kind, extra);
+        } else {
+            count(Counter::UnseenBytes);
+        }
+    };
     // TLS 1.3's close: a close_notify-sized record, then FIN, or RST when the peer's own
     // close_notify crossed it. Judged at the FIN or RST, timed at the record before it.
     if tls::tls13_close(cx, flow) && flow.dir[side].flags & (dir_flags::FIN | dir_flags::RST) == 0 {
@@ -282,15 +295,15 @@ fn finish<P: Packet>(cx: &Cx<P>, flow: &mut FlowState, found: &mut Found) {
             gap_ns: Some(flow.dir[side].last_record_gap_ns),
             ..Extra::default()
         };
-        found.push(EventKind::Tls13CloseHeuristic, extra);
+        judged(EventKind::Tls13CloseHeuristic, extra);
     }
     if rst {
         flow.dir[side].flags |= dir_flags::RST;
         if idle {
-            found.push(EventKind::IdleRst, Extra::default());
+            judged(EventKind::IdleRst, Extra::default());
         }
         if let Some(extra) = tls::handshake_aborted(flow, abort::RST, None) {
-            found.push(EventKind::HandshakeAborted, extra);
+            judged(EventKind::HandshakeAborted, extra);
         }
     } else {
         flow.dir[side].flags |= dir_flags::FIN;
@@ -298,12 +311,45 @@ fn finish<P: Packet>(cx: &Cx<P>, flow: &mut FlowState, found: &mut Found) {
         // may have come after an idle gap even if the FIN itself did not.
         const ALERT: u8 = 21;
         if idle || flow.dir[side].last_record_type == ALERT {
-            found.push(EventKind::IdleFin, Extra::default());
+            judged(EventKind::IdleFin, Extra::default());
         }
         if let Some(extra) = tls::handshake_aborted(flow, abort::FIN, None) {
-            found.push(EventKind::HandshakeAborted, extra);
+            judged(EventKind::HandshakeAborted, extra);
         }
     }
+}
+
+/// Whether the detector saw every byte this packet speaks of: the sender's stream up to
+/// the packet's end, and the peer's up to what the packet acknowledges (less the peer's
+/// FIN, which takes a sequence number but carries no byte).
+#[inline(always)]
+fn seen_through(flow: &FlowState, side: usize, t: &Tcp) -> bool {
+    let end = t.seq.wrapping_add(t.payload_len as u32);
+    if !stream_seen_to(&flow.dir[side], end) {
+        return false;
+    }
+    if t.flags & tcp_flags::ACK == 0 {
+        return true;
+    }
+    let peer = &flow.dir[1 - side];
+    let fin = (peer.flags & dir_flags::FIN != 0) as u32;
+    stream_seen_to(peer, t.ack.wrapping_sub(fin))
+}
+
+/// Whether one side's bytes before `to` were all seen: up to its first sequence number if
+/// it sent nothing; else a walked TLS stream's next header is not before `to` (a header
+/// before it would have gone by unread), and any other stream reached `to`.
+#[inline(always)]
+fn stream_seen_to(d: &Direction, to: u32) -> bool {
+    if d.first_class == PayloadClass::None as u8 {
+        return to == d.isn.wrapping_add(1);
+    }
+    let reached = if d.flags & dir_flags::SYNCED != 0 {
+        d.cursor
+    } else {
+        d.max_end
+    };
+    !tls::before(reached, to)
 }
 
 /// What the fast path hands the slow path (per-CPU, across the tail call).
@@ -315,6 +361,7 @@ pub struct SlowArgs {
     gap_ns: u64,
     idle_ns: u64,
     seq: u32,
+    ack: u32,
     payload_off: u32,
     payload_len: u32,
     tcp_flags: u8,

@@ -187,7 +187,12 @@ pub fn walk<P: Packet>(cx: &Cx<P>, flow: &mut FlowState, found: &mut Found) {
                 lose(flow, side, Loss::PassedUnread);
             }
         }
-        Outcome::Waiting => read_ahead(cx, flow, &w.seg),
+        Outcome::Waiting => {
+            // The verifier refuses a BPF-to-BPF call that returns with a stack address in
+            // R0, which a function whose result is unused may leave there (the compiler
+            // drops the result): black_box keeps it, so R0 holds a plain bool.
+            core::hint::black_box(read_ahead(cx, flow, &w.seg));
+        }
         _ => {}
     }
     let d = &mut flow.dir[side];
@@ -305,7 +310,7 @@ fn lose(flow: &mut FlowState, side: usize, why: Loss) {
     let d = &mut flow.dir[side];
     d.flags &= !(dir_flags::SYNCED | dir_flags::IN_HELLO);
     d.pend_len = 0;
-    d.ahead_records = 0;
+    d.flags &= !dir_flags::AHEAD;
     d.lost_why = why as u8;
     count(Counter::TlsSyncLost);
 }
@@ -314,64 +319,104 @@ fn lose(flow: &mut FlowState, side: usize, why: Loss) {
 /// Those bytes will come, but the headers in this segment will then have gone by. In a
 /// bulk transfer records have one size, so the first header in this segment is most
 /// likely a whole number of `last_record_len` records on from the cursor: read the chain
-/// of application-data headers from there to past the segment's end and keep it. When
-/// the cursor later arrives at exactly that position it takes the chain instead of losing
+/// of application-data headers from there to the segment's end and keep it. Later early
+/// segments extend the chain where it stopped (a reordered 64 KB super-packet, split into
+/// MTU segments, is many of them), including a header cut by a segment end. When the
+/// cursor later arrives at exactly the chain's start it takes the chain instead of losing
 /// its place. The prediction only chooses which bytes to keep: they are taken only where
 /// the walker's own count of lengths arrives, so nothing is guessed.
 #[inline(never)]
-fn read_ahead<P: Packet>(cx: &Cx<P>, flow: &mut FlowState, seg: &Seg) {
+fn read_ahead<P: Packet>(cx: &Cx<P>, flow: &mut FlowState, seg: &Seg) -> bool {
     let side = cx.sender as usize;
     let d = &flow.dir[side];
     if d.item != item::RECORD || d.flags & dir_flags::APPDATA == 0 {
-        return;
+        return false;
     }
-    let step = 5 + d.last_record_len as u32;
-    let records_to_seg = seg.start.wrapping_sub(d.cursor).div_ceil(step);
-    let start = d.cursor.wrapping_add(records_to_seg * step);
+    let extending = d.flags & dir_flags::AHEAD != 0 && !before(d.ahead_at, d.cursor);
+    // Where the next header starts, and its first bytes if an earlier segment cut it.
+    let (start, mut header, mut have) = if extending {
+        (d.ahead_next, d.ahead_pend, d.ahead_pend_len as u32)
+    } else {
+        let step = 5 + d.last_record_len as u32;
+        let records_to_seg = seg.start.wrapping_sub(d.cursor).div_ceil(step);
+        (d.cursor.wrapping_add(records_to_seg * step), 0, 0)
+    };
+    // The chain must go on in this very segment: its next byte is here.
+    let from = start.wrapping_add(have);
+    if before(from, seg.start) || !before(from, seg.end) || (have > 0 && from != seg.start) {
+        return false;
+    }
     let mut at = start;
     let mut records = 0u16;
     let mut last_len = 0u16;
     for _ in 0..AHEAD_RECORDS {
-        if !before(at, seg.end) {
+        let from = at.wrapping_add(have);
+        if !before(from, seg.end) {
             break;
         }
-        // Fails when `at` lies before the segment or the header runs past its end.
-        let Some(h) = seg.read(cx.p, at, 5) else {
-            return;
+        let left = seg.end.wrapping_sub(from);
+        let take = if 5 - have < left { 5 - have } else { left };
+        let Some(part) = seg.read(cx.p, from, take) else {
+            return false;
         };
-        let len = (h & 0xffff) as u32;
-        let typ = (h >> 32) as u8;
-        if typ != APPLICATION_DATA || !plausible(typ, (h >> 24) as u8, (h >> 16) as u8, len) {
-            return;
+        header = (header << (8 * take)) | part;
+        have += take;
+        if have < 5 {
+            // Cut by the segment's end: kept for the segment that brings the rest.
+            break;
+        }
+        let len = (header & 0xffff) as u32;
+        let typ = (header >> 32) as u8;
+        if typ != APPLICATION_DATA
+            || !plausible(typ, (header >> 24) as u8, (header >> 16) as u8, len)
+        {
+            return false;
         }
         records += 1;
         last_len = len as u16;
         at = at.wrapping_add(5 + len);
+        header = 0;
+        have = 0;
     }
-    if records == 0 || before(at, seg.end) {
-        return;
+    if have == 0 && before(at, seg.end) {
+        // More headers in this segment than the chain reads: it does not reach the end.
+        return false;
     }
     let d = &mut flow.dir[side];
-    d.ahead_at = start;
+    if !extending {
+        d.ahead_at = start;
+        d.ahead_records = 0;
+        d.flags |= dir_flags::AHEAD;
+    }
     d.ahead_next = at;
-    d.ahead_records = records;
-    d.ahead_last_len = last_len;
+    d.ahead_pend = header;
+    d.ahead_pend_len = have as u8;
+    d.ahead_records += records;
+    if records > 0 {
+        d.ahead_last_len = last_len;
+    }
+    true
 }
 
 /// Takes the chain `read_ahead` kept, if the cursor stands exactly where it starts.
 #[inline(always)]
 fn take_read_ahead(flow: &mut FlowState, side: usize) {
     let d = &mut flow.dir[side];
-    if d.ahead_records == 0 || d.item != item::RECORD || d.cursor != d.ahead_at {
+    if d.flags & dir_flags::AHEAD == 0 || d.item != item::RECORD || d.cursor != d.ahead_at {
         return;
     }
+    d.flags &= !dir_flags::AHEAD;
     count(Counter::TlsReadAhead);
     count_by(Counter::TlsRecords, d.ahead_records as u64);
     d.cursor = d.ahead_next;
-    d.rec_end = d.ahead_next;
-    d.last_record_type = APPLICATION_DATA;
-    d.last_record_len = d.ahead_last_len;
-    d.ahead_records = 0;
+    // A header the chain's last segment cut: the walker completes it from what follows.
+    d.pend = d.ahead_pend;
+    d.pend_len = d.ahead_pend_len;
+    if d.ahead_records > 0 {
+        d.rec_end = d.ahead_next;
+        d.last_record_type = APPLICATION_DATA;
+        d.last_record_len = d.ahead_last_len;
+    }
 }
 
 /// Starts walking a side at the first byte of its stream (the caller saw a TLS record
@@ -384,7 +429,7 @@ pub fn sync_at_start(flow: &mut FlowState, side: usize, seq: u32) {
     d.walked_end = seq;
     d.item = item::RECORD;
     d.pend_len = 0;
-    d.ahead_records = 0;
+    d.flags &= !dir_flags::AHEAD;
 }
 
 /// Evidence of a record boundary mid-stream: the segment starts with a plausible header,

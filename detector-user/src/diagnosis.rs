@@ -75,6 +75,10 @@ pub enum Abstention {
     /// Kernel: a flow seen from one side only was answered by a RST only (a scan, a
     /// spoofed segment, a connection older than the agent): nothing two-sided was seen.
     UnconfirmedReset,
+    /// Kernel: a RST or FIN that would have ended a handshake or closed after idle came
+    /// after, or acknowledged, bytes the detector never saw (a capture drop, a packet
+    /// outside its view): what happened in them is unknown.
+    UnseenBytes,
     /// Agent: the kernel reported a handshake as ended early, but both sides had already
     /// sent application data after the ServerHello: the session was established, whatever
     /// its version code said.
@@ -85,9 +89,10 @@ pub enum Abstention {
 }
 
 impl Abstention {
-    pub const ALL: [Abstention; 4] = [
+    pub const ALL: [Abstention; 5] = [
         Abstention::MidstreamAdopted,
         Abstention::UnconfirmedReset,
+        Abstention::UnseenBytes,
         Abstention::EstablishedByData,
         Abstention::RenegotiationAnswerOnly,
     ];
@@ -96,6 +101,7 @@ impl Abstention {
         match self {
             Abstention::MidstreamAdopted => "midstream_adopted",
             Abstention::UnconfirmedReset => "unconfirmed_reset",
+            Abstention::UnseenBytes => "unseen_bytes",
             Abstention::EstablishedByData => "established_by_data",
             Abstention::RenegotiationAnswerOnly => "renegotiation_answer_only",
         }
@@ -107,6 +113,7 @@ impl Abstention {
         match self {
             Abstention::MidstreamAdopted => Some(Counter::MidstreamAdopted),
             Abstention::UnconfirmedReset => Some(Counter::UnconfirmedReset),
+            Abstention::UnseenBytes => Some(Counter::UnseenBytes),
             Abstention::EstablishedByData | Abstention::RenegotiationAnswerOnly => None,
         }
     }

@@ -538,6 +538,45 @@ fn reordered_bulk_records_keep_sync_by_reading_ahead() {
     assert_eq!(events[0].kind, EventKind::EncryptedAlert);
 }
 
+/// The same when the early block is a super-packet split into MTU-sized segments (as replay
+/// and native XDP see it): the chain read ahead goes on from segment to segment, through a
+/// header cut by a segment end.
+#[test]
+fn reordered_super_packet_split_into_segments_keeps_sync() {
+    const LEN: usize = 1_000;
+    let session_records = {
+        let mut h = Harness::new();
+        let mut conv = Conversation::v4(443);
+        h.run_all(&tls12_session(
+            &mut conv,
+            &Hello::client("a"),
+            &Hello::server(),
+        ));
+        h.counter(Counter::TlsRecords)
+    };
+    let mut h = Harness::new();
+    let mut conv = Conversation::v4(443);
+    let mut f = tls12_session(&mut conv, &Hello::client("a"), &Hello::server());
+    f.push(conv.server(&sealed(APPDATA, LEN)));
+    let mut data = Vec::new();
+    for _ in 0..12 {
+        data.extend(sealed(APPDATA, LEN));
+    }
+    data.extend(sealed(ALERT, 26));
+    // Headers at 0, 1005, ...: the segment ending at 7037 cuts the header at 7035.
+    let segs = conv.server_segments(&data, &[3_000, 3_000, 1_037, 700, 700, 563, 3_000]);
+    // The hole (3000..6000) is filled after the four segments of the early block.
+    for i in [0, 2, 3, 4, 5, 1, 6, 7] {
+        f.push(segs[i].clone());
+    }
+    let events = h.run_all(&f);
+    assert_eq!(h.counter(Counter::TlsSyncLost), 0);
+    assert_eq!(h.counter(Counter::TlsReadAhead), 1);
+    assert_eq!(h.counter(Counter::TlsRecords), session_records + 1 + 12 + 1);
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].kind, EventKind::EncryptedAlert);
+}
+
 /// The same reordering where the headers are not where one-size records would put them:
 /// nothing was read ahead there, so the walker loses its place rather than guess.
 #[test]
@@ -555,4 +594,42 @@ fn reordered_records_of_other_sizes_still_lose_sync() {
     f.extend(segs);
     assert!(h.run_all(&f).is_empty());
     assert_eq!(h.counter(Counter::TlsSyncLost), 1);
+}
+
+/// A handshake's end judged on a capture that lost packets: the client's Finished and
+/// first data never reached the detector, and its FIN (which follows them) would look like
+/// a handshake cut short. The FIN's sequence number shows bytes went by unseen: abstain.
+#[test]
+fn an_end_after_unseen_bytes_is_not_judged() {
+    let mut h = Harness::new();
+    let mut conv = Conversation::v4(443);
+    let client = Hello::client("a").with(EXT_SUPPORTED_VERSIONS, versions_ext(&[0x0304]));
+    let server = Hello::server().with(EXT_SUPPORTED_VERSIONS, 0x0304u16.to_be_bytes().to_vec());
+    let mut flight = record(HANDSHAKE, &server.server_hello());
+    flight.extend(sealed(APPDATA, 900));
+    let f = vec![
+        conv.syn_ack(),
+        conv.client(&record(HANDSHAKE, &client.client_hello())),
+        conv.server(&flight),
+    ];
+    assert!(h.run_all(&f).is_empty());
+    // Lost on the way to the detector: the client's Finished and request.
+    let _unseen = conv.client(&sealed(APPDATA, 53));
+    let events = h.run(&conv.client_flags(ACK | FIN));
+    assert!(events.is_empty(), "{events:?}");
+    assert_eq!(h.counter(Counter::UnseenBytes), 1);
+
+    // The same from the other side: the server's answer went unseen, and the client's
+    // RST acknowledges it.
+    let mut h = Harness::new();
+    let mut conv = Conversation::v4(443);
+    let f = vec![conv.syn_ack(), conv.client(&frames::client_hello("a"))];
+    assert!(h.run_all(&f).is_empty());
+    let _unseen = conv.server(&record(HANDSHAKE, &Hello::server().server_hello()));
+    let events = h.run(&conv.client_flags(ACK | RST));
+    assert!(
+        events.is_empty(),
+        "no ServerHello seen is not no ServerHello: {events:?}"
+    );
+    assert_eq!(h.counter(Counter::UnseenBytes), 1);
 }
