@@ -9,3 +9,4 @@ pub mod lab;
 pub mod pcapfile;
 pub mod relay;
 pub mod scenarios;
+pub mod spoof;
