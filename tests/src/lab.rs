@@ -1186,7 +1186,7 @@ impl Lab {
 
     /// The `/big` payload: generated once per size and lab, incompressible, so transfer
     /// sizes on the wire match the file.
-    fn big_file(&self, mib: u32) -> Result<PathBuf> {
+    pub fn big_file(&self, mib: u32) -> Result<PathBuf> {
         let path = self.dir.join(format!("big-{mib}MiB.bin"));
         if path.is_file() {
             return Ok(path);

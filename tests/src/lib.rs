@@ -6,6 +6,7 @@ pub mod frames;
 pub mod harness;
 pub mod idle_lab;
 pub mod lab;
+pub mod long_lived;
 pub mod pcapfile;
 pub mod relay;
 pub mod scenarios;

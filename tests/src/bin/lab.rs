@@ -248,7 +248,8 @@ fn run_scenarios(picked: &[&'static Scenario], out: &Path, detector: &Path) -> R
 
 fn play_one(s: &Scenario, out: &Path, detector: &Path) -> Result<Row> {
     let outcome = scenarios::run(s, out, detector)?;
-    let (replayed, summary) = scenarios::replay(detector, &outcome.pcap, s.idle_threshold_s)?;
+    let (replayed, summary) =
+        scenarios::replay(detector, &outcome.pcap, s.idle_threshold_s, s.agent_args)?;
     let replay_path = out.join(format!("{}.replay.json", s.name));
     let lines: String = replayed.iter().map(|d| format!("{d}\n")).collect();
     fs::write(&replay_path, lines).with_context(|| format!("writing {}", replay_path.display()))?;
@@ -645,7 +646,9 @@ fn compare_one(pcap: &Path, detector: &Path) -> Result<()> {
         .as_ref()
         .map_or(IDLE_THRESHOLD_S, |e| e.idle_threshold_s);
     let frames = tshark(pcap)?;
-    let (diagnoses, _) = scenarios::replay(detector, pcap, idle)?;
+    // A scenario's own agent options (a small flow table) apply to its replay too.
+    let extra = scenarios::find(&name).map_or(&[][..], |s| s.agent_args);
+    let (diagnoses, _) = scenarios::replay(detector, pcap, idle, extra)?;
 
     let case = expected.as_ref().and_then(|e| e.field_case).map_or_else(
         || "no field case".to_string(),
@@ -806,7 +809,7 @@ fn demo(detector: &Path) -> Result<ExitCode> {
          below is real software; diagnoses print as the agent emits them.\n"
     );
     let lab = Lab::routed()?;
-    let agent = scenarios::agent_on_router(&lab, detector, IDLE_THRESHOLD_S)?;
+    let agent = scenarios::agent_on_router(&lab, detector, IDLE_THRESHOLD_S, &[])?;
     let done = Arc::new(AtomicBool::new(false));
     let printer = {
         let path = agent.process.stdout_path().to_path_buf();
