@@ -10,4 +10,5 @@ pub mod long_lived;
 pub mod pcapfile;
 pub mod relay;
 pub mod scenarios;
+pub mod soak;
 pub mod spoof;

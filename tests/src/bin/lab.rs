@@ -9,6 +9,8 @@
 //! lab --list                          one line per scenario
 //! lab --compare [DIR] [SCENARIO ...]  tshark's view of each capture next to the detector's
 //! lab --demo                          the agent on a lab router, one scenario per field case
+//! lab --soak MINUTES                  clean traffic for MINUTES with the agent live; fails
+//!                                     on any diagnosis or TLS sync loss
 //! ```
 //!
 //! SIGINT or SIGTERM ends the run after the current scenario (whose lab is torn down as
@@ -63,8 +65,8 @@ fn stopping() -> bool {
     STOP.load(Ordering::SeqCst)
 }
 
-const USAGE: &str =
-    "usage: lab [SCENARIO ...] [--out DIR] | --list | --compare [DIR] [SCENARIO ...] | --demo";
+const USAGE: &str = "usage: lab [SCENARIO ...] [--out DIR] | --list | --compare [DIR] [SCENARIO ...] \
+     | --demo | --soak MINUTES";
 
 #[derive(Default)]
 struct Args {
@@ -73,6 +75,7 @@ struct Args {
     list: bool,
     compare: Option<Option<PathBuf>>,
     demo: bool,
+    soak_minutes: Option<f64>,
 }
 
 fn parse_args() -> Result<Args> {
@@ -82,6 +85,12 @@ fn parse_args() -> Result<Args> {
         match arg.as_str() {
             "--list" => a.list = true,
             "--demo" => a.demo = true,
+            "--soak" => {
+                let m = it.next().context("--soak needs a number of minutes")?;
+                let m: f64 = m.parse().with_context(|| format!("--soak {m}"))?;
+                ensure!(m > 0.0 && m <= 24.0 * 60.0, "--soak {m}: 0 to 1440 minutes");
+                a.soak_minutes = Some(m);
+            }
             "--out" => a.out = Some(it.next().context("--out needs a directory")?.into()),
             "--compare" => {
                 let dir = it.next_if(|n| !n.starts_with('-') && Path::new(n).is_dir());
@@ -132,7 +141,29 @@ fn real_main() -> Result<ExitCode> {
     if args.demo {
         return demo(&detector);
     }
+    if let Some(minutes) = args.soak_minutes {
+        return soak(&detector, Duration::from_secs_f64(minutes * 60.0));
+    }
     run_scenarios(&scenarios::select(&args.words)?, &out, &detector)
+}
+
+// ---------------------------------------------------------------------------------------
+// --soak
+// ---------------------------------------------------------------------------------------
+
+fn soak(detector: &Path, duration: Duration) -> Result<ExitCode> {
+    eprintln!(
+        "lab: soak for {:.1} min: clean traffic, agent restarts, a spoofed flood",
+        duration.as_secs_f64() / 60.0
+    );
+    let report = tests::soak::soak(detector, duration, &|m| eprintln!("soak: {m}"))?;
+    println!("{report}");
+    Ok(if report.clean() {
+        ExitCode::SUCCESS
+    } else {
+        eprintln!("lab: the soak was not clean (diagnoses or TLS sync losses above)");
+        ExitCode::FAILURE
+    })
 }
 
 // ---------------------------------------------------------------------------------------
