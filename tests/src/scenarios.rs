@@ -503,8 +503,8 @@ pub const SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "clean-bulk-both-ways",
         field_case: None,
-        plays: "clean control: per TLS version (1.2, 1.3) two 20 MiB downloads from nginx on \
-             one connection and two 20 MiB uploads (WebDAV PUT) on another",
+        plays: "clean control: per TLS version (1.2, 1.3) three 20 MiB downloads from nginx on \
+             one connection and three 20 MiB uploads (WebDAV PUT) on another",
         approx_s: 15,
         idle_threshold_s: IDLE_THRESHOLD_S,
         agent_args: &[],
@@ -928,6 +928,8 @@ pub fn run(s: &Scenario, out: &Path, detector: &Path) -> Result<Outcome> {
     let (router, rc, _) = lab.router_parts()?;
     let capture = lab.capture(&router, &rc, format!("{}.pcap", s.name))?;
     // Connections of an OpenedBefore scenario are up before the agent, as after a restart.
+    // The capture is already running, so replay sees them whole; only the live agent meets
+    // them mid-stream.
     let opened = match &s.play {
         Play::OpenedBefore { open, .. } => {
             Some(open(&lab).with_context(|| format!("scenario {}: opening", s.name))?)
@@ -2128,7 +2130,7 @@ fn clean_large_download(lab: &Lab) -> Result<Played> {
 /// Size of each transfer of `clean-bulk-both-ways`.
 pub const BULK_MIB: u32 = 20;
 /// Transfers of each direction per TLS version in `clean-bulk-both-ways`.
-pub const BULK_TRANSFERS: u32 = 2;
+pub const BULK_TRANSFERS: u32 = 3;
 
 /// Bulk transfers both ways per TLS version: downloads of `/big` on one keep-alive
 /// connection, and uploads by WebDAV PUT (nginx stores the body, so all of it crosses) on

@@ -28,7 +28,7 @@ use crate::{
 };
 
 /// The clean scenarios a round plays, in order (bulk only every [`BULK_EVERY`] rounds: it
-/// moves 160 MiB).
+/// moves 240 MiB).
 const ROUND: &[&str] = &[
     "clean-tls12",
     "clean-tls13",
