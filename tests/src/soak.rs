@@ -69,6 +69,8 @@ pub struct SoakReport {
     /// `detector_abstained_total` by reason, summed over agent instances.
     pub abstained: BTreeMap<String, f64>,
     pub sync_lost: f64,
+    /// TLS sync losses by what was playing when the live counter rose.
+    pub sync_lost_during: BTreeMap<String, f64>,
     pub flows_created: f64,
     pub unconfirmed_created: f64,
     pub flows_evicted: f64,
@@ -129,6 +131,9 @@ impl fmt::Display for SoakReport {
             self.events_dropped
         )?;
         writeln!(f, "tls sync losses: {}", self.sync_lost)?;
+        for (what, n) in &self.sync_lost_during {
+            writeln!(f, "  during {what}: {n}")?;
+        }
         if self.abstained.is_empty() {
             writeln!(f, "abstentions: none counted")?;
         } else {
@@ -165,6 +170,7 @@ pub fn soak(detector: &Path, duration: Duration, log: &dyn Fn(&str)) -> Result<S
     let flood_at = started + duration / 4;
     let mut flood = None;
     let mut round = 0;
+    let mut sync_watch = SyncWatch::default();
     while started.elapsed() < duration {
         round += 1;
         let mut names: Vec<&str> = ROUND.to_vec();
@@ -189,7 +195,9 @@ pub fn soak(detector: &Path, duration: Duration, log: &dyn Fn(&str)) -> Result<S
             let s = scenarios::find(name).with_context(|| format!("no scenario {name}"))?;
             drop(s.play(&lab)?);
             *report.plays.entry(name.to_string()).or_default() += 1;
+            sync_watch.after(&lab, &agent, name, &mut report, log)?;
             report.resumptions += resume_idle(&mut long_lived)?;
+            sync_watch.after(&lab, &agent, "long-lived resumptions", &mut report, log)?;
             if Instant::now() >= next_restart && report.agent_starts <= RESTARTS {
                 log(&format!(
                     "restarting the agent ({:.0} s in)",
@@ -197,6 +205,7 @@ pub fn soak(detector: &Path, duration: Duration, log: &dyn Fn(&str)) -> Result<S
                 ));
                 collect(&lab, agent, &mut report)?;
                 agent = start_agent(&mut report)?;
+                sync_watch = SyncWatch::default();
                 next_restart += restart_every;
             }
             if started.elapsed() >= duration {
@@ -215,9 +224,11 @@ pub fn soak(detector: &Path, duration: Duration, log: &dyn Fn(&str)) -> Result<S
             .map_err(|_| anyhow::anyhow!("the flood thread panicked"))??;
         report.flood_segments = sent.sent;
     }
-    // The long-lived connections close cleanly while the agent still watches.
+    // The long-lived connections close cleanly while the agent still watches: each right
+    // after an exchange, since a close after an idle gap is an idle_close by definition.
     for ll in long_lived {
-        for c in ll.clients {
+        for mut c in ll.clients {
+            c.exchange("goodbye")?;
             c.close()?;
         }
     }
@@ -246,4 +257,34 @@ fn collect(lab: &Lab, agent: LiveAgent, report: &mut SoakReport) -> Result<()> {
     report.add_metrics(&text);
     report.diagnoses.extend(agent.stop()?);
     Ok(())
+}
+
+/// Follows the live agent's `tls_sync_lost` counter between plays, so a loss is pinned on
+/// the traffic that caused it (the total comes from [`collect`]).
+#[derive(Default)]
+struct SyncWatch {
+    seen: f64,
+}
+
+impl SyncWatch {
+    fn after(
+        &mut self,
+        lab: &Lab,
+        agent: &LiveAgent,
+        what: &str,
+        report: &mut SoakReport,
+        log: &dyn Fn(&str),
+    ) -> Result<()> {
+        let now =
+            metric(&agent.metrics(lab)?, "detector_kernel_tls_sync_lost_total").unwrap_or(0.0);
+        if now > self.seen {
+            log(&format!(
+                "tls sync lost {} time(s) during {what}",
+                now - self.seen
+            ));
+            *report.sync_lost_during.entry(what.to_string()).or_default() += now - self.seen;
+            self.seen = now;
+        }
+        Ok(())
+    }
 }
