@@ -219,28 +219,14 @@ pub fn replay_counters(
         .collect()
 }
 
-/// Abstentions by reason from a /metrics text: `detector_abstained_total{reason="R"}`, and
-/// the kernel's own counters of the contract (`detector_kernel_abstained_R_total`, commit
-/// cad2f34) for reasons the labelled family does not show, so either exposure counts.
+/// Abstentions by reason from a /metrics text: `detector_abstained_total{reason="R"}`.
 pub fn abstentions(text: &str) -> std::collections::BTreeMap<String, f64> {
-    let mut by_reason = std::collections::BTreeMap::new();
     let labelled = "detector_abstained_total{reason=\"";
-    for line in text.lines().filter(|l| l.starts_with(labelled)) {
-        if let Some((reason, value)) = line[labelled.len()..].split_once("\"} ")
-            && let Ok(v) = value.trim().parse::<f64>()
-        {
-            by_reason.insert(reason.to_string(), v);
-        }
-    }
-    for line in text.lines() {
-        let Some(rest) = line.strip_prefix("detector_kernel_abstained_") else {
-            continue;
-        };
-        if let Some((reason, value)) = rest.split_once("_total ")
-            && let Ok(v) = value.trim().parse::<f64>()
-        {
-            by_reason.entry(reason.to_string()).or_insert(v);
-        }
-    }
-    by_reason
+    text.lines()
+        .filter_map(|l| l.strip_prefix(labelled))
+        .filter_map(|rest| {
+            let (reason, value) = rest.split_once("\"} ")?;
+            Some((reason.to_string(), value.trim().parse::<f64>().ok()?))
+        })
+        .collect()
 }

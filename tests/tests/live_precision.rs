@@ -124,8 +124,7 @@ fn judge(name: &str) -> Result<Option<Outcome>> {
 // ---------------------------------------------------------------------------------------
 // Connections older than the agent
 
-/// `detector_abstained_total{reason="REASON"}` (or the kernel's own counter of the
-/// contract, see [`abstentions`]).
+/// `detector_abstained_total{reason="REASON"}`.
 fn abstained(metrics: &str, reason: &str) -> Option<f64> {
     abstentions(metrics).get(reason).copied()
 }
