@@ -395,7 +395,7 @@ pub const SCENARIOS: &[Scenario] = &[
         field_case: None,
         plays: "a TLS 1.2 connection (Python ssl) opened before the agent starts idles 4 s, \
              then resumes and is answered: adopted mid-stream, nothing to diagnose",
-        approx_s: 9,
+        approx_s: 12,
         idle_threshold_s: IDLE_THRESHOLD_S,
         agent_args: &[],
         needs: &["python3"],
@@ -409,7 +409,7 @@ pub const SCENARIOS: &[Scenario] = &[
         field_case: None,
         plays: "a TLS 1.3 connection (Python ssl) opened before the agent starts idles 4 s, \
              then resumes and is answered: adopted mid-stream, nothing to diagnose",
-        approx_s: 9,
+        approx_s: 12,
         idle_threshold_s: IDLE_THRESHOLD_S,
         agent_args: &[],
         needs: &["python3"],
@@ -423,7 +423,7 @@ pub const SCENARIOS: &[Scenario] = &[
         field_case: Some(5),
         plays: "a TLS 1.2 connection opened before the agent starts idles 4 s; the router's \
              nftables now drop it, so the resumed request is retransmitted into silence",
-        approx_s: 10,
+        approx_s: 13,
         idle_threshold_s: IDLE_THRESHOLD_S,
         agent_args: &[],
         needs: &["python3", "nft"],
@@ -437,7 +437,7 @@ pub const SCENARIOS: &[Scenario] = &[
         field_case: Some(5),
         plays: "a TLS 1.3 connection opened before the agent starts idles 4 s; the router's \
              nftables now drop it, so the resumed request is retransmitted into silence",
-        approx_s: 10,
+        approx_s: 13,
         idle_threshold_s: IDLE_THRESHOLD_S,
         agent_args: &[],
         needs: &["python3", "nft"],
@@ -452,7 +452,7 @@ pub const SCENARIOS: &[Scenario] = &[
         plays: "640 spoofed one-byte segments from 198.18.0.0/15 to nginx's 443 (agent flow \
              table of 64) while curl sessions run, plaintext HTTP hits 443 and nginx closes an \
              idle keep-alive",
-        approx_s: 10,
+        approx_s: 12,
         idle_threshold_s: IDLE_THRESHOLD_S,
         agent_args: &["--flow-table-size", "64"],
         needs: &[],
@@ -463,7 +463,7 @@ pub const SCENARIOS: &[Scenario] = &[
         field_case: None,
         plays: "TLS 1.2 s_client renegotiates on its own (`R`) against s_server \
              -client_renegotiation",
-        approx_s: 6,
+        approx_s: 8,
         idle_threshold_s: IDLE_THRESHOLD_S,
         agent_args: &[],
         needs: &[],
@@ -505,7 +505,7 @@ pub const SCENARIOS: &[Scenario] = &[
         field_case: None,
         plays: "clean control: per TLS version (1.2, 1.3) three 20 MiB downloads from nginx on \
              one connection and three 20 MiB uploads (WebDAV PUT) on another",
-        approx_s: 15,
+        approx_s: 12,
         idle_threshold_s: IDLE_THRESHOLD_S,
         agent_args: &[],
         needs: &[],
