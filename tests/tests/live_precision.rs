@@ -118,6 +118,11 @@ fn judge(name: &str) -> Result<Option<Outcome>> {
         replay_problems.join("\n  "),
         show(&replayed)
     );
+    // Files stay only when something was wrong, for a post-mortem.
+    for f in [&outcome.pcap, &outcome.expected_path, &outcome.live_path] {
+        let _ = std::fs::remove_file(f);
+    }
+    let _ = std::fs::remove_dir(&out);
     Ok(Some(outcome))
 }
 
