@@ -162,3 +162,71 @@ pub fn identity(d: &Value) -> (String, String, String) {
     let s = |k: &str| d[k].as_str().unwrap_or_default().to_string();
     (s("kind"), s("client"), s("server"))
 }
+
+/// The value of one series (`name` or `name{labels}`, exactly as exposed) in a /metrics
+/// text.
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// The kernel program's counters after a capture was run through it the way `detector
+/// replay` does (same program, capture clock, super-packets split). `detector replay`
+/// prints no kernel counters, and some checks (the record walker never losing its place)
+/// must hold in replay as they do live.
+pub fn replay_counters(
+    file: &Path,
+    idle_threshold: Duration,
+) -> Result<Vec<(detector_common::Counter, u64)>> {
+    use detector_user::{
+        kernel::{Kernel, Options},
+        pcap::Reader,
+        segment,
+    };
+    let opts = Options {
+        idle_threshold,
+        ..Options::default()
+    };
+    let mut kernel = Kernel::load(&opts).context("loading the kernel program")?;
+    let mut reader = Reader::open(file).with_context(|| format!("opening {}", file.display()))?;
+    let mut first = true;
+    while let Some(p) = reader
+        .next_packet()
+        .with_context(|| format!("reading {}", file.display()))?
+    {
+        // Runts are refused by BPF_PROG_TEST_RUN; replay skips them too.
+        if p.frame.len() < 14 {
+            continue;
+        }
+        let ts = p.ts_ns.max(1);
+        if first {
+            kernel.set_started(ts)?;
+            first = false;
+        }
+        kernel.set_clock(ts)?;
+        for frame in segment::split(&p.frame) {
+            kernel.run_xdp(&frame)?;
+        }
+        // Events are not judged here; drained so the ring buffer never fills.
+        kernel.drain_events();
+    }
+    let counters = kernel.counters();
+    detector_common::Counter::ALL
+        .iter()
+        .map(|c| Ok((*c, counters.get(*c)?)))
+        .collect()
+}
+
+/// Abstentions by reason from a /metrics text: `detector_abstained_total{reason="R"}`.
+pub fn abstentions(text: &str) -> std::collections::BTreeMap<String, f64> {
+    let labelled = "detector_abstained_total{reason=\"";
+    text.lines()
+        .filter_map(|l| l.strip_prefix(labelled))
+        .filter_map(|rest| {
+            let (reason, value) = rest.split_once("\"} ")?;
+            Some((reason.to_string(), value.trim().parse::<f64>().ok()?))
+        })
+        .collect()
+}

@@ -445,6 +445,29 @@ impl Capture {
         );
         Ok(self.path.clone())
     }
+
+    /// [`Capture::stop`], and an error if tcpdump could not keep up ("N packets dropped by
+    /// kernel" above zero): a capture with holes cannot show what the detector saw.
+    pub fn stop_complete(self) -> Result<PathBuf> {
+        self.process.signal(libc::SIGINT)?;
+        self.process
+            .wait_timeout(CAPTURE_STOP_TIMEOUT)
+            .context("tcpdump did not exit after SIGINT")?;
+        let stopped = self.process.output();
+        let path = self.path.clone();
+        let dropped: u64 = stopped
+            .lines()
+            .find_map(|l| l.strip_suffix(" packets dropped by kernel"))
+            .and_then(|n| n.trim().parse().ok())
+            .with_context(|| format!("tcpdump reported no drop count:\n{}", tail(&stopped)))?;
+        ensure!(
+            dropped == 0,
+            "tcpdump dropped {dropped} packets of {}: the capture has holes",
+            path.display()
+        );
+        ensure!(path.is_file(), "{} does not exist", path.display());
+        Ok(path)
+    }
 }
 
 /// A set of namespaces, veths, processes and files that is removed as a whole on drop.
@@ -910,12 +933,16 @@ impl Lab {
         filter: &str,
     ) -> Result<Capture> {
         let path = self.lab_path(path.as_ref());
-        let args: [&OsStr; 14] = [
+        let args: [&OsStr; 16] = [
             "tcpdump".as_ref(),
             "-i".as_ref(),
             iface.as_ref(),
             "-w".as_ref(),
             path.as_os_str(),
+            // A 64 MiB kernel buffer (KiB): bulk transfers through the lab otherwise
+            // outrun tcpdump on a small machine, and a capture with holes replays wrong.
+            "-B".as_ref(),
+            "65536".as_ref(),
             // Packet-buffered output and immediate delivery, so the file is complete
             // as soon as tcpdump exits, even for a capture of a few milliseconds.
             "-U".as_ref(),
@@ -1186,7 +1213,7 @@ impl Lab {
 
     /// The `/big` payload: generated once per size and lab, incompressible, so transfer
     /// sizes on the wire match the file.
-    fn big_file(&self, mib: u32) -> Result<PathBuf> {
+    pub fn big_file(&self, mib: u32) -> Result<PathBuf> {
         let path = self.dir.join(format!("big-{mib}MiB.bin"));
         if path.is_file() {
             return Ok(path);

@@ -30,10 +30,14 @@ use serde_json::{Value, json};
 
 use crate::{
     agent::{LiveAgent, parse_lines},
+    idle_lab::forget_idle_flows,
     lab::{
-        DEFAULT_CN, Lab, LabProcess, NginxSite, cert_args, path_str, run_host, s_client_args, url,
+        DEFAULT_CN, Lab, LabProcess, Nginx, NginxSite, cert_args, path_str, run_host,
+        s_client_args, url,
     },
+    long_lived::{LongLived, Version},
     relay::{Relay, Resumption, Verdict},
+    spoof::{Flood, route_answers_into_lab, spawn_flood},
 };
 
 /// The agent's `--idle-threshold` in every scenario: below the scaled-down timeouts (3 s
@@ -95,15 +99,36 @@ pub struct Scenario {
     pub approx_s: u32,
     /// The agent's `--idle-threshold` for it.
     pub idle_threshold_s: f64,
+    /// The agent's other options for it (live and in replay), e.g. a small flow table.
+    pub agent_args: &'static [&'static str],
     /// Programs it needs beyond the lab's usual ones; missing ones skip it.
     pub needs: &'static [&'static str],
-    play: fn(&Lab) -> Result<Played>,
+    play: Play,
+}
+
+/// How a scenario is played relative to the agent's start.
+pub enum Play {
+    /// The agent watches from the start: every connection's handshake is seen.
+    Watched(fn(&Lab) -> Result<Played>),
+    /// Connections opened before the agent starts (every agent restart or upgrade meets
+    /// them): `open` runs first, the agent starts, then `resume` carries on with what
+    /// `open` opened.
+    OpenedBefore {
+        open: fn(&Lab) -> Result<LongLived>,
+        resume: fn(&Lab, LongLived) -> Result<Played>,
+    },
 }
 
 impl Scenario {
-    /// Plays the scenario in `lab` (routed), which may already have an agent running.
+    /// Plays the scenario in `lab` (routed), which may already have an agent running; an
+    /// [`Play::OpenedBefore`] scenario then opens and resumes at once (the agent sees its
+    /// connections start: [`run`] is what starts the agent in between).
     pub fn play(&self, lab: &Lab) -> Result<Played> {
-        (self.play)(lab).with_context(|| format!("scenario {}", self.name))
+        let played = match &self.play {
+            Play::Watched(play) => play(lab),
+            Play::OpenedBefore { open, resume } => open(lab).and_then(|o| resume(lab, o)),
+        };
+        played.with_context(|| format!("scenario {}", self.name))
     }
 
     /// Programs of [`Scenario::needs`] not found on PATH.
@@ -131,8 +156,9 @@ pub const SCENARIOS: &[Scenario] = &[
              renegotiates",
         approx_s: 6,
         idle_threshold_s: IDLE_THRESHOLD_S,
+        agent_args: &[],
         needs: &[],
-        play: reneg_tls12,
+        play: Play::Watched(reneg_tls12),
     },
     Scenario {
         name: "resume-rejected-tls12-id",
@@ -141,8 +167,9 @@ pub const SCENARIOS: &[Scenario] = &[
              answers handshake_failure",
         approx_s: 6,
         idle_threshold_s: IDLE_THRESHOLD_S,
+        agent_args: &[],
         needs: &[],
-        play: resume_rejected_tls12_id,
+        play: Play::Watched(resume_rejected_tls12_id),
     },
     Scenario {
         name: "resume-rejected-tls12-ticket",
@@ -151,8 +178,9 @@ pub const SCENARIOS: &[Scenario] = &[
              answers handshake_failure",
         approx_s: 6,
         idle_threshold_s: IDLE_THRESHOLD_S,
+        agent_args: &[],
         needs: &[],
-        play: resume_rejected_tls12_ticket,
+        play: Play::Watched(resume_rejected_tls12_ticket),
     },
     Scenario {
         name: "resume-rejected-tls13-psk",
@@ -161,8 +189,9 @@ pub const SCENARIOS: &[Scenario] = &[
              handshake_failure",
         approx_s: 6,
         idle_threshold_s: IDLE_THRESHOLD_S,
+        agent_args: &[],
         needs: &[],
-        play: resume_rejected_tls13_psk,
+        play: Play::Watched(resume_rejected_tls13_psk),
     },
     Scenario {
         name: "http-to-nginx-tls-v4",
@@ -170,8 +199,9 @@ pub const SCENARIOS: &[Scenario] = &[
         plays: "curl sends plaintext HTTP to nginx's TLS port 443 over IPv4; nginx answers 400",
         approx_s: 5,
         idle_threshold_s: IDLE_THRESHOLD_S,
+        agent_args: &[],
         needs: &[],
-        play: http_to_nginx_tls_v4,
+        play: Play::Watched(http_to_nginx_tls_v4),
     },
     Scenario {
         name: "http-to-nginx-tls-v6",
@@ -179,8 +209,9 @@ pub const SCENARIOS: &[Scenario] = &[
         plays: "curl sends plaintext HTTP to nginx's TLS port 443 over IPv6; nginx answers 400",
         approx_s: 5,
         idle_threshold_s: IDLE_THRESHOLD_S,
+        agent_args: &[],
         needs: &[],
-        play: http_to_nginx_tls_v6,
+        play: Play::Watched(http_to_nginx_tls_v6),
     },
     Scenario {
         name: "http-to-s-server",
@@ -188,8 +219,9 @@ pub const SCENARIOS: &[Scenario] = &[
         plays: "curl sends plaintext HTTP to openssl s_server on 8443, which just closes",
         approx_s: 5,
         idle_threshold_s: IDLE_THRESHOLD_S,
+        agent_args: &[],
         needs: &[],
-        play: http_to_s_server,
+        play: Play::Watched(http_to_s_server),
     },
     Scenario {
         name: "tls-to-nginx-80",
@@ -198,8 +230,9 @@ pub const SCENARIOS: &[Scenario] = &[
              HTTP/1.1 400",
         approx_s: 5,
         idle_threshold_s: IDLE_THRESHOLD_S,
+        agent_args: &[],
         needs: &[],
-        play: tls_to_nginx_80,
+        play: Play::Watched(tls_to_nginx_80),
     },
     Scenario {
         name: "idle-close-nginx-tls12",
@@ -208,8 +241,9 @@ pub const SCENARIOS: &[Scenario] = &[
              an encrypted alert and FIN",
         approx_s: 8,
         idle_threshold_s: IDLE_THRESHOLD_S,
+        agent_args: &[],
         needs: &[],
-        play: idle_close_nginx_tls12,
+        play: Play::Watched(idle_close_nginx_tls12),
     },
     Scenario {
         name: "idle-close-nginx-tls13",
@@ -218,8 +252,9 @@ pub const SCENARIOS: &[Scenario] = &[
              close_notify and FIN",
         approx_s: 8,
         idle_threshold_s: IDLE_THRESHOLD_S,
+        agent_args: &[],
         needs: &[],
-        play: idle_close_nginx_tls13,
+        play: Play::Watched(idle_close_nginx_tls13),
     },
     Scenario {
         name: "conntrack-idle-drop",
@@ -229,8 +264,9 @@ pub const SCENARIOS: &[Scenario] = &[
              survive",
         approx_s: 11,
         idle_threshold_s: IDLE_THRESHOLD_S,
+        agent_args: &[],
         needs: &["nft"],
-        play: conntrack_idle_drop,
+        play: Play::Watched(conntrack_idle_drop),
     },
     Scenario {
         name: "hs-unknown-ca",
@@ -239,8 +275,9 @@ pub const SCENARIOS: &[Scenario] = &[
              over IPv6)",
         approx_s: 5,
         idle_threshold_s: IDLE_THRESHOLD_S,
+        agent_args: &[],
         needs: &[],
-        play: hs_unknown_ca,
+        play: Play::Watched(hs_unknown_ca),
     },
     Scenario {
         name: "hs-protocol-version",
@@ -248,8 +285,9 @@ pub const SCENARIOS: &[Scenario] = &[
         plays: "TLS 1.2-only s_client against a TLS 1.3-only s_server: protocol_version alert",
         approx_s: 5,
         idle_threshold_s: IDLE_THRESHOLD_S,
+        agent_args: &[],
         needs: &[],
-        play: hs_protocol_version,
+        play: Play::Watched(hs_protocol_version),
     },
     Scenario {
         name: "hs-no-shared-cipher",
@@ -257,8 +295,9 @@ pub const SCENARIOS: &[Scenario] = &[
         plays: "TLS 1.2 s_client and s_server with disjoint cipher lists: handshake_failure alert",
         approx_s: 5,
         idle_threshold_s: IDLE_THRESHOLD_S,
+        agent_args: &[],
         needs: &[],
-        play: hs_no_shared_cipher,
+        play: Play::Watched(hs_no_shared_cipher),
     },
     Scenario {
         name: "clean-tls12",
@@ -266,8 +305,9 @@ pub const SCENARIOS: &[Scenario] = &[
         plays: "clean control: interactive TLS 1.2 s_client/s_server session, data both ways",
         approx_s: 5,
         idle_threshold_s: IDLE_THRESHOLD_S,
+        agent_args: &[],
         needs: &[],
-        play: clean_tls12,
+        play: Play::Watched(clean_tls12),
     },
     Scenario {
         name: "clean-tls13",
@@ -275,8 +315,9 @@ pub const SCENARIOS: &[Scenario] = &[
         plays: "clean control: interactive TLS 1.3 s_client/s_server session, data both ways",
         approx_s: 5,
         idle_threshold_s: IDLE_THRESHOLD_S,
+        agent_args: &[],
         needs: &[],
-        play: clean_tls13,
+        play: Play::Watched(clean_tls13),
     },
     Scenario {
         name: "clean-resume-tls12-id",
@@ -284,8 +325,9 @@ pub const SCENARIOS: &[Scenario] = &[
         plays: "clean control: TLS 1.2 session-ID resumption accepted by s_server",
         approx_s: 5,
         idle_threshold_s: IDLE_THRESHOLD_S,
+        agent_args: &[],
         needs: &[],
-        play: clean_resume_tls12_id,
+        play: Play::Watched(clean_resume_tls12_id),
     },
     Scenario {
         name: "clean-resume-tls12-ticket",
@@ -293,8 +335,9 @@ pub const SCENARIOS: &[Scenario] = &[
         plays: "clean control: TLS 1.2 session-ticket resumption accepted by s_server",
         approx_s: 5,
         idle_threshold_s: IDLE_THRESHOLD_S,
+        agent_args: &[],
         needs: &[],
-        play: clean_resume_tls12_ticket,
+        play: Play::Watched(clean_resume_tls12_ticket),
     },
     Scenario {
         name: "clean-resume-tls13-psk",
@@ -302,8 +345,9 @@ pub const SCENARIOS: &[Scenario] = &[
         plays: "clean control: TLS 1.3 PSK resumption accepted by s_server",
         approx_s: 5,
         idle_threshold_s: IDLE_THRESHOLD_S,
+        agent_args: &[],
         needs: &[],
-        play: clean_resume_tls13_psk,
+        play: Play::Watched(clean_resume_tls13_psk),
     },
     Scenario {
         name: "clean-http2",
@@ -311,8 +355,9 @@ pub const SCENARIOS: &[Scenario] = &[
         plays: "clean control: curl --http2 to nginx (ALPN h2), two requests on one connection",
         approx_s: 5,
         idle_threshold_s: IDLE_THRESHOLD_S,
+        agent_args: &[],
         needs: &[],
-        play: clean_http2,
+        play: Play::Watched(clean_http2),
     },
     Scenario {
         name: "clean-large-download",
@@ -320,8 +365,9 @@ pub const SCENARIOS: &[Scenario] = &[
         plays: "clean control: curl downloads 20 MiB from nginx over TLS",
         approx_s: 6,
         idle_threshold_s: IDLE_THRESHOLD_S,
+        agent_args: &[],
         needs: &[],
-        play: clean_large_download,
+        play: Play::Watched(clean_large_download),
     },
     Scenario {
         name: "clean-keepalive",
@@ -330,8 +376,9 @@ pub const SCENARIOS: &[Scenario] = &[
              requests 1 s apart), closed by the client",
         approx_s: 6,
         idle_threshold_s: IDLE_THRESHOLD_S,
+        agent_args: &[],
         needs: &[],
-        play: clean_keepalive,
+        play: Play::Watched(clean_keepalive),
     },
     Scenario {
         name: "clean-http80",
@@ -339,8 +386,130 @@ pub const SCENARIOS: &[Scenario] = &[
         plays: "clean control: plain HTTP to nginx on port 80, IPv4 and IPv6",
         approx_s: 5,
         idle_threshold_s: IDLE_THRESHOLD_S,
+        agent_args: &[],
         needs: &[],
-        play: clean_http80,
+        play: Play::Watched(clean_http80),
+    },
+    Scenario {
+        name: "midstream-adopted-tls12",
+        field_case: None,
+        plays: "a TLS 1.2 connection (Python ssl) opened before the agent starts idles 4 s, \
+             then resumes and is answered: adopted mid-stream, nothing to diagnose",
+        approx_s: 12,
+        idle_threshold_s: IDLE_THRESHOLD_S,
+        agent_args: &[],
+        needs: &["python3"],
+        play: Play::OpenedBefore {
+            open: open_long_lived_tls12,
+            resume: midstream_adopted,
+        },
+    },
+    Scenario {
+        name: "midstream-adopted-tls13",
+        field_case: None,
+        plays: "a TLS 1.3 connection (Python ssl) opened before the agent starts idles 4 s, \
+             then resumes and is answered: adopted mid-stream, nothing to diagnose",
+        approx_s: 12,
+        idle_threshold_s: IDLE_THRESHOLD_S,
+        agent_args: &[],
+        needs: &["python3"],
+        play: Play::OpenedBefore {
+            open: open_long_lived_tls13,
+            resume: midstream_adopted,
+        },
+    },
+    Scenario {
+        name: "midstream-dropped-tls12",
+        field_case: Some(5),
+        plays: "a TLS 1.2 connection opened before the agent starts idles 4 s; the router's \
+             nftables now drop it, so the resumed request is retransmitted into silence",
+        approx_s: 13,
+        idle_threshold_s: IDLE_THRESHOLD_S,
+        agent_args: &[],
+        needs: &["python3", "nft"],
+        play: Play::OpenedBefore {
+            open: open_long_lived_tls12,
+            resume: midstream_dropped,
+        },
+    },
+    Scenario {
+        name: "midstream-dropped-tls13",
+        field_case: Some(5),
+        plays: "a TLS 1.3 connection opened before the agent starts idles 4 s; the router's \
+             nftables now drop it, so the resumed request is retransmitted into silence",
+        approx_s: 13,
+        idle_threshold_s: IDLE_THRESHOLD_S,
+        agent_args: &[],
+        needs: &["python3", "nft"],
+        play: Play::OpenedBefore {
+            open: open_long_lived_tls13,
+            resume: midstream_dropped,
+        },
+    },
+    Scenario {
+        name: "flood-spoofed",
+        field_case: None,
+        plays: "640 spoofed one-byte segments from 198.18.0.0/15 to nginx's 443 (agent flow \
+             table of 64) while curl sessions run, plaintext HTTP hits 443 and nginx closes an \
+             idle keep-alive",
+        approx_s: 12,
+        idle_threshold_s: IDLE_THRESHOLD_S,
+        agent_args: &["--flow-table-size", "64"],
+        needs: &[],
+        play: Play::Watched(flood_spoofed),
+    },
+    Scenario {
+        name: "client-reneg-tls12",
+        field_case: None,
+        plays: "TLS 1.2 s_client renegotiates on its own (`R`) against s_server \
+             -client_renegotiation",
+        approx_s: 8,
+        idle_threshold_s: IDLE_THRESHOLD_S,
+        agent_args: &[],
+        needs: &[],
+        play: Play::Watched(client_reneg_tls12),
+    },
+    Scenario {
+        name: "tls-to-python-http",
+        field_case: Some(3),
+        plays: "s_client sends a ClientHello to Python's http.server, which answers an HTML \
+             error page without a status line",
+        approx_s: 5,
+        idle_threshold_s: IDLE_THRESHOLD_S,
+        agent_args: &[],
+        needs: &["python3"],
+        play: Play::Watched(tls_to_python_http),
+    },
+    Scenario {
+        name: "tls-to-smtp-banner",
+        field_case: Some(3),
+        plays: "s_client sends a ClientHello to port 25, answered by an SMTP `220 ` banner",
+        approx_s: 5,
+        idle_threshold_s: IDLE_THRESHOLD_S,
+        agent_args: &[],
+        needs: &["python3"],
+        play: Play::Watched(tls_to_smtp_banner),
+    },
+    Scenario {
+        name: "tls-to-ssh-banner",
+        field_case: Some(3),
+        plays: "s_client sends a ClientHello to port 22, answered by an `SSH-2.0-` banner",
+        approx_s: 5,
+        idle_threshold_s: IDLE_THRESHOLD_S,
+        agent_args: &[],
+        needs: &["python3"],
+        play: Play::Watched(tls_to_ssh_banner),
+    },
+    Scenario {
+        name: "clean-bulk-both-ways",
+        field_case: None,
+        plays: "clean control: per TLS version (1.2, 1.3) three 20 MiB downloads from nginx on \
+             one connection and three 20 MiB uploads (WebDAV PUT) on another",
+        approx_s: 12,
+        idle_threshold_s: IDLE_THRESHOLD_S,
+        agent_args: &[],
+        needs: &[],
+        play: Play::Watched(clean_bulk_both_ways),
     },
 ];
 
@@ -688,26 +857,35 @@ pub fn detector_path() -> Result<PathBuf> {
 }
 
 /// The agent running live on the lab's router: XDP on both router veths, `--no-egress`
-/// (both directions of every session arrive there as ingress).
-pub fn agent_on_router(lab: &Lab, detector: &Path, idle_threshold_s: f64) -> Result<LiveAgent> {
+/// (both directions of every session arrive there as ingress); `extra` are further
+/// options (a scenario's [`Scenario::agent_args`]).
+pub fn agent_on_router(
+    lab: &Lab,
+    detector: &Path,
+    idle_threshold_s: f64,
+    extra: &[&str],
+) -> Result<LiveAgent> {
     let (router, rc, rs) = lab.router_parts()?;
     let idle = idle_threshold_s.to_string();
-    LiveAgent::start_with(
-        detector,
-        lab,
-        &router,
-        &[&rc, &rs],
-        &["--no-egress", "--idle-threshold", &idle],
-    )
+    let mut args = vec!["--no-egress", "--idle-threshold", &idle];
+    args.extend_from_slice(extra);
+    LiveAgent::start_with(detector, lab, &router, &[&rc, &rs], &args)
 }
 
 /// `detector replay PCAP` with the scenario's idle threshold and the lab's correlation
-/// window: the diagnoses, and stderr (the summary).
-pub fn replay(detector: &Path, pcap: &Path, idle_threshold_s: f64) -> Result<(Vec<Value>, String)> {
+/// window, and `extra` options (a scenario's [`Scenario::agent_args`]): the diagnoses, and
+/// stderr (the summary).
+pub fn replay(
+    detector: &Path,
+    pcap: &Path,
+    idle_threshold_s: f64,
+    extra: &[&str],
+) -> Result<(Vec<Value>, String)> {
     let out = Command::new(detector)
         .arg("replay")
         .arg(pcap)
         .args(["--idle-threshold", &idle_threshold_s.to_string()])
+        .args(extra)
         .args(["--correlation-window", &CORRELATION_WINDOW_S.to_string()])
         .output()
         .with_context(|| format!("running {} replay", detector.display()))?;
@@ -729,6 +907,8 @@ pub struct Outcome {
     pub expected: Expected,
     /// The live agent's diagnoses.
     pub live: Vec<Value>,
+    /// The live agent's /metrics, scraped just before it stopped.
+    pub metrics: String,
     /// `OUT/NAME.pcap`.
     pub pcap: PathBuf,
     pub expected_path: PathBuf,
@@ -747,8 +927,23 @@ pub fn run(s: &Scenario, out: &Path, detector: &Path) -> Result<Outcome> {
     let lab = Lab::routed()?;
     let (router, rc, _) = lab.router_parts()?;
     let capture = lab.capture(&router, &rc, format!("{}.pcap", s.name))?;
-    let agent = agent_on_router(&lab, detector, s.idle_threshold_s)?;
-    let played = match s.play(&lab) {
+    // Connections of an OpenedBefore scenario are up before the agent, as after a restart.
+    // The capture is already running, so replay sees them whole; only the live agent meets
+    // them mid-stream.
+    let opened = match &s.play {
+        Play::OpenedBefore { open, .. } => {
+            Some(open(&lab).with_context(|| format!("scenario {}: opening", s.name))?)
+        }
+        Play::Watched(_) => None,
+    };
+    let agent = agent_on_router(&lab, detector, s.idle_threshold_s, s.agent_args)?;
+    let played = match (&s.play, opened) {
+        (Play::OpenedBefore { resume, .. }, Some(o)) => {
+            resume(&lab, o).with_context(|| format!("scenario {}", s.name))
+        }
+        _ => s.play(&lab),
+    };
+    let played = match played {
         Ok(p) => p,
         Err(e) => {
             return Err(e.context(format!(
@@ -759,6 +954,7 @@ pub fn run(s: &Scenario, out: &Path, detector: &Path) -> Result<Outcome> {
     };
     agent.collect(played.must.len(), Duration::from_secs(8))?;
     thread::sleep(SETTLE);
+    let metrics = agent.metrics(&lab)?;
     let stdout = agent.process.stdout_path().to_path_buf();
     let live = agent.stop()?;
     let raw = fs::read_to_string(&stdout)
@@ -785,6 +981,7 @@ pub fn run(s: &Scenario, out: &Path, detector: &Path) -> Result<Outcome> {
     Ok(Outcome {
         expected,
         live,
+        metrics,
         pcap,
         expected_path,
         live_path,
@@ -1097,15 +1294,7 @@ fn tls_to_nginx_80(lab: &Lab) -> Result<Played> {
         },
     )?;
     let server = s4(lab, 80);
-    let (ok, text) = run_text(
-        lab,
-        &[
-            "sh",
-            "-c",
-            &format!("openssl s_client -connect {server} -servername {DEFAULT_CN} </dev/null"),
-        ],
-    )?;
-    ensure!(!ok, "s_client to a plaintext server should fail:\n{text}");
+    client_hello_to_plaintext(lab, server)?;
     Ok(Played::new(
         vec![Must::new(
             "tls_to_plaintext_port",
@@ -1116,6 +1305,106 @@ fn tls_to_nginx_80(lab: &Lab) -> Result<Played> {
         MustNot::kinds(&["fatal_alert", "http_to_tls_port", "handshake_reset"]),
     )
     .keep(nginx))
+}
+
+/// s_client's ClientHello to a plaintext server, which must make the handshake fail.
+fn client_hello_to_plaintext(lab: &Lab, server: SocketAddr) -> Result<()> {
+    let (ok, text) = run_text(
+        lab,
+        &[
+            "sh",
+            "-c",
+            &format!("openssl s_client -connect {server} -servername {DEFAULT_CN} </dev/null"),
+        ],
+    )?;
+    ensure!(!ok, "s_client to a plaintext server should fail:\n{text}");
+    Ok(())
+}
+
+/// `python3 -c BANNER HOST PORT TEXT`: a plaintext server that reads the client's first
+/// bytes, answers `TEXT\r\n` and reads until the client closes. SMTP and SSH servers send
+/// their banner on accept; waiting for the client's bytes first keeps the order on the wire
+/// (ClientHello, then banner) the same in every run.
+const BANNER_SERVER: &str = r#"
+import socket, sys
+host, port, banner = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+srv = socket.create_server((host, port))
+print("listening", flush=True)
+while True:
+    c, _ = srv.accept()
+    c.settimeout(10)
+    try:
+        if c.recv(4096):
+            c.sendall(banner.encode() + b"\r\n")
+        while c.recv(4096):
+            pass
+    except OSError:
+        pass
+    c.close()
+"#;
+
+/// A ClientHello to a plaintext server (listening) that answers with something other than
+/// an HTTP status line.
+fn tls_to_plaintext(lab: &Lab, server: SocketAddr, srv: LabProcess) -> Result<Played> {
+    client_hello_to_plaintext(lab, server)?;
+    Ok(Played::new(
+        vec![Must::new(
+            "tls_to_plaintext_port",
+            c4(lab),
+            server,
+            "server",
+        )],
+        MustNot::kinds(&["fatal_alert", "http_to_tls_port", "handshake_reset"]),
+    )
+    .keep(srv))
+}
+
+fn banner_server(lab: &Lab, port: u16, banner: &str) -> Result<(SocketAddr, LabProcess)> {
+    let server = s4(lab, port);
+    let srv = lab.spawn(
+        lab.server_ns(),
+        &format!("banner-{port}"),
+        &[
+            "python3",
+            "-c",
+            BANNER_SERVER,
+            &server.ip().to_string(),
+            &port.to_string(),
+            banner,
+        ],
+    )?;
+    srv.wait_for_output("listening", T)?;
+    Ok((server, srv))
+}
+
+/// Python's http.server takes the ClientHello for an HTTP/0.9 request and answers with an
+/// HTML error page, without a status line.
+fn tls_to_python_http(lab: &Lab) -> Result<Played> {
+    let server = s4(lab, 8080);
+    let srv = lab.spawn(
+        lab.server_ns(),
+        "http.server",
+        &[
+            "python3",
+            "-m",
+            "http.server",
+            "--bind",
+            &server.ip().to_string(),
+            "8080",
+        ],
+    )?;
+    lab.wait_tcp(lab.server_ns(), server.ip(), server.port(), T)?;
+    tls_to_plaintext(lab, server, srv)
+}
+
+fn tls_to_smtp_banner(lab: &Lab) -> Result<Played> {
+    let (server, srv) = banner_server(lab, 25, "220 mail.server.test ESMTP Postfix (Debian/GNU)")?;
+    tls_to_plaintext(lab, server, srv)
+}
+
+fn tls_to_ssh_banner(lab: &Lab) -> Result<Played> {
+    let (server, srv) = banner_server(lab, 22, "SSH-2.0-OpenSSH_9.2p1 Debian-2+deb12u3")?;
+    tls_to_plaintext(lab, server, srv)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1135,28 +1424,11 @@ fn idle_close_nginx(lab: &Lab, version: &str) -> Result<Played> {
             ..Default::default()
         },
     )?;
-    let tls = nginx.tls.clone().context("TLS site has a certificate")?;
     let connect = s4(lab, 443);
-    let args = s_client_args(connect, &tls.ca_cert, &[version])?;
-    let mut cli = lab.spawn_with_stdin(lab.client_ns(), &format!("s_client{version}"), &args)?;
-    cli.wait_for_output("Verify return code", T)?;
-    cli.write_stdin(format!("GET / HTTP/1.1\r\nHost: {DEFAULT_CN}\r\n\r\n").as_bytes())?;
-    cli.wait_for_output("HTTP/1.1 200 OK", T)?;
-    // nginx closes; s_client reads the close_notify and exits. Stdin stays open, so the
-    // close is nginx's.
-    let status = cli
-        .wait_timeout(Duration::from_secs(u64::from(KEEPALIVE_TIMEOUT_S) + 10))
-        .context("nginx did not close the idle keep-alive connection")?;
-    ensure!(
-        cli.output().contains("closed"),
-        "s_client exited ({status}) without seeing nginx close:\n{}",
-        tail(&cli.output(), 3000)
-    );
+    let cli = keepalive_request(lab, &nginx, version)?;
+    wait_server_close(&cli)?;
     Ok(Played::new(
-        vec![
-            Must::new("idle_close", c4(lab), connect, "server")
-                .gap(f64::from(KEEPALIVE_TIMEOUT_S), 0.5),
-        ],
+        vec![idle_close_by_nginx(lab, connect)],
         MustNot::kinds(&[
             "rst_after_idle",
             "idle_timeout_drop",
@@ -1165,6 +1437,37 @@ fn idle_close_nginx(lab: &Lab, version: &str) -> Result<Played> {
         ]),
     )
     .keep(nginx))
+}
+
+/// One HTTP/1.1 request on a keep-alive connection to `nginx` (port 443), answered; the
+/// connection then stays open (stdin too) until nginx closes it.
+fn keepalive_request(lab: &Lab, nginx: &Nginx, version: &str) -> Result<LabProcess> {
+    let tls = nginx.tls.clone().context("TLS site has a certificate")?;
+    let args = s_client_args(s4(lab, 443), &tls.ca_cert, &[version])?;
+    let mut cli = lab.spawn_with_stdin(lab.client_ns(), &format!("s_client{version}"), &args)?;
+    cli.wait_for_output("Verify return code", T)?;
+    cli.write_stdin(format!("GET / HTTP/1.1\r\nHost: {DEFAULT_CN}\r\n\r\n").as_bytes())?;
+    cli.wait_for_output("HTTP/1.1 200 OK", T)?;
+    Ok(cli)
+}
+
+/// nginx closes; s_client reads the close_notify and exits. Stdin stays open, so the close
+/// is nginx's.
+fn wait_server_close(cli: &LabProcess) -> Result<()> {
+    let status = cli
+        .wait_timeout(Duration::from_secs(u64::from(KEEPALIVE_TIMEOUT_S) + 10))
+        .context("nginx did not close the idle keep-alive connection")?;
+    ensure!(
+        cli.output().contains("closed"),
+        "s_client exited ({status}) without seeing nginx close:\n{}",
+        tail(&cli.output(), 3000)
+    );
+    Ok(())
+}
+
+/// The diagnosis nginx's keep-alive close must give.
+fn idle_close_by_nginx(lab: &Lab, connect: SocketAddr) -> Must {
+    Must::new("idle_close", c4(lab), connect, "server").gap(f64::from(KEEPALIVE_TIMEOUT_S), 0.5)
 }
 
 fn idle_close_nginx_tls12(lab: &Lab) -> Result<Played> {
@@ -1474,6 +1777,195 @@ fn hs_no_shared_cipher(lab: &Lab) -> Result<Played> {
 }
 
 // ---------------------------------------------------------------------------------------
+// Precision: connections older than the agent, spoofed segments, client renegotiation
+// ---------------------------------------------------------------------------------------
+
+/// Port of the long-lived connections' server.
+const LONG_LIVED_PORT: u16 = 443;
+/// How long a connection opened before the agent stays quiet before it resumes, counted
+/// from its last answer: past the idle threshold.
+const LONG_IDLE: Duration = Duration::from_secs(4);
+/// How long after its start the agent must have run before a connection resumes: longer
+/// than the idle threshold, so "first seen mid-stream" cannot be explained by the agent
+/// having just started (the case issue 8 found diagnosed wrongly).
+const AGENT_RUN_BEFORE_RESUME: Duration = Duration::from_secs(3);
+/// How long a dropped flow's client retransmits before its connection is destroyed.
+const RETRANSMIT_FOR: Duration = Duration::from_millis(1500);
+
+fn open_long_lived_tls12(lab: &Lab) -> Result<LongLived> {
+    LongLived::open(lab, LONG_LIVED_PORT, Version::Tls12, 1)
+}
+
+fn open_long_lived_tls13(lab: &Lab) -> Result<LongLived> {
+    LongLived::open(lab, LONG_LIVED_PORT, Version::Tls13, 1)
+}
+
+/// Waits until the connection has idled [`LONG_IDLE`] and the agent (started just before
+/// `resume` was called, at `agent_started`) has run [`AGENT_RUN_BEFORE_RESUME`].
+fn wait_to_resume(last_answer: Instant, agent_started: Instant) {
+    let at = (last_answer + LONG_IDLE).max(agent_started + AGENT_RUN_BEFORE_RESUME);
+    thread::sleep(at.saturating_duration_since(Instant::now()));
+}
+
+/// The connection resumes and the server answers: healthy, whatever the agent missed.
+fn midstream_adopted(_lab: &Lab, mut opened: LongLived) -> Result<Played> {
+    let agent_started = Instant::now();
+    let mut c = opened.clients.pop().context("one connection was opened")?;
+    wait_to_resume(c.last_answer, agent_started);
+    c.exchange("after the agent started")?;
+    c.exchange("and once more")?;
+    c.close()?;
+    Ok(Played::new(Vec::new(), MustNot::Nothing).keep(opened.server))
+}
+
+/// The router starts filtering while the connection idles: its conntrack never saw the
+/// connection start, so the resumed request is a "new" non-SYN packet and dropped, as a
+/// load balancer that forgot the flow would. The client retransmits into silence until
+/// its connection is destroyed.
+fn midstream_dropped(lab: &Lab, mut opened: LongLived) -> Result<Played> {
+    let agent_started = Instant::now();
+    let mut c = opened.clients.pop().context("one connection was opened")?;
+    let (router, _, _) = lab.router_parts()?;
+    forget_idle_flows(lab, &router, CONNTRACK_TIMEOUT_S)?;
+    wait_to_resume(c.last_answer, agent_started);
+    c.send("into the void")?;
+    thread::sleep(RETRANSMIT_FOR);
+    ensure!(
+        c.answered() == 1,
+        "the router should have dropped the resumed connection:\n{}",
+        c.process.output()
+    );
+    c.kill(lab)?;
+    Ok(Played::new(
+        vec![Must::new(
+            "idle_timeout_drop",
+            c4(lab),
+            opened.server.addr,
+            "client",
+        )],
+        MustNot::kinds(&[
+            "rst_after_idle",
+            "idle_close",
+            "handshake_reset",
+            "fatal_alert",
+        ]),
+    )
+    .keep(opened.server))
+}
+
+/// Size of the agent's flow table in `flood-spoofed`.
+pub const FLOOD_FLOW_TABLE: u32 = 64;
+/// Spoofed segments in `flood-spoofed`: ten times the table.
+pub const FLOOD_SEGMENTS: u32 = 10 * FLOOD_FLOW_TABLE;
+
+/// Spoofed one-byte segments from random sources to nginx's 443 while real sessions run:
+/// clean keep-alive sessions (nothing), plaintext HTTP to 443 (`http_to_tls_port`) and an
+/// idle keep-alive connection nginx closes (`idle_close`) must come out exactly as without
+/// the flood.
+fn flood_spoofed(lab: &Lab) -> Result<Played> {
+    let nginx = lab.nginx(
+        lab.server_ns(),
+        NginxSite {
+            tls: true,
+            tls_protocols: Some(NGINX_PROTOCOLS),
+            keepalive_timeout_s: Some(KEEPALIVE_TIMEOUT_S),
+            ..Default::default()
+        },
+    )?;
+    route_answers_into_lab(lab)?;
+    let connect = s4(lab, 443);
+    let target = std::net::SocketAddrV4::new(lab.server_v4(), 443);
+    let flood = spawn_flood(
+        lab.client_ns(),
+        Flood {
+            target,
+            count: FLOOD_SEGMENTS,
+            duration: Duration::from_secs(4),
+        },
+    );
+    let idle = keepalive_request(lab, &nginx, "-tls1_2")?;
+    let tls = nginx.tls.clone().context("TLS site has a certificate")?;
+    let ca = path_str(&tls.ca_cert)?;
+    let s = IpAddr::from(lab.server_v4());
+    for round in 0..2 {
+        let out = curl(
+            lab,
+            &[
+                "--cacert",
+                ca,
+                &nginx.url(s, &format!("/a{round}")),
+                &nginx.url(s, &format!("/b{round}")),
+            ],
+        )?;
+        ensure!(
+            String::from_utf8_lossy(&out.stdout) == "ok\nok\n",
+            "clean keep-alive session during the flood: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let out = curl(lab, &[&url("http", s, 443, "/")])?;
+    ensure!(
+        String::from_utf8_lossy(&out.stdout).contains("400"),
+        "nginx should answer 400 to plaintext HTTP on 443"
+    );
+    wait_server_close(&idle)?;
+    let report = flood
+        .join()
+        .map_err(|_| anyhow::anyhow!("the flood thread panicked"))??;
+    ensure!(
+        report.sent == FLOOD_SEGMENTS,
+        "sent {} of {FLOOD_SEGMENTS} spoofed segments",
+        report.sent
+    );
+    Ok(Played::new(
+        vec![
+            Must::new("http_to_tls_port", c4(lab), connect, "client"),
+            idle_close_by_nginx(lab, connect),
+        ],
+        MustNot::kinds(&["idle_timeout_drop", "rst_after_idle", "handshake_reset"]),
+    )
+    .keep(nginx))
+}
+
+/// The client renegotiates on its own: s_client's `R` command, allowed by s_server's
+/// `-client_renegotiation` (OpenSSL 3 refuses client renegotiation by default).
+fn client_reneg_tls12(lab: &Lab) -> Result<Played> {
+    let tls = lab.tls_cert(DEFAULT_CN)?;
+    let mut args = vec!["-tls1_2".to_string(), "-client_renegotiation".to_string()];
+    args.extend(cert_args(&tls)?);
+    let mut srv = lab.s_server(lab.server_ns(), 443, &args)?;
+    let connect = s4(lab, 443);
+    let cli_args = s_client_args(connect, &tls.ca_cert, &["-tls1_2", "-msg"])?;
+    let mut cli = lab.spawn_with_stdin(lab.client_ns(), "s_client-client-reneg", &cli_args)?;
+    cli.write_stdin(b"hello from the client\n")?;
+    srv.wait_for_output("hello from the client", T)?;
+    srv.write_stdin(b"hello from the server\n")?;
+    cli.wait_for_output("hello from the server", T)?;
+    cli.write_stdin(b"R\n")?;
+    wait_count(&cli, "], ClientHello\n", 2, T)?;
+    wait_count(&cli, "], ServerHello\n", 2, T)?;
+    cli.write_stdin(b"after renegotiation from the client\n")?;
+    srv.wait_for_output("after renegotiation from the client", T)?;
+    cli.close_stdin();
+    cli.wait_timeout(T)?;
+    Ok(Played::new(
+        vec![Must::new(
+            "client_renegotiation",
+            c4(lab),
+            connect,
+            "client",
+        )],
+        MustNot::kinds(&[
+            "server_hello_request",
+            "fatal_alert",
+            "idle_close",
+            "rst_after_idle",
+        ]),
+    )
+    .keep(srv))
+}
+
+// ---------------------------------------------------------------------------------------
 // Clean controls: nothing may be diagnosed
 // ---------------------------------------------------------------------------------------
 
@@ -1633,6 +2125,88 @@ fn clean_large_download(lab: &Lab) -> Result<Played> {
         String::from_utf8_lossy(&out.stderr)
     );
     Ok(Played::new(Vec::new(), MustNot::Nothing).keep(nginx))
+}
+
+/// Size of each transfer of `clean-bulk-both-ways`.
+pub const BULK_MIB: u32 = 20;
+/// Transfers of each direction per TLS version in `clean-bulk-both-ways`.
+pub const BULK_TRANSFERS: u32 = 3;
+
+/// Bulk transfers both ways per TLS version: downloads of `/big` on one keep-alive
+/// connection, and uploads by WebDAV PUT (nginx stores the body, so all of it crosses) on
+/// another. The record walker must follow every stream to its end.
+fn clean_bulk_both_ways(lab: &Lab) -> Result<Played> {
+    let uploads = lab.dir().join("uploads");
+    fs::create_dir_all(&uploads).with_context(|| format!("creating {}", uploads.display()))?;
+    let upload_location = format!(
+        "location /upload/ {{ dav_methods PUT; create_full_put_path on; \
+         client_max_body_size {}m; root {}; }}",
+        BULK_MIB * 2,
+        path_str(&uploads)?
+    );
+    let nginx = lab.nginx(
+        lab.server_ns(),
+        NginxSite {
+            tls: true,
+            tls_protocols: Some(NGINX_PROTOCOLS),
+            big_mib: BULK_MIB,
+            extra_server: &upload_location,
+            ..Default::default()
+        },
+    )?;
+    let tls = nginx.tls.clone().context("TLS site has a certificate")?;
+    let ca = path_str(&tls.ca_cert)?;
+    let body = lab.big_file(BULK_MIB)?;
+    let body = path_str(&body)?;
+    let s = IpAddr::from(lab.server_v4());
+    let size = (u64::from(BULK_MIB) << 20).to_string();
+    for (flag, max) in [("--tlsv1.2", "1.2"), ("--tlsv1.3", "1.3")] {
+        let with = |w: &str| -> Vec<String> {
+            ["--cacert", ca, flag, "--tls-max", max, "-w", w]
+                .iter()
+                .map(|s| s.to_string())
+                .collect()
+        };
+        let mut down = with("%{size_download}\n");
+        let mut up = with("%{size_upload} %{http_code}\n");
+        for i in 0..BULK_TRANSFERS {
+            down.extend(["-o".into(), "/dev/null".into(), nginx.url(s, "/big")]);
+            up.extend([
+                "-T".into(),
+                body.into(),
+                nginx.url(s, &format!("/upload/{max}-{i}")),
+            ]);
+        }
+        let args: Vec<&str> = down.iter().map(String::as_str).collect();
+        let out = curl_long(lab, &args)?;
+        ensure!(
+            out.lines().all(|l| l == size) && out.lines().count() == BULK_TRANSFERS as usize,
+            "TLS {max} downloads: {out:?}"
+        );
+        let args: Vec<&str> = up.iter().map(String::as_str).collect();
+        let out = curl_long(lab, &args)?;
+        // 201 Created, or 204 No Content when a soak round overwrites an earlier upload.
+        ensure!(
+            out.lines()
+                .all(|l| l == format!("{size} 201") || l == format!("{size} 204"))
+                && out.lines().count() == BULK_TRANSFERS as usize,
+            "TLS {max} uploads (size, status): {out:?}"
+        );
+    }
+    Ok(Played::new(Vec::new(), MustNot::Nothing).keep(nginx))
+}
+
+/// curl for bulk transfers (a minute each at most); stdout, which must succeed.
+fn curl_long(lab: &Lab, extra: &[&str]) -> Result<String> {
+    let mut args = vec!["curl", "-sS", "--max-time", "60", "--noproxy", "*"];
+    args.extend_from_slice(extra);
+    let out = lab.run(lab.client_ns(), &args, Duration::from_secs(130))?;
+    ensure!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 fn clean_keepalive(lab: &Lab) -> Result<Played> {

@@ -60,7 +60,8 @@ fn regress(name: &str) -> Result<()> {
     let detector = detector_bin()?;
     let out = out_dir();
     let outcome = scenarios::run(s, &out, &detector)?;
-    let (replayed, summary) = scenarios::replay(&detector, &outcome.pcap, s.idle_threshold_s)?;
+    let (replayed, summary) =
+        scenarios::replay(&detector, &outcome.pcap, s.idle_threshold_s, s.agent_args)?;
     let problems = outcome.expected.check(&replayed);
     let agree = identities(&outcome.live) == identities(&replayed);
     println!(

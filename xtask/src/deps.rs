@@ -15,6 +15,7 @@ pub const TEST_PROGRAMS: &[(&str, &str)] = &[
     ("curl", "curl"),
     ("nginx", "nginx"),
     ("tcpdump", "tcpdump"),
+    ("python3", "python3"),
     ("nft", "nftables"),
     ("prometheus", "prometheus"),
     ("promtool", "prometheus"),

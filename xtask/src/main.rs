@@ -64,6 +64,15 @@ enum Task {
     /// The detector at work with no traffic of interest around: the agent on a lab router,
     /// one scenario per field case, diagnoses as they come, then the metrics. Needs root.
     Demo,
+    /// Clean lab traffic for N minutes with the agent live on the router (short sessions,
+    /// keep-alives, bulk both ways, resumptions, long-lived connections idle past the
+    /// threshold, agent restarts, a spoofed-segment flood); prints sessions, diagnoses,
+    /// abstentions, TLS sync losses and evictions; fails on any diagnosis or sync loss.
+    /// Needs root.
+    Soak {
+        #[arg(long, default_value_t = 15.0)]
+        minutes: f64,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -131,6 +140,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             lab(&args, !list, compare_requested(&args))
         }
         Task::Demo => lab(&["--demo".into()], true, false),
+        Task::Soak { minutes } => lab(&["--soak".into(), minutes.to_string().into()], true, false),
     }
 }
 
@@ -143,6 +153,7 @@ const LAB_PROGRAMS: &[(&str, &str)] = &[
     ("curl", "curl"),
     ("nginx", "nginx"),
     ("tcpdump", "tcpdump"),
+    ("python3", "python3"),
 ];
 
 fn compare_requested(args: &[OsString]) -> bool {

@@ -9,6 +9,8 @@
 //! lab --list                          one line per scenario
 //! lab --compare [DIR] [SCENARIO ...]  tshark's view of each capture next to the detector's
 //! lab --demo                          the agent on a lab router, one scenario per field case
+//! lab --soak MINUTES                  clean traffic for MINUTES with the agent live; fails
+//!                                     on any diagnosis or TLS sync loss
 //! ```
 //!
 //! SIGINT or SIGTERM ends the run after the current scenario (whose lab is torn down as
@@ -63,8 +65,8 @@ fn stopping() -> bool {
     STOP.load(Ordering::SeqCst)
 }
 
-const USAGE: &str =
-    "usage: lab [SCENARIO ...] [--out DIR] | --list | --compare [DIR] [SCENARIO ...] | --demo";
+const USAGE: &str = "usage: lab [SCENARIO ...] [--out DIR] | --list | --compare [DIR] [SCENARIO ...] \
+     | --demo | --soak MINUTES";
 
 #[derive(Default)]
 struct Args {
@@ -73,6 +75,7 @@ struct Args {
     list: bool,
     compare: Option<Option<PathBuf>>,
     demo: bool,
+    soak_minutes: Option<f64>,
 }
 
 fn parse_args() -> Result<Args> {
@@ -82,6 +85,12 @@ fn parse_args() -> Result<Args> {
         match arg.as_str() {
             "--list" => a.list = true,
             "--demo" => a.demo = true,
+            "--soak" => {
+                let m = it.next().context("--soak needs a number of minutes")?;
+                let m: f64 = m.parse().with_context(|| format!("--soak {m}"))?;
+                ensure!(m > 0.0 && m <= 24.0 * 60.0, "--soak {m}: 0 to 1440 minutes");
+                a.soak_minutes = Some(m);
+            }
             "--out" => a.out = Some(it.next().context("--out needs a directory")?.into()),
             "--compare" => {
                 let dir = it.next_if(|n| !n.starts_with('-') && Path::new(n).is_dir());
@@ -132,7 +141,29 @@ fn real_main() -> Result<ExitCode> {
     if args.demo {
         return demo(&detector);
     }
+    if let Some(minutes) = args.soak_minutes {
+        return soak(&detector, Duration::from_secs_f64(minutes * 60.0));
+    }
     run_scenarios(&scenarios::select(&args.words)?, &out, &detector)
+}
+
+// ---------------------------------------------------------------------------------------
+// --soak
+// ---------------------------------------------------------------------------------------
+
+fn soak(detector: &Path, duration: Duration) -> Result<ExitCode> {
+    eprintln!(
+        "lab: soak for {:.1} min: clean traffic, agent restarts, a spoofed flood",
+        duration.as_secs_f64() / 60.0
+    );
+    let report = tests::soak::soak(detector, duration, &|m| eprintln!("soak: {m}"))?;
+    println!("{report}");
+    Ok(if report.clean() {
+        ExitCode::SUCCESS
+    } else {
+        eprintln!("lab: the soak was not clean (diagnoses or TLS sync losses above)");
+        ExitCode::FAILURE
+    })
 }
 
 // ---------------------------------------------------------------------------------------
@@ -248,7 +279,8 @@ fn run_scenarios(picked: &[&'static Scenario], out: &Path, detector: &Path) -> R
 
 fn play_one(s: &Scenario, out: &Path, detector: &Path) -> Result<Row> {
     let outcome = scenarios::run(s, out, detector)?;
-    let (replayed, summary) = scenarios::replay(detector, &outcome.pcap, s.idle_threshold_s)?;
+    let (replayed, summary) =
+        scenarios::replay(detector, &outcome.pcap, s.idle_threshold_s, s.agent_args)?;
     let replay_path = out.join(format!("{}.replay.json", s.name));
     let lines: String = replayed.iter().map(|d| format!("{d}\n")).collect();
     fs::write(&replay_path, lines).with_context(|| format!("writing {}", replay_path.display()))?;
@@ -645,7 +677,9 @@ fn compare_one(pcap: &Path, detector: &Path) -> Result<()> {
         .as_ref()
         .map_or(IDLE_THRESHOLD_S, |e| e.idle_threshold_s);
     let frames = tshark(pcap)?;
-    let (diagnoses, _) = scenarios::replay(detector, pcap, idle)?;
+    // A scenario's own agent options (a small flow table) apply to its replay too.
+    let extra = scenarios::find(&name).map_or(&[][..], |s| s.agent_args);
+    let (diagnoses, _) = scenarios::replay(detector, pcap, idle, extra)?;
 
     let case = expected.as_ref().and_then(|e| e.field_case).map_or_else(
         || "no field case".to_string(),
@@ -806,7 +840,7 @@ fn demo(detector: &Path) -> Result<ExitCode> {
          below is real software; diagnoses print as the agent emits them.\n"
     );
     let lab = Lab::routed()?;
-    let agent = scenarios::agent_on_router(&lab, detector, IDLE_THRESHOLD_S)?;
+    let agent = scenarios::agent_on_router(&lab, detector, IDLE_THRESHOLD_S, &[])?;
     let done = Arc::new(AtomicBool::new(false));
     let printer = {
         let path = agent.process.stdout_path().to_path_buf();
