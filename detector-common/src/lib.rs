@@ -289,6 +289,10 @@ pub struct Direction {
     pub walked_end: u32,
     pub ahead_at: u32,
     pub ahead_next: u32,
+    /// Bytes below `walked_end` not seen yet: the hole a reordering opened, which fills
+    /// from `hole_start` up (empty when equal).
+    pub hole_start: u32,
+    pub hole_end: u32,
     pub ahead_records: u16,
     pub ahead_last_len: u16,
     pub ahead_pend_len: u8,
@@ -624,8 +628,8 @@ mod pod {
 // The kernel writes these layouts and the agent reads them; a silent change of size would
 // make one misread the other, so pin them.
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
-const _: () = assert!(core::mem::size_of::<Direction>() == 88);
+const _: () = assert!(core::mem::size_of::<Direction>() == 96);
 const _: () = assert!(core::mem::size_of::<Tls>() == 40);
-const _: () = assert!(core::mem::size_of::<FlowState>() == 248);
+const _: () = assert!(core::mem::size_of::<FlowState>() == 264);
 const _: () = assert!(core::mem::size_of::<Event>() == 128);
 const _: () = assert!(core::mem::size_of::<Sni>() == 1 + SNI_MAX);

@@ -11,8 +11,8 @@
 //! until a segment proves a boundary again (see [`resync`]).
 
 use detector_common::{
-    Counter, EventKind, FlowState, MAX_TLS_RECORD, PayloadClass, SNI_MAX, Side, abort, dir_flags,
-    flow_flags, item, tls_flags,
+    Counter, Direction, EventKind, FlowState, MAX_TLS_RECORD, PayloadClass, SNI_MAX, Side, abort,
+    dir_flags, flow_flags, item, tls_flags,
 };
 
 use aya_ebpf::{cty::c_void, helpers::generated::bpf_loop};
@@ -153,6 +153,7 @@ pub fn walk<P: Packet>(cx: &Cx<P>, flow: &mut FlowState, found: &mut Found) {
     }
     if !before(flow.dir[side].cursor, seg.end) {
         // Only record bodies, or bytes walked already.
+        track_hole(&mut flow.dir[side], &seg);
         return;
     }
 
@@ -178,12 +179,12 @@ pub fn walk<P: Packet>(cx: &Cx<P>, flow: &mut FlowState, found: &mut Found) {
     match w.outcome {
         // More items in this packet than the walker reads: the rest went by unread.
         Outcome::Running => lose(flow, side, Loss::TooManyItems),
-        // The next item lies in bytes an earlier, out-of-order packet already carried:
-        // unless that packet read it ahead, they went by unread, so the boundary after
-        // them is unknown.
-        Outcome::Done if before(flow.dir[side].cursor, prior_walked) => {
+        // The next item lies in bytes an earlier, out-of-order packet already carried
+        // (not in the hole that is still filling): unless that packet read it ahead, they
+        // went by unread, so the boundary after them is unknown.
+        Outcome::Done if seen_before(&flow.dir[side], prior_walked) => {
             take_read_ahead(flow, side);
-            if before(flow.dir[side].cursor, prior_walked) {
+            if seen_before(&flow.dir[side], prior_walked) {
                 lose(flow, side, Loss::PassedUnread);
             }
         }
@@ -195,10 +196,43 @@ pub fn walk<P: Packet>(cx: &Cx<P>, flow: &mut FlowState, found: &mut Found) {
         }
         _ => {}
     }
-    let d = &mut flow.dir[side];
-    if before(d.walked_end, w.seg.end) {
-        d.walked_end = w.seg.end;
+    track_hole(&mut flow.dir[side], &w.seg);
+}
+
+/// Keeps the walker's view of what arrived: the highest end it has looked at, and the
+/// hole below it that reordering opened (one at a time: a second hole while one fills is
+/// taken as seen, so a cursor landing there loses its place rather than wait on a guess).
+#[inline(always)]
+fn track_hole(d: &mut Direction, seg: &Seg) {
+    if !before(d.cursor, d.hole_end) {
+        // The walker is past it: what it lacked no longer matters.
+        d.hole_start = d.hole_end;
     }
+    let open = d.hole_start != d.hole_end;
+    if before(d.walked_end, seg.start) {
+        if !open {
+            d.hole_start = d.walked_end;
+            d.hole_end = seg.start;
+        }
+    } else if open && !before(d.hole_start, seg.start) && before(d.hole_start, seg.end) {
+        // Filled from its start, as the missing segments arrive in order.
+        d.hole_start = if before(seg.end, d.hole_end) {
+            seg.end
+        } else {
+            d.hole_end
+        };
+    }
+    if before(d.walked_end, seg.end) {
+        d.walked_end = seg.end;
+    }
+}
+
+/// Whether the cursor stands in bytes an earlier segment already brought: below what the
+/// walker had looked at before this segment, and not in the hole still filling.
+#[inline(always)]
+fn seen_before(d: &Direction, prior_walked: u32) -> bool {
+    let in_hole = !before(d.cursor, d.hole_start) && before(d.cursor, d.hole_end);
+    before(d.cursor, prior_walked) && !in_hole
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -427,6 +461,8 @@ pub fn sync_at_start(flow: &mut FlowState, side: usize, seq: u32) {
     d.flags |= dir_flags::SYNCED;
     d.cursor = seq;
     d.walked_end = seq;
+    d.hole_start = seq;
+    d.hole_end = seq;
     d.item = item::RECORD;
     d.pend_len = 0;
     d.flags &= !dir_flags::AHEAD;

@@ -28,19 +28,26 @@ pub struct Summary {
     pub events: u64,
     pub events_dropped: u64,
     pub diagnoses: u64,
+    /// Times the record walker lost its place, and reordering gaps it bridged: how well
+    /// the capture could be followed.
+    pub tls_sync_lost: u64,
+    pub tls_read_ahead: u64,
 }
 
 impl std::fmt::Display for Summary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "replayed {} packets ({} frames, {} skipped); kernel events: {} ({} dropped); diagnoses: {}",
+            "replayed {} packets ({} frames, {} skipped); kernel events: {} ({} dropped); \
+             diagnoses: {}; TLS sync lost: {} (reordering gaps bridged: {})",
             self.packets,
             self.frames,
             self.skipped,
             self.events,
             self.events_dropped,
-            self.diagnoses
+            self.diagnoses,
+            self.tls_sync_lost,
+            self.tls_read_ahead
         )
     }
 }
@@ -105,7 +112,10 @@ pub fn replay(
     summary.skipped += reader.skipped();
     summary.events = pipeline.events();
     summary.diagnoses = pipeline.diagnoses();
-    summary.events_dropped = kernel.counters().get(Counter::EventsDropped)?;
+    let counters = kernel.counters();
+    summary.events_dropped = counters.get(Counter::EventsDropped)?;
+    summary.tls_sync_lost = counters.get(Counter::TlsSyncLost)?;
+    summary.tls_read_ahead = counters.get(Counter::TlsReadAhead)?;
     result.with_context(|| format!("{}: replay stopped after {}", path.display(), summary))?;
     Ok(summary)
 }

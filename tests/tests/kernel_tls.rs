@@ -538,9 +538,10 @@ fn reordered_bulk_records_keep_sync_by_reading_ahead() {
     assert_eq!(events[0].kind, EventKind::EncryptedAlert);
 }
 
-/// The same when the early block is a super-packet split into MTU-sized segments (as replay
-/// and native XDP see it): the chain read ahead goes on from segment to segment, through a
-/// header cut by a segment end.
+/// The same when both the hole and the early block are super-packets split into MTU-sized
+/// segments (as replay and native XDP see them): the chain read ahead goes on from segment
+/// to segment, through a header cut by a segment end, and a cursor that lands in the part
+/// of the hole still to come waits for it.
 #[test]
 fn reordered_super_packet_split_into_segments_keeps_sync() {
     const LEN: usize = 1_000;
@@ -564,9 +565,9 @@ fn reordered_super_packet_split_into_segments_keeps_sync() {
     }
     data.extend(sealed(ALERT, 26));
     // Headers at 0, 1005, ...: the segment ending at 7037 cuts the header at 7035.
-    let segs = conv.server_segments(&data, &[3_000, 3_000, 1_037, 700, 700, 563, 3_000]);
-    // The hole (3000..6000) is filled after the four segments of the early block.
-    for i in [0, 2, 3, 4, 5, 1, 6, 7] {
+    let segs = conv.server_segments(&data, &[3_000, 1_500, 1_500, 1_037, 700, 700, 563, 3_000]);
+    // The hole (3000..6000, two segments) is filled after the four of the early block.
+    for i in [0, 3, 4, 5, 6, 1, 2, 7, 8] {
         f.push(segs[i].clone());
     }
     let events = h.run_all(&f);
