@@ -172,51 +172,14 @@ pub fn metric(text: &str, series: &str) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
-/// The kernel program's counters after a capture was run through it the way `detector
-/// replay` does (same program, capture clock, super-packets split). `detector replay`
-/// prints no kernel counters, and some checks (the record walker never losing its place)
-/// must hold in replay as they do live.
-pub fn replay_counters(
-    file: &Path,
-    idle_threshold: Duration,
-) -> Result<Vec<(detector_common::Counter, u64)>> {
-    use detector_user::{
-        kernel::{Kernel, Options},
-        pcap::Reader,
-        segment,
-    };
-    let opts = Options {
-        idle_threshold,
-        ..Options::default()
-    };
-    let mut kernel = Kernel::load(&opts).context("loading the kernel program")?;
-    let mut reader = Reader::open(file).with_context(|| format!("opening {}", file.display()))?;
-    let mut first = true;
-    while let Some(p) = reader
-        .next_packet()
-        .with_context(|| format!("reading {}", file.display()))?
-    {
-        // Runts are refused by BPF_PROG_TEST_RUN; replay skips them too.
-        if p.frame.len() < 14 {
-            continue;
-        }
-        let ts = p.ts_ns.max(1);
-        if first {
-            kernel.set_started(ts)?;
-            first = false;
-        }
-        kernel.set_clock(ts)?;
-        for frame in segment::split(&p.frame) {
-            kernel.run_xdp(&frame)?;
-        }
-        // Events are not judged here; drained so the ring buffer never fills.
-        kernel.drain_events();
-    }
-    let counters = kernel.counters();
-    detector_common::Counter::ALL
-        .iter()
-        .map(|c| Ok((*c, counters.get(*c)?)))
-        .collect()
+/// How often the record walker lost its place in a replay, from `detector replay`'s
+/// summary line (`... TLS sync lost: N (...)`).
+pub fn replay_sync_lost(summary: &str) -> Option<u64> {
+    let rest = summary.rsplit_once("TLS sync lost: ")?.1;
+    rest.split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// Abstentions by reason from a /metrics text: `detector_abstained_total{reason="R"}`.

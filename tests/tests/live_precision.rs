@@ -24,10 +24,9 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, ensure};
-use detector_common::Counter;
 use serde_json::Value;
 use tests::{
-    agent::{LiveAgent, abstentions, detector_bin, metric, replay, replay_counters},
+    agent::{LiveAgent, abstentions, detector_bin, metric, replay, replay_sync_lost},
     lab::Lab,
     scenarios::{
         self, BULK_MIB, BULK_TRANSFERS, FLOOD_FLOW_TABLE, FLOOD_SEGMENTS, IDLE_THRESHOLD_S,
@@ -351,13 +350,8 @@ fn bulk_transfers_keep_the_record_walker_in_sync() -> Result<()> {
                 show(&diagnoses)
             ));
         }
-        let counters = replay_counters(&pcap, Duration::from_secs_f64(IDLE_THRESHOLD_S))?;
-        let get = |c: Counter| counters.iter().find(|(k, _)| *k == c).map(|(_, v)| *v);
-        let sync_lost = get(Counter::TlsSyncLost);
-        println!(
-            "replay of the {place} capture: tls_sync_lost {sync_lost:?}, tls_records {:?}",
-            get(Counter::TlsRecords)
-        );
+        let sync_lost = replay_sync_lost(&summary);
+        println!("replay of the {place} capture: {}", summary.trim());
         if sync_lost != Some(0) {
             problems.push(format!(
                 "replay of the {place} capture: the record walker lost its place \
