@@ -3,7 +3,10 @@
 //! pickup, split ClientHellos, lengths that lie, and the events the walk raises.
 
 use detector_common::{Counter, EventKind, Side, dir_flags, tls_flags};
-use detector_user::{diagnosis::Kind, event::Abort};
+use detector_user::{
+    diagnosis::Kind,
+    event::{Abort, KernelEvent},
+};
 use tests::{
     frames::{
         self, ACK, Conversation, EXT_PRE_SHARED_KEY, EXT_PSK_MODES, EXT_SESSION_TICKET,
@@ -498,44 +501,61 @@ fn client_hello_answered_by_plaintext_that_is_not_http() {
     }
 }
 
-/// Bulk transfer reordered across CPUs (a veth's per-CPU backlogs, or two CPUs sending):
-/// a later segment arrives before the one holding the header it continues from. Its
-/// headers are read ahead where one-size records put them, and taken when the walker's
-/// own count of lengths gets there.
-#[test]
-fn reordered_bulk_records_keep_sync_by_reading_ahead() {
+/// Records counted by the walker for the `tls12_session` alone.
+fn session_records() -> u64 {
+    let mut h = Harness::new();
+    let mut conv = Conversation::v4(443);
+    h.run_all(&tls12_session(
+        &mut conv,
+        &Hello::client("a"),
+        &Hello::server(),
+    ));
+    h.counter(Counter::TlsRecords)
+}
+
+/// A TLS 1.2 session, then the server's bulk data: one record that sets the size the
+/// read-ahead expects, twelve more of that size and an encrypted alert, cut into segments
+/// of `sizes` and delivered in `order`. Returns the harness and the events.
+fn reordered_bulk(sizes: &[usize], order: &[usize]) -> (Harness, Vec<KernelEvent>) {
     const LEN: usize = 1_000;
-    let session_records = {
-        let mut h = Harness::new();
-        let mut conv = Conversation::v4(443);
-        h.run_all(&tls12_session(
-            &mut conv,
-            &Hello::client("a"),
-            &Hello::server(),
-        ));
-        h.counter(Counter::TlsRecords)
-    };
     let mut h = Harness::new();
     let mut conv = Conversation::v4(443);
     let mut f = tls12_session(&mut conv, &Hello::client("a"), &Hello::server());
-    // The previous record sets the size the read-ahead expects.
     f.push(conv.server(&sealed(APPDATA, LEN)));
     let mut data = Vec::new();
     for _ in 0..12 {
         data.extend(sealed(APPDATA, LEN));
     }
     data.extend(sealed(ALERT, 26));
-    // Headers at 0, 1005, 2010, ...: segment 1 holds 3015..5025, segment 2 6030..8040.
-    let mut segs = conv.server_segments(&data, &[3_000, 3_000, 3_000, 3_000]);
-    segs.swap(1, 2);
-    f.extend(segs);
+    let segs = conv.server_segments(&data, sizes);
+    assert_eq!(segs.len(), order.len());
+    f.extend(order.iter().map(|&i| segs[i].clone()));
     let events = h.run_all(&f);
+    (h, events)
+}
+
+/// What both reordering cases must end with: no place lost, one gap bridged, every header
+/// counted once (the session's, thirteen records and the alert), the alert reported.
+fn assert_bridged(h: &Harness, events: &[KernelEvent]) {
     assert_eq!(h.counter(Counter::TlsSyncLost), 0);
     assert_eq!(h.counter(Counter::TlsReadAhead), 1);
-    // Every header was counted once: the session's, one record, twelve more, the alert.
-    assert_eq!(h.counter(Counter::TlsRecords), session_records + 1 + 12 + 1);
+    assert_eq!(
+        h.counter(Counter::TlsRecords),
+        session_records() + 1 + 12 + 1
+    );
     assert_eq!(events.len(), 1, "{events:?}");
     assert_eq!(events[0].kind, EventKind::EncryptedAlert);
+}
+
+/// Bulk transfer reordered across CPUs (a veth's per-CPU backlogs, or two CPUs sending):
+/// a later segment arrives before the one holding the header it continues from. Its
+/// headers are read ahead where one-size records put them, and taken when the walker's
+/// own count of lengths gets there.
+#[test]
+fn reordered_bulk_records_keep_sync_by_reading_ahead() {
+    // Headers at 0, 1005, 2010, ...: segment 1 holds 3015..5025, segment 2 6030..8040.
+    let (h, events) = reordered_bulk(&[3_000, 3_000, 3_000, 3_000], &[0, 2, 1, 3, 4]);
+    assert_bridged(&h, &events);
 }
 
 /// The same when both the hole and the early block are super-packets split into MTU-sized
@@ -544,38 +564,13 @@ fn reordered_bulk_records_keep_sync_by_reading_ahead() {
 /// of the hole still to come waits for it.
 #[test]
 fn reordered_super_packet_split_into_segments_keeps_sync() {
-    const LEN: usize = 1_000;
-    let session_records = {
-        let mut h = Harness::new();
-        let mut conv = Conversation::v4(443);
-        h.run_all(&tls12_session(
-            &mut conv,
-            &Hello::client("a"),
-            &Hello::server(),
-        ));
-        h.counter(Counter::TlsRecords)
-    };
-    let mut h = Harness::new();
-    let mut conv = Conversation::v4(443);
-    let mut f = tls12_session(&mut conv, &Hello::client("a"), &Hello::server());
-    f.push(conv.server(&sealed(APPDATA, LEN)));
-    let mut data = Vec::new();
-    for _ in 0..12 {
-        data.extend(sealed(APPDATA, LEN));
-    }
-    data.extend(sealed(ALERT, 26));
-    // Headers at 0, 1005, ...: the segment ending at 7037 cuts the header at 7035.
-    let segs = conv.server_segments(&data, &[3_000, 1_500, 1_500, 1_037, 700, 700, 563, 3_000]);
-    // The hole (3000..6000, two segments) is filled after the four of the early block.
-    for i in [0, 3, 4, 5, 6, 1, 2, 7, 8] {
-        f.push(segs[i].clone());
-    }
-    let events = h.run_all(&f);
-    assert_eq!(h.counter(Counter::TlsSyncLost), 0);
-    assert_eq!(h.counter(Counter::TlsReadAhead), 1);
-    assert_eq!(h.counter(Counter::TlsRecords), session_records + 1 + 12 + 1);
-    assert_eq!(events.len(), 1, "{events:?}");
-    assert_eq!(events[0].kind, EventKind::EncryptedAlert);
+    // Headers at 0, 1005, ...: the segment ending at 7037 cuts the header at 7035. The
+    // hole (3000..6000, two segments) is filled after the four of the early block.
+    let (h, events) = reordered_bulk(
+        &[3_000, 1_500, 1_500, 1_037, 700, 700, 563, 3_000],
+        &[0, 3, 4, 5, 6, 1, 2, 7, 8],
+    );
+    assert_bridged(&h, &events);
 }
 
 /// The same reordering where the headers are not where one-size records would put them:
