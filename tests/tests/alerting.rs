@@ -38,8 +38,13 @@ const KINDS: [&str; 10] = [
 
 /// Every metric the agent exports (or is to export) under these exact names; rules and
 /// dashboard may use no other `detector_` name.
-const METRICS: [&str; 13] = [
+const METRICS: [&str; 18] = [
     "detector_diagnoses_total",
+    "detector_abstained_total",
+    "detector_kernel_unconfirmed_flows_created_total",
+    "detector_kernel_unconfirmed_flows_evicted_total",
+    "detector_kernel_tls_sync_lost_total",
+    "detector_kernel_tls_read_ahead_total",
     "detector_tls_alerts_total",
     "detector_kernel_events_dropped_total",
     "detector_kernel_flows_evicted_total",
@@ -59,8 +64,12 @@ const HISTOGRAMS: [&str; 1] = ["detector_idle_gap_seconds"];
 
 /// Metrics without labels, which the agent exports from its start (at 0), so a scrape
 /// must show them.
-const UNLABELLED: [&str; 8] = [
+const UNLABELLED: [&str; 12] = [
     "detector_kernel_events_dropped_total",
+    "detector_kernel_unconfirmed_flows_created_total",
+    "detector_kernel_unconfirmed_flows_evicted_total",
+    "detector_kernel_tls_sync_lost_total",
+    "detector_kernel_tls_read_ahead_total",
     "detector_kernel_flows_evicted_total",
     "detector_kernel_packets_total",
     "detector_kernel_tls_records_total",
