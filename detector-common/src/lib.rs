@@ -531,10 +531,14 @@ pub enum Counter {
     /// acknowledged bytes the detector never saw (a capture drop, a packet outside its
     /// view): a handshake may have finished, traffic may have flowed, unseen.
     UnseenBytes = 15,
+    /// Times the record walker, waiting for bytes that went by unread, found its place
+    /// again where one-size records put the next header (see the kernel's
+    /// `bridge_by_length`).
+    TlsBridgedByLength = 16,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 16;
+    pub const COUNT: u32 = 17;
     pub const ALL: [Counter; Counter::COUNT as usize] = [
         Counter::Packets,
         Counter::TcpPackets,
@@ -552,6 +556,7 @@ impl Counter {
         Counter::UnconfirmedReset,
         Counter::TlsReadAhead,
         Counter::UnseenBytes,
+        Counter::TlsBridgedByLength,
     ];
 
     /// The counter's name in metrics (without prefix and `_total`).
@@ -573,6 +578,7 @@ impl Counter {
             Counter::UnconfirmedReset => "kernel_abstained_unconfirmed_reset",
             Counter::TlsReadAhead => "kernel_tls_read_ahead",
             Counter::UnseenBytes => "kernel_abstained_unseen_bytes",
+            Counter::TlsBridgedByLength => "kernel_tls_bridged_by_length",
         }
     }
 
@@ -609,6 +615,9 @@ impl Counter {
             }
             Counter::UnseenBytes => {
                 "Ends not judged: the packet followed or acknowledged bytes never seen"
+            }
+            Counter::TlsBridgedByLength => {
+                "Times the TLS record walker found its place again from one-size record lengths"
             }
         }
     }

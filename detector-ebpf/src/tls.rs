@@ -188,6 +188,12 @@ pub fn walk<P: Packet>(cx: &Cx<P>, flow: &mut FlowState, found: &mut Found) {
                 lose(flow, side, Loss::PassedUnread);
             }
         }
+        Outcome::TooFar => {
+            // A segment with no whole header to check says nothing: the next may.
+            if bridge_by_length(cx, flow, &w.seg) == Bridge::Refuted {
+                lose(flow, side, Loss::GapTooLong);
+            }
+        }
         Outcome::Waiting => {
             // The verifier refuses a BPF-to-BPF call that returns with a stack address in
             // R0, which a function whose result is unused may leave there (the compiler
@@ -242,6 +248,8 @@ enum Outcome {
     Done,
     /// The next item starts before this segment, in bytes not seen yet (reordering).
     Waiting,
+    /// The same, but the stream ran further ahead than the walker waits.
+    TooFar,
     /// A header cut by the segment end is kept for the next one, or sync was lost.
     Stopped,
 }
@@ -282,8 +290,7 @@ fn next_item<P: Packet>(cx: &Cx<P>, flow: &mut FlowState, seg: &Seg, found: &mut
     };
     if early > d.pend_len as u32 || early >= need {
         if seg.start.wrapping_sub(cursor) > MAX_GAP {
-            lose(flow, side, Loss::GapTooLong);
-            return Outcome::Stopped;
+            return Outcome::TooFar;
         }
         // Otherwise wait: the missing bytes may still arrive (reordering).
         return Outcome::Waiting;
@@ -430,6 +437,70 @@ fn read_ahead<P: Packet>(cx: &Cx<P>, flow: &mut FlowState, seg: &Seg) -> bool {
         d.ahead_last_len = last_len;
     }
     true
+}
+
+/// The stream ran far past a cursor that still waits: the bytes it waits for went by
+/// unread (a reordering the read-ahead could not bridge, packets handled on two CPUs at
+/// once). In a bulk transfer of one-size records the next header in this segment is a
+/// whole number of `last_record_len` records on: if a chain of application-data headers
+/// starts exactly there and runs to the segment's end, the records in between were all of
+/// that size (one of any other size would shift every later header, and ciphertext passes
+/// for a header chain at one given spot about once in 2^26 segments, per header), so the
+/// walker goes on from there, counted. Otherwise it has lost its place.
+#[inline(never)]
+fn bridge_by_length<P: Packet>(cx: &Cx<P>, flow: &mut FlowState, seg: &Seg) -> Bridge {
+    let side = cx.sender as usize;
+    let d = &flow.dir[side];
+    if d.item != item::RECORD || d.flags & dir_flags::APPDATA == 0 {
+        return Bridge::Refuted;
+    }
+    let step = 5 + d.last_record_len as u32;
+    let records_to_seg = seg.start.wrapping_sub(d.cursor).div_ceil(step);
+    let start = d.cursor.wrapping_add(records_to_seg * step);
+    let mut at = start;
+    let mut records = 0u32;
+    for _ in 0..AHEAD_RECORDS {
+        if !before(at, seg.end) {
+            break;
+        }
+        // Fails when the header runs past the segment's end.
+        let Some(h) = seg.read(cx.p, at, 5) else {
+            return Bridge::NoEvidence;
+        };
+        let len = (h & 0xffff) as u32;
+        let typ = (h >> 32) as u8;
+        if typ != APPLICATION_DATA || !plausible(typ, (h >> 24) as u8, (h >> 16) as u8, len) {
+            return Bridge::Refuted;
+        }
+        records += 1;
+        at = at.wrapping_add(5 + len);
+    }
+    if records == 0 {
+        return Bridge::NoEvidence;
+    }
+    if before(at, seg.end) {
+        // More headers than the chain reads: it does not reach the end.
+        return Bridge::Refuted;
+    }
+    count(Counter::TlsBridgedByLength);
+    count_by(Counter::TlsRecords, records as u64);
+    let d = &mut flow.dir[side];
+    d.cursor = at;
+    d.rec_end = at;
+    d.pend_len = 0;
+    d.flags &= !dir_flags::AHEAD;
+    d.last_record_type = APPLICATION_DATA;
+    Bridge::Bridged
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+enum Bridge {
+    Bridged,
+    /// No whole header where one-size records put one in this segment.
+    NoEvidence,
+    /// The bytes there are no such header: the records were not all of one size.
+    Refuted,
 }
 
 /// Takes the chain `read_ahead` kept, if the cursor stands exactly where it starts.

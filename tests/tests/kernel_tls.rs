@@ -629,3 +629,50 @@ fn an_end_after_unseen_bytes_is_not_judged() {
     );
     assert_eq!(h.counter(Counter::UnseenBytes), 1);
 }
+
+/// A bulk stream whose segment `[3000, 6000)` never reaches the walker, then more than the
+/// walker waits for (1 MiB), ending with an encrypted alert; the records are one size,
+/// except `odd` (its index) when given.
+fn bulk_with_unseen_segment(odd: Option<usize>) -> (Harness, Vec<KernelEvent>) {
+    const LEN: usize = 1_000;
+    const RECORDS: usize = 1_200;
+    let mut h = Harness::new();
+    let mut conv = Conversation::v4(443);
+    let mut f = tls12_session(&mut conv, &Hello::client("a"), &Hello::server());
+    f.push(conv.server(&sealed(APPDATA, LEN)));
+    let mut data = Vec::new();
+    for i in 0..RECORDS {
+        data.extend(sealed(APPDATA, if odd == Some(i) { 700 } else { LEN }));
+    }
+    data.extend(sealed(ALERT, 26));
+    let segs = conv.server_segments(&data, &vec![3_000; data.len() / 3_000]);
+    f.extend(
+        segs.iter()
+            .enumerate()
+            .filter(|(i, _)| *i != 1)
+            .map(|(_, s)| s.clone()),
+    );
+    let events = h.run_all(&f);
+    (h, events)
+}
+
+/// Bytes the walker waited for went by unread (or never came): once the stream is far
+/// past, the next header where one-size records put it, with a chain to the segment's end,
+/// gives the walker its place back.
+#[test]
+fn a_walker_stranded_in_a_bulk_stream_finds_its_place_by_record_lengths() {
+    let (h, events) = bulk_with_unseen_segment(None);
+    assert_eq!(h.counter(Counter::TlsSyncLost), 0);
+    assert_eq!(h.counter(Counter::TlsBridgedByLength), 1);
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].kind, EventKind::EncryptedAlert);
+}
+
+/// The same with one record of another size among the unseen ones: every header after
+/// it moved, the lengths refute the bridge, and the walker loses its place.
+#[test]
+fn records_of_another_size_refute_the_bridge() {
+    let (h, _) = bulk_with_unseen_segment(Some(4));
+    assert_eq!(h.counter(Counter::TlsBridgedByLength), 0);
+    assert_eq!(h.counter(Counter::TlsSyncLost), 1);
+}
