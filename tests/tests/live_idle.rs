@@ -599,10 +599,13 @@ fn load_balancer_run() -> Result<LoadBalancerRun> {
         .to_owned();
     let ruleset = forget_idle_flows(&lab, &router, CT_ESTABLISHED_S)?;
     let server = SocketAddr::new(lab.server_v4().into(), 9000);
-    let echo = spawn_echo(listen(lab.server_ns(), server)?, 2, T);
+    let listener = listen(lab.server_ns(), server)?;
     let (c_ns, c_if) = (lab.client_ns().to_owned(), lab.client_if().to_owned());
     let capture = lab.capture(&c_ns, &c_if, "client.pcap")?;
     let agent = start_agent(&lab, &c_ns, &[&c_if], &["--idle-threshold", THRESHOLD])?;
+    // Accepting starts once the agent is up: loading it on a busy machine can take longer
+    // than the accept deadline; the listener, listening already, queues early connections.
+    let echo = spawn_echo(listener, 2, T);
 
     // Flows one after the other, so the capture's gaps are each flow's own.
     let mut s = connect(&c_ns, server)?;
@@ -775,7 +778,7 @@ fn keepalives_shorter_than_threshold_give_nothing() {
     let lab = Lab::routed().unwrap();
     let (router, rc, rs) = lab.router_parts().unwrap();
     let server = SocketAddr::new(lab.server_v4().into(), 9000);
-    let echo = spawn_echo(listen(lab.server_ns(), server).unwrap(), 1, T);
+    let listener = listen(lab.server_ns(), server).unwrap();
     let capture = lab.capture(&router, &rs, "router.pcap").unwrap();
     let agent = start_agent(
         &lab,
@@ -784,6 +787,8 @@ fn keepalives_shorter_than_threshold_give_nothing() {
         &["--no-egress", "--idle-threshold", THRESHOLD],
     )
     .unwrap();
+    // As in the load-balancer run: accepting starts once the agent is up.
+    let echo = spawn_echo(listener, 1, T);
     let mut c = connect(lab.client_ns(), server).unwrap();
     let started = Instant::now();
     for i in 0..8 {
