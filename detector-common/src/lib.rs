@@ -6,6 +6,8 @@
 //! on every byte.
 #![no_std]
 
+pub mod tls;
+
 /// Map and program names, as they appear in the compiled object.
 pub mod names {
     pub const XDP_PROGRAM: &str = "detector_xdp";

@@ -9,15 +9,12 @@
 
 use std::{collections::HashMap, net::SocketAddr, time::Duration};
 
-use detector_common::{EventKind, PayloadClass, Side, dir_flags, tls_flags};
+use detector_common::{EventKind, PayloadClass, Side, dir_flags, tls::alert, tls_flags};
 use serde_json::{Map, Value, json};
 
 use crate::{
     clock::Clock,
-    diagnosis::{
-        Abstention, Diagnosis, Kind, alert_description_name, alert_level_name, hex, show_bytes,
-        side_name,
-    },
+    diagnosis::{Abstention, Diagnosis, Kind, hex, show_bytes, side_name},
     event::{Abort, Alert, KernelEvent, TlsFacts, version_name},
 };
 
@@ -611,8 +608,8 @@ fn protocol_mismatch(s: &Session, server: SocketAddr) -> Option<Found> {
             for a in &server_alerts {
                 evidence.push(format!(
                     "server sent plaintext alert {} {} (how analyzers show 'HTTP continuation')",
-                    alert_level_name(a.alert.level),
-                    alert_description_name(a.alert.description)
+                    alert::level_name(a.alert.level),
+                    alert::description_name(a.alert.description)
                 ));
             }
             let mut detail = Map::new();
@@ -817,7 +814,7 @@ fn aborted_handshake(s: &Session) -> Option<Found> {
     let killed_by = match (how, alert) {
         (Abort::Alert, Some(a)) => format!(
             "a fatal alert {} from the {}",
-            alert_description_name(a.description),
+            alert::description_name(a.description),
             side_name(sender)
         ),
         _ => format!(
@@ -832,7 +829,7 @@ fn aborted_handshake(s: &Session) -> Option<Found> {
     if let Some(a) = alert {
         detail.insert(
             "description".into(),
-            json!(alert_description_name(a.description)),
+            json!(alert::description_name(a.description)),
         );
         detail.insert("code".into(), json!(a.description));
     }
@@ -991,8 +988,8 @@ fn fatal_alert(s: &Session) -> Option<Found> {
                 side_name(a.sender),
                 a.alert.level,
                 a.alert.description,
-                alert_level_name(a.alert.level),
-                alert_description_name(a.alert.description),
+                alert::level_name(a.alert.level),
+                alert::description_name(a.alert.description),
                 a.alert.description
             )
         })
@@ -1005,10 +1002,10 @@ fn fatal_alert(s: &Session) -> Option<Found> {
     }
     let mut detail = Map::new();
     detail.insert("sender".into(), json!(side_name(first.sender)));
-    detail.insert("level".into(), json!(alert_level_name(first.alert.level)));
+    detail.insert("level".into(), json!(alert::level_name(first.alert.level)));
     detail.insert(
         "description".into(),
-        json!(alert_description_name(first.alert.description)),
+        json!(alert::description_name(first.alert.description)),
     );
     detail.insert("code".into(), json!(first.alert.description));
     detail.insert(
@@ -1026,8 +1023,8 @@ fn alerts_json(alerts: &[SeenAlert]) -> Value {
             .map(|a| {
                 json!({
                     "sender": side_name(a.sender),
-                    "level": alert_level_name(a.alert.level),
-                    "description": alert_description_name(a.alert.description),
+                    "level": alert::level_name(a.alert.level),
+                    "description": alert::description_name(a.alert.description),
                     "code": a.alert.description,
                 })
             })

@@ -7,6 +7,7 @@ use std::{
 
 use detector_common::{
     Addr, Event, EventKind, PayloadClass, Side, abort, addr_from_bytes, addr_to_bytes, flow_flags,
+    tls::version::{self, is_grease},
     tls_flags,
 };
 
@@ -126,7 +127,7 @@ impl TlsFacts {
     pub fn offered(&self) -> Vec<Cow<'static, str>> {
         (0..=4)
             .filter(|n| self.offered_versions & (1 << n) != 0)
-            .map(|n| version_name(0x0300 + n))
+            .map(|n| version_name(version::SSL3_0 + n))
             .collect()
     }
 }
@@ -135,20 +136,10 @@ impl TlsFacts {
 /// whatever comes next) are shown as their hex code, so that the reader can still tell
 /// them apart. Only diagnosis details show it, never a metric label.
 pub fn version_name(v: u16) -> Cow<'static, str> {
-    Cow::Borrowed(match v {
-        0x0300 => "SSL3.0",
-        0x0301 => "TLS1.0",
-        0x0302 => "TLS1.1",
-        0x0303 => "TLS1.2",
-        0x0304 => "TLS1.3",
-        _ => return Cow::Owned(format!("{v:#06x}")),
-    })
-}
-
-/// RFC 8701 GREASE values (`0x0a0a`, `0x1a1a`, ... `0xfafa`): placeholders that mean
-/// nothing, so never a negotiated version.
-pub fn is_grease(v: u16) -> bool {
-    v & 0x0f0f == 0x0a0a && v >> 8 == v & 0xff
+    match version::name(v) {
+        Some(name) => Cow::Borrowed(name),
+        None => Cow::Owned(format!("{v:#06x}")),
+    }
 }
 
 impl KernelEvent {

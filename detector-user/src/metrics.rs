@@ -6,7 +6,7 @@
 use std::{net::SocketAddr, sync::Arc};
 
 use anyhow::Context as _;
-use detector_common::{Counter, EventKind};
+use detector_common::{Counter, EventKind, tls::alert};
 use prometheus::{
     Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -18,7 +18,7 @@ use tokio::{
 
 use crate::{
     correlate::TimeoutEstimate,
-    diagnosis::{Abstention, Diagnosis, Kind, alert_description_name, alert_level_name, side_name},
+    diagnosis::{Abstention, Diagnosis, Kind, side_name},
     event::KernelEvent,
     kernel::{Counters, FlowTable},
 };
@@ -181,8 +181,8 @@ impl Metrics {
             (EventKind::PlaintextAlert, Some(a)) => self
                 .alerts
                 .with_label_values(&[
-                    alert_level_name(a.level),
-                    alert_description_name(a.description),
+                    alert::level_name(a.level),
+                    alert::description_name(a.description),
                     side_name(e.sender),
                 ])
                 .inc(),
