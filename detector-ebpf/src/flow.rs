@@ -5,7 +5,7 @@ use aya_ebpf::bindings::BPF_NOEXIST;
 use aya_log_ebpf::warn;
 use detector_common::{
     Counter, Direction, EventKind, FlowKey, FlowState, PayloadClass, Side, abort, dir_flags,
-    flow_flags,
+    flow_flags, tls::content_type,
 };
 
 use crate::{
@@ -309,8 +309,7 @@ fn finish<P: Packet>(cx: &Cx<P>, flow: &mut FlowState, found: &mut Found) {
         flow.dir[side].flags |= dir_flags::FIN;
         // A FIN right behind an alert belongs to that close (proxies send both), which
         // may have come after an idle gap even if the FIN itself did not.
-        const ALERT: u8 = 21;
-        if idle || flow.dir[side].last_record_type == ALERT {
+        if idle || flow.dir[side].last_record_type == content_type::ALERT {
             judged(EventKind::IdleFin, Extra::default());
         }
         if let Some(extra) = tls::handshake_aborted(flow, abort::FIN, None) {

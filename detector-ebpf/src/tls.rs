@@ -12,7 +12,13 @@
 
 use detector_common::{
     Counter, Direction, EventKind, FlowState, MAX_TLS_RECORD, PayloadClass, SNI_MAX, Side, abort,
-    dir_flags, flow_flags, item, tls_flags,
+    dir_flags, flow_flags, item,
+    tls::{
+        alert, content_type,
+        content_type::{ALERT, APPLICATION_DATA, CHANGE_CIPHER_SPEC, HANDSHAKE, HEARTBEAT},
+        extension as ext, handshake as hs, version,
+    },
+    tls_flags,
 };
 
 use aya_ebpf::{cty::c_void, helpers::generated::bpf_loop};
@@ -33,19 +39,6 @@ const MAX_GAP: u32 = 1 << 20;
 const RESYNC_RECORDS: usize = 4;
 /// Headers read ahead of a gap: a 64 KB super-packet of 16 KB records holds five.
 const AHEAD_RECORDS: usize = 6;
-
-const CHANGE_CIPHER_SPEC: u8 = 20;
-const ALERT: u8 = 21;
-const HANDSHAKE: u8 = 22;
-const APPLICATION_DATA: u8 = 23;
-const HEARTBEAT: u8 = 24;
-
-/// TLS 1.3, or one of its drafts (0x7f00 + draft number, used by browsers in 2016-2018):
-/// records after the handshake are all application data, and there is no renegotiation.
-#[inline(always)]
-fn tls13_family(version: u16) -> bool {
-    version == 0x0304 || version >> 8 == 0x7f
-}
 
 /// `a` comes before `b` in sequence space (modulo 2^32).
 #[inline(always)]
@@ -68,10 +61,10 @@ fn item_len(it: u8) -> u32 {
 
 /// A plausible record header: known type, version 3.0 to 1.3, a length TLS allows.
 #[inline(always)]
-fn plausible(typ: u8, major: u8, minor: u8, len: u32) -> bool {
+pub fn plausible(typ: u8, major: u8, minor: u8, len: u32) -> bool {
     (CHANGE_CIPHER_SPEC..=HEARTBEAT).contains(&typ)
-        && major == 3
-        && minor <= 4
+        && major == version::MAJOR
+        && minor <= version::TLS1_3 as u8
         && len <= MAX_TLS_RECORD
         && (len > 0 || typ == APPLICATION_DATA)
 }
@@ -642,15 +635,6 @@ fn after_message(flow: &mut FlowState, side: usize) {
     }
 }
 
-#[inline(always)]
-fn version_bit(v: u16) -> u8 {
-    if v >> 8 == 3 && (v & 0xff) <= 4 {
-        1 << (v & 0xff)
-    } else {
-        0
-    }
-}
-
 /// Handles one complete item; returns false if the side lost sync.
 #[inline(always)]
 fn step<P: Packet>(
@@ -684,18 +668,18 @@ fn step<P: Packet>(
             let encrypted = d.flags & dir_flags::CCS != 0;
             match typ {
                 CHANGE_CIPHER_SPEC => {
-                    history(flow, sender, b'I');
+                    history(flow, sender, content_type::history_letter(typ));
                     flow.dir[side].flags |= dir_flags::CCS;
                     if sender == Side::Server
                         && d.flags & (dir_flags::HELLO | dir_flags::CERTIFICATE) == dir_flags::HELLO
-                        && !tls13_family(flow.tls.negotiated_version)
+                        && !version::is_tls13_family(flow.tls.negotiated_version)
                     {
                         flow.tls.flags |= tls_flags::ABBREVIATED;
                     }
                     expect(flow, side, item::RECORD, rec_end);
                 }
                 ALERT => {
-                    history(flow, sender, b'L');
+                    history(flow, sender, content_type::history_letter(typ));
                     if !encrypted && len == 2 {
                         expect(flow, side, item::ALERT_BODY, cursor.wrapping_add(5));
                     } else {
@@ -711,11 +695,11 @@ fn step<P: Packet>(
                 }
                 HANDSHAKE if encrypted => {
                     if d.flags & dir_flags::FINISHED == 0 {
-                        history(flow, sender, b'F');
+                        history(flow, sender, hs::history_letter(hs::FINISHED));
                         flow.dir[side].flags |= dir_flags::FINISHED;
                         check_done(flow);
                     } else if (flow.dir[0].flags | flow.dir[1].flags) & dir_flags::APPDATA != 0
-                        && !tls13_family(flow.tls.negotiated_version)
+                        && !version::is_tls13_family(flow.tls.negotiated_version)
                         && d.flags & dir_flags::RENEGOTIATED == 0
                     {
                         // Reported once per side: the whole renegotiation handshake that
@@ -723,11 +707,11 @@ fn step<P: Packet>(
                         flow.dir[side].flags |= dir_flags::RENEGOTIATED;
                         // Encrypted: a server's is most likely a HelloRequest, a client's a
                         // ClientHello.
-                        history(
-                            flow,
-                            sender,
-                            if sender == Side::Server { b'H' } else { b'C' },
-                        );
+                        let likely = match sender {
+                            Side::Server => hs::HELLO_REQUEST,
+                            Side::Client => hs::CLIENT_HELLO,
+                        };
+                        history(flow, sender, hs::history_letter(likely));
                         let extra = Extra {
                             record_len: len as u16,
                             ..Extra::default()
@@ -755,14 +739,14 @@ fn step<P: Packet>(
                 }
                 APPLICATION_DATA => {
                     if d.flags & dir_flags::APPDATA == 0 {
-                        history(flow, sender, b'D');
+                        history(flow, sender, content_type::history_letter(typ));
                         flow.dir[side].flags |= dir_flags::APPDATA;
                         check_done(flow);
                     }
                     expect(flow, side, item::RECORD, rec_end);
                 }
                 _ => {
-                    history(flow, sender, b'B');
+                    history(flow, sender, content_type::history_letter(typ));
                     expect(flow, side, item::RECORD, rec_end);
                 }
             }
@@ -771,34 +755,17 @@ fn step<P: Packet>(
             let htype = (value >> 24) as u8;
             let msg_end = cursor.wrapping_add(4 + (value & 0x00ff_ffff) as u32);
             flow.dir[side].msg_end = msg_end;
-            let letter = match htype {
-                0 => b'H',
-                1 => b'C',
-                2 => b'S',
-                3 => b'V',
-                4 => b'T',
-                8 => b'O',
-                11 => b'X',
-                12 => b'K',
-                13 => b'R',
-                14 => b'N',
-                15 => b'Y',
-                16 => b'G',
-                20 => b'F',
-                24 => b'P',
-                _ => b'Q',
-            };
-            history(flow, sender, letter);
+            history(flow, sender, hs::history_letter(htype));
             match (htype, sender) {
-                (0, Side::Server) => {
+                (hs::HELLO_REQUEST, Side::Server) => {
                     // Marks the server as the one that started renegotiating, so that
                     // the client's answer is told as one (see the agent's attribution).
                     flow.dir[side].flags |= dir_flags::RENEGOTIATED;
                     found.push(EventKind::HelloRequest, Extra::default());
                     after_message(flow, side);
                 }
-                (1, Side::Client) | (2, Side::Server) => {
-                    if htype == 1
+                (hs::CLIENT_HELLO, Side::Client) | (hs::SERVER_HELLO, Side::Server) => {
+                    if htype == hs::CLIENT_HELLO
                         && d.flags & (dir_flags::HELLO | dir_flags::RENEGOTIATED)
                             == dir_flags::HELLO
                         && (flow.dir[0].flags | flow.dir[1].flags) & dir_flags::APPDATA != 0
@@ -810,7 +777,7 @@ fn step<P: Packet>(
                     expect_hello_field(flow, side, item::HELLO_VERSION, cursor.wrapping_add(4));
                 }
                 _ => {
-                    if htype == 11 {
+                    if htype == hs::CERTIFICATE {
                         flow.dir[side].flags |= dir_flags::CERTIFICATE;
                     }
                     after_message(flow, side);
@@ -820,7 +787,7 @@ fn step<P: Packet>(
         item::HELLO_VERSION => {
             let v = value as u16;
             match sender {
-                Side::Client => flow.tls.offered_versions |= version_bit(v),
+                Side::Client => flow.tls.offered_versions |= version::offered_bit(v),
                 Side::Server => flow.tls.negotiated_version = v,
             }
             // Version, then 32 bytes of random.
@@ -902,7 +869,7 @@ fn step<P: Packet>(
                 ..Extra::default()
             };
             found.push(EventKind::PlaintextAlert, extra);
-            if level == 2
+            if level == alert::FATAL
                 && let Some(extra) =
                     handshake_aborted(flow, abort::ALERT, Some((level, description)))
             {
@@ -931,11 +898,11 @@ fn extension<P: Packet>(
     data: u32,
 ) {
     match (cx.sender, etype) {
-        (Side::Client, 0) => store_sni(cx, flow, seg, data),
-        (Side::Client, 35) => flow.tls.session_ticket_len = elen as u16,
-        (Side::Client, 41) => flow.tls.flags |= tls_flags::PSK_OFFERED,
-        (Side::Client, 45) => flow.tls.flags |= tls_flags::PSK_MODES,
-        (Side::Client, 43) => {
+        (Side::Client, ext::SERVER_NAME) => store_sni(cx, flow, seg, data),
+        (Side::Client, ext::SESSION_TICKET) => flow.tls.session_ticket_len = elen as u16,
+        (Side::Client, ext::PRE_SHARED_KEY) => flow.tls.flags |= tls_flags::PSK_OFFERED,
+        (Side::Client, ext::PSK_KEY_EXCHANGE_MODES) => flow.tls.flags |= tls_flags::PSK_MODES,
+        (Side::Client, ext::SUPPORTED_VERSIONS) => {
             // A 1-byte list length, then 2-byte versions; the first four are enough to
             // see which versions are offered (GREASE values contribute nothing).
             let n = if elen < 9 { elen } else { 9 };
@@ -946,17 +913,17 @@ fn extension<P: Packet>(
                 let mut i = 1;
                 while i + 2 <= bytes {
                     let shift = 8 * (bytes - i - 2);
-                    flow.tls.offered_versions |= version_bit((list >> shift) as u16);
+                    flow.tls.offered_versions |= version::offered_bit((list >> shift) as u16);
                     i += 2;
                 }
             }
         }
-        (Side::Server, 43) => {
+        (Side::Server, ext::SUPPORTED_VERSIONS) => {
             if let Some(v) = seg.read(cx.p, data, 2) {
                 flow.tls.negotiated_version = v as u16;
             }
         }
-        (Side::Server, 41) => flow.tls.flags |= tls_flags::PSK_ACCEPTED,
+        (Side::Server, ext::PRE_SHARED_KEY) => flow.tls.flags |= tls_flags::PSK_ACCEPTED,
         _ => {}
     }
 }
@@ -1003,7 +970,8 @@ fn check_done(flow: &mut FlowState) {
     );
     let both = c & s;
     let done = both & dir_flags::APPDATA != 0
-        || (both & dir_flags::FINISHED != 0 && !tls13_family(flow.tls.negotiated_version));
+        || (both & dir_flags::FINISHED != 0
+            && !version::is_tls13_family(flow.tls.negotiated_version));
     if done {
         flow.tls.flags |= tls_flags::HANDSHAKE_DONE;
     }
@@ -1034,7 +1002,7 @@ pub fn handshake_aborted(flow: &mut FlowState, how: u8, alert: Option<(u8, u8)>)
 pub fn tls13_close<P: Packet>(cx: &Cx<P>, flow: &FlowState) -> bool {
     const CLOSE_NOTIFY_LEN: u16 = 19;
     let d = &flow.dir[cx.sender as usize];
-    tls13_family(flow.tls.negotiated_version)
+    version::is_tls13_family(flow.tls.negotiated_version)
         && d.last_record_type == APPLICATION_DATA
         && d.last_record_len == CLOSE_NOTIFY_LEN
 }
