@@ -1,11 +1,16 @@
 //! Events to the agent, written straight into the ring buffer (an event does not fit
 //! on the BPF stack next to everything else).
 
-use detector_common::{Counter, Event, EventKind, FlowKey, FlowState, Side, flow_flags};
+use detector_common::{Counter, EventKind, FlowKey, FlowState, Side, flow_flags};
 
 use aya_ebpf::{cty::c_void, helpers::generated::bpf_loop};
 
-use crate::{EVENTS, count, packet::Packet, parse::Tcp, payload::read_head};
+use crate::{
+    maps::{counters, events},
+    packet::Packet,
+    parse::Tcp,
+    payload::read_head,
+};
 
 /// Everything an event needs to know about the packet that raised it.
 pub struct Cx<'a, P: Packet> {
@@ -34,9 +39,9 @@ pub struct Extra {
 /// their stack frames apart.
 #[inline(never)]
 pub fn emit<P: Packet>(cx: &Cx<P>, flow: &FlowState, kind: EventKind, extra: Extra) {
-    let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
+    let Some(mut entry) = events::reserve() else {
         // Counted and exported; a log line per lost event would only add to the flood.
-        count(Counter::EventsDropped);
+        counters::inc(Counter::EventsDropped);
         return;
     };
     let e = entry.as_mut_ptr();
@@ -89,7 +94,7 @@ pub fn emit<P: Packet>(cx: &Cx<P>, flow: &FlowState, kind: EventKind, extra: Ext
         e.tls.flags = flow.tls.flags;
     }
     entry.submit(0);
-    count(Counter::EventsEmitted);
+    counters::inc(Counter::EventsEmitted);
 }
 
 /// Events the slow path found, emitted together at its end: emitting at each place an
@@ -117,7 +122,7 @@ impl Found {
             2 => &mut self.third,
             3 => &mut self.fourth,
             _ => {
-                count(Counter::EventsDropped);
+                counters::inc(Counter::EventsDropped);
                 return;
             }
         };

@@ -1,7 +1,6 @@
 //! Per-flow state: roles, first payloads, the TCP lifecycle, and handing TLS bytes to the
 //! record walker.
 
-use aya_ebpf::bindings::BPF_NOEXIST;
 use aya_log_ebpf::warn;
 use detector_common::{
     Counter, Direction, EventKind, FlowKey, FlowState, PayloadClass, Side, abort, dir_flags,
@@ -9,19 +8,15 @@ use detector_common::{
 };
 
 use crate::{
-    FLOWS, FOUND, SCRATCH, SLOW_ARGS, TLS_PORTS, UNCONFIRMED, count,
     emit::{Cx, Extra, Found},
+    maps::{
+        config::{self, Clock},
+        counters, events, flows, tail,
+    },
     packet::Packet,
     parse::{Tcp, tcp_flags},
     payload, tls,
 };
-
-/// The program's clock and the time thresholds it is judged by.
-pub struct Clock {
-    pub now: u64,
-    pub idle_ns: u64,
-    pub started_ns: u64,
-}
 
 /// Runs the flow logic for one TCP packet.
 #[inline(always)]
@@ -35,7 +30,7 @@ pub fn track<P: Packet>(p: &P, t: &Tcp, clock: &Clock) {
         return;
     }
 
-    let (mut flow, mut unconfirmed) = match lookup(&key) {
+    let (mut flow, mut unconfirmed) = match flows::lookup(&key) {
         Some(found) => found,
         None => match create(&key, t, sender_is_a, clock) {
             Some(s) => (s, true),
@@ -53,12 +48,12 @@ pub fn track<P: Packet>(p: &P, t: &Tcp, clock: &Clock) {
         if t.flags & tcp_flags::RST != 0 {
             // Answered by a RST only: a scan, a spoofed segment, a connection older than
             // us that its peer forgot. Nothing two-sided was seen, so nothing is judged.
-            count(Counter::UnconfirmedReset);
-            let _ = UNCONFIRMED.remove(key);
+            counters::inc(Counter::UnconfirmedReset);
+            flows::forget_unconfirmed(&key);
             return;
         }
         // Both sides seen: the flow is real and moves to the confirmed table.
-        match confirm(&key, flow) {
+        match flows::confirm(&key, flow) {
             Some(s) => (flow, unconfirmed) = (s, false),
             None => return,
         }
@@ -90,7 +85,7 @@ pub fn track<P: Packet>(p: &P, t: &Tcp, clock: &Clock) {
     }
 
     // Everything that can raise an event runs in a program of its own (see
-    // `to_slow_path`); this one only keeps the books. Most packets stop here.
+    // `slow_path`); this one only keeps the books. Most packets stop here.
     let rst_or_fin = t.flags & (tcp_flags::RST | tcp_flags::FIN) != 0;
     let payload = t.payload_len > 0;
     let interesting = rst_or_fin
@@ -114,46 +109,23 @@ pub fn track<P: Packet>(p: &P, t: &Tcp, clock: &Clock) {
             unconfirmed,
             retransmission,
         };
-        to_slow_path(p, &args);
+        tail::to_slow_path(p, &args);
     }
 }
 
-/// Hands the packet to the slow path: a program of its own, reached by tail call, with
-/// the first-payload checks, the TLS record walker and every event. The verifier then
-/// checks that logic once from a clean state instead of once for every path through the
-/// fast path, which it cannot afford. Returns only if the tail call fails (counted).
-#[inline(always)]
-fn to_slow_path<P: Packet>(p: &P, args: &SlowArgs) {
-    let Some(slot) = SLOW_ARGS.get_ptr_mut(0) else {
-        return;
-    };
-    // SAFETY: per-CPU scratch; the tail call runs on this CPU right away.
-    unsafe {
-        *slot = *args;
-        P::slow_path().tail_call(p.ctx(), 0);
-    }
-    count(Counter::TailCallFailed);
-}
-
-/// The slow-path program's body. Events found along the way are emitted together at the
+/// The slow-path program's body: a program of its own, reached by tail call, with the
+/// first-payload checks, the TLS record walker and every event. The verifier then checks
+/// that logic once from a clean state instead of once for every path through the fast
+/// path, which it cannot afford. Events found along the way are emitted together at the
 /// end, from one place, for the same verifier reasons.
 #[inline(always)]
 pub fn slow_path<P: Packet>(p: &P) {
-    let Some(args) = SLOW_ARGS.get_ptr(0) else {
+    let Some(args) = tail::slow_args() else {
         return;
     };
-    // SAFETY: per-CPU scratch written just before the tail call that got us here.
-    let args = unsafe { &*args };
-    let flow = if args.unconfirmed {
-        UNCONFIRMED.get_ptr_mut(args.key)
-    } else {
-        FLOWS.get_ptr_mut(args.key)
-    };
-    let Some(flow) = flow else {
+    let Some(flow) = flows::get(&args.key, args.unconfirmed) else {
         return;
     };
-    // SAFETY: as in `lookup`.
-    let flow = unsafe { &mut *flow };
     let t = Tcp {
         src: [0; 2],
         dst: [0; 2],
@@ -183,12 +155,9 @@ pub fn slow_path<P: Packet>(p: &P) {
     // In map memory rather than on the stack: the verifier tracks stack values exactly,
     // and every combination of "events found so far" would be a state of its own at the
     // walker's bpf_loop; map contents are just unknown numbers to it.
-    let Some(found) = FOUND.get_ptr_mut(0) else {
+    let Some(found) = events::found() else {
         return;
     };
-    // SAFETY: per-CPU scratch, ours for this program run.
-    let found = unsafe { &mut *found };
-    found.clear();
     idle_resumption(&cx, flow, args.retransmission, found);
     if t.payload_len > 0 {
         if flow.dir[side].first_class == PayloadClass::None as u8 {
@@ -285,7 +254,7 @@ fn finish<P: Packet>(cx: &Cx<P>, flow: &mut FlowState, found: &mut Found) {
         if seen {
             found.push(kind, extra);
         } else {
-            count(Counter::UnseenBytes);
+            counters::inc(Counter::UnseenBytes);
         }
     };
     // TLS 1.3's close: a close_notify-sized record, then FIN, or RST when the peer's own
@@ -355,19 +324,19 @@ fn stream_seen_to(d: &Direction, to: u32) -> bool {
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct SlowArgs {
-    key: FlowKey,
-    now: u64,
-    gap_ns: u64,
-    idle_ns: u64,
-    seq: u32,
-    ack: u32,
-    payload_off: u32,
-    payload_len: u32,
-    tcp_flags: u8,
-    sender: u8,
+    pub key: FlowKey,
+    pub now: u64,
+    pub gap_ns: u64,
+    pub idle_ns: u64,
+    pub seq: u32,
+    pub ack: u32,
+    pub payload_off: u32,
+    pub payload_len: u32,
+    pub tcp_flags: u8,
+    pub sender: u8,
     /// Which table holds the flow.
-    unconfirmed: bool,
-    retransmission: bool,
+    pub unconfirmed: bool,
+    pub retransmission: bool,
 }
 
 /// Classifies the side's first payload, starts the record walker on TLS, and reports
@@ -420,23 +389,7 @@ fn mismatch(flow: &FlowState, sender: Side, class: PayloadClass) -> bool {
     }
 }
 
-/// The flow's state and whether it is still unconfirmed. Confirmed flows are looked up
-/// first: they carry nearly all packets.
-#[inline(always)]
-fn lookup(key: &FlowKey) -> Option<(&'static mut FlowState, bool)> {
-    // SAFETY (both): map values stay valid for the program's run. Each direction's
-    // fields are written by that direction's packets; see tls.rs for the shared history.
-    if let Some(s) = FLOWS.get_ptr_mut(key) {
-        return Some((unsafe { &mut *s }, false));
-    }
-    UNCONFIRMED
-        .get_ptr_mut(key)
-        .map(|s| (unsafe { &mut *s }, true))
-}
-
-/// Creates the flow, unconfirmed, from a SYN-ACK or a first payload: until the other side
-/// answers it lives in a table of its own, so that one-sided floods (spoofed segments,
-/// scans, the SYN-ACKs of a SYN flood) churn that table and never evict confirmed flows.
+/// Creates the flow, unconfirmed, from a SYN-ACK or a first payload (see maps/flows.rs).
 /// The state is built in a per-CPU scratch slot: it is too large for the BPF stack.
 #[inline(never)]
 fn create(
@@ -449,36 +402,13 @@ fn create(
     if !syn && t.payload_len == 0 {
         return None;
     }
-    // SAFETY: per-CPU scratch value, ours for the duration of this program run.
-    let scratch = unsafe { &mut *SCRATCH.get_ptr_mut(0)? };
+    let scratch = flows::scratch()?;
     if syn {
         init_synack(scratch, key, t, sender_is_a, clock.now);
     } else {
         init_midstream(scratch, key, sender_is_a, clock);
     }
-    // Another CPU may have created it meanwhile: then its entry is as good as ours.
-    if UNCONFIRMED.insert(key, scratch, BPF_NOEXIST as u64).is_ok() {
-        count(Counter::UnconfirmedCreated);
-    }
-    // SAFETY: as in `lookup`.
-    UNCONFIRMED.get_ptr_mut(key).map(|s| unsafe { &mut *s })
-}
-
-/// Moves an answered flow into the confirmed table. Only one CPU's insert wins and counts
-/// (created minus present is what the agent reports as evicted).
-#[inline(never)]
-fn confirm(key: &FlowKey, flow: &FlowState) -> Option<&'static mut FlowState> {
-    if FLOWS.insert(key, flow, BPF_NOEXIST as u64).is_ok() {
-        count(Counter::FlowsCreated);
-        if flow.flags & flow_flags::MIDSTREAM != 0 {
-            // A flow older than us, or one the table evicted, that its peer answers:
-            // healthy, whatever our uptime. Its start was not seen, so never judged.
-            count(Counter::MidstreamAdopted);
-        }
-    }
-    let _ = UNCONFIRMED.remove(key);
-    // SAFETY: as in `lookup`.
-    FLOWS.get_ptr_mut(key).map(|s| unsafe { &mut *s })
+    flows::add_unconfirmed(key, scratch)
 }
 
 /// A flow whose SYN-ACK we see: its sender is the server.
@@ -492,7 +422,7 @@ fn init_synack(flow: &mut FlowState, key: &FlowKey, t: &Tcp, sender_is_a: bool, 
         flow.flags |= flow_flags::CLIENT_IS_A;
     }
     let server_port = if sender_is_a { key.port_a } else { key.port_b };
-    if is_tls_port(server_port) {
+    if config::is_tls_port(server_port) {
         flow.flags |= flow_flags::TLS_PORT;
     }
     flow.dir[Side::Server as usize].isn = t.seq;
@@ -505,8 +435,8 @@ fn init_synack(flow: &mut FlowState, key: &FlowKey, t: &Tcp, sender_is_a: bool, 
 fn init_midstream(flow: &mut FlowState, key: &FlowKey, sender_is_a: bool, clock: &Clock) {
     reset(flow, clock.now);
     flow.flags = flow_flags::MIDSTREAM;
-    let a_tls = is_tls_port(key.port_a);
-    let b_tls = is_tls_port(key.port_b);
+    let a_tls = config::is_tls_port(key.port_a);
+    let b_tls = config::is_tls_port(key.port_b);
     let server_is_a = if a_tls != b_tls {
         a_tls
     } else {
@@ -540,10 +470,4 @@ fn reset(flow: &mut FlowState, now: u64) {
     unsafe { core::ptr::write_bytes(flow as *mut FlowState, 0, 1) };
     flow.first_seen_ns = now;
     flow.last_seen_ns = now;
-}
-
-#[inline(always)]
-fn is_tls_port(port: u16) -> bool {
-    // SAFETY: the value is a plain u8 marker; we only test for presence.
-    unsafe { TLS_PORTS.get(port).is_some() }
 }

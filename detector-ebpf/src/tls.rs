@@ -24,8 +24,8 @@ use detector_common::{
 use aya_ebpf::{cty::c_void, helpers::generated::bpf_loop};
 
 use crate::{
-    SNI, SNI_SCRATCH, count, count_by,
     emit::{Cx, Extra, Found},
+    maps::{counters, sni},
     packet::Packet,
 };
 
@@ -346,7 +346,7 @@ fn lose(flow: &mut FlowState, side: usize, why: Loss) {
     d.pend_len = 0;
     d.flags &= !dir_flags::AHEAD;
     d.lost_why = why as u8;
-    count(Counter::TlsSyncLost);
+    counters::inc(Counter::TlsSyncLost);
 }
 
 /// Reordering: a segment arrived while the next header still lies in bytes before it.
@@ -475,8 +475,8 @@ fn bridge_by_length<P: Packet>(cx: &Cx<P>, flow: &mut FlowState, seg: &Seg) -> B
         // More headers than the chain reads: it does not reach the end.
         return Bridge::Refuted;
     }
-    count(Counter::TlsBridgedByLength);
-    count_by(Counter::TlsRecords, records as u64);
+    counters::inc(Counter::TlsBridgedByLength);
+    counters::add(Counter::TlsRecords, records as u64);
     let d = &mut flow.dir[side];
     d.cursor = at;
     d.rec_end = at;
@@ -504,8 +504,8 @@ fn take_read_ahead(flow: &mut FlowState, side: usize) {
         return;
     }
     d.flags &= !dir_flags::AHEAD;
-    count(Counter::TlsReadAhead);
-    count_by(Counter::TlsRecords, d.ahead_records as u64);
+    counters::inc(Counter::TlsReadAhead);
+    counters::add(Counter::TlsRecords, d.ahead_records as u64);
     d.cursor = d.ahead_next;
     // A header the chain's last segment cut: the walker completes it from what follows.
     d.pend = d.ahead_pend;
@@ -565,7 +565,7 @@ fn resync<P: Packet>(cx: &Cx<P>, flow: &mut FlowState, seg: &Seg) -> bool {
         flow.dir[side].flags |= dir_flags::CCS;
     }
     sync_at_start(flow, side, seg.start);
-    count(Counter::TlsResynced);
+    counters::inc(Counter::TlsResynced);
     true
 }
 
@@ -656,7 +656,7 @@ fn step<P: Packet>(
                 lose(flow, side, Loss::Implausible);
                 return false;
             }
-            count(Counter::TlsRecords);
+            counters::inc(Counter::TlsRecords);
             let rec_end = cursor.wrapping_add(5 + len);
             {
                 let d = &mut flow.dir[side];
@@ -943,17 +943,8 @@ fn store_sni<P: Packet>(cx: &Cx<P>, flow: &mut FlowState, seg: &Seg, data: u32) 
     if n == 0 || before(seg.end, name.wrapping_add(n)) || before(name, seg.start) {
         return;
     }
-    let Some(scratch) = SNI_SCRATCH.get_ptr_mut(0) else {
-        return;
-    };
-    // SAFETY: per-CPU scratch value, ours for the duration of this program run.
-    let sni = unsafe { &mut *scratch };
     let off = seg.payload_off + name.wrapping_sub(seg.start) as usize;
-    if !cx.p.load_into(off, n as usize, &mut sni.name) {
-        return;
-    }
-    sni.len = n as u8;
-    if SNI.insert(cx.key, sni, 0).is_ok() {
+    if sni::store(cx.key, n as u8, |buf| cx.p.load_into(off, n as usize, buf)) {
         flow.tls.flags |= tls_flags::SNI;
     }
 }
