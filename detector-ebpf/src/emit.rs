@@ -8,7 +8,7 @@ use aya_ebpf::{cty::c_void, helpers::generated::bpf_loop};
 use crate::{
     maps::{counters, events},
     packet::Packet,
-    parse::Tcp,
+    parse::Segment,
     payload::read_head,
 };
 
@@ -16,7 +16,7 @@ use crate::{
 pub struct Cx<'a, P: Packet> {
     pub p: &'a P,
     pub key: &'a FlowKey,
-    pub t: &'a Tcp,
+    pub seg: &'a Segment,
     pub now: u64,
     /// How long the flow was quiet before this packet.
     pub gap_ns: u64,
@@ -72,7 +72,11 @@ pub fn emit<P: Packet>(cx: &Cx<P>, flow: &FlowState, kind: EventKind, extra: Ext
         (e.alert_level, e.alert_description) = extra.alert.unwrap_or((0, 0));
         e.detail = extra.detail;
         e.record_len = extra.record_len;
-        let head = read_head(cx.p, cx.t.payload_off, cx.t.payload_len);
+        let head = read_head(
+            cx.p,
+            cx.seg.payload_off as usize,
+            cx.seg.payload_len as usize,
+        );
         copy16(&mut e.snippet, &head.bytes);
         e.snippet_len = head.len as u8;
         copy16(&mut e.history, &flow.tls.history);
@@ -81,8 +85,8 @@ pub fn emit<P: Packet>(cx: &Cx<P>, flow: &FlowState, kind: EventKind, extra: Ext
         } else {
             flow.tls.history_len as u8
         };
-        e.tcp_seq = cx.t.seq;
-        e.payload_len = cx.t.payload_len as u32;
+        e.tcp_seq = cx.seg.seq;
+        e.payload_len = cx.seg.payload_len;
         e.dir_flags = [
             flow.dir[Side::Client as usize].flags,
             flow.dir[Side::Server as usize].flags,

@@ -10,7 +10,7 @@
 #[cfg(target_arch = "bpf")]
 mod emit;
 #[cfg(target_arch = "bpf")]
-mod flow;
+mod fast;
 #[cfg(target_arch = "bpf")]
 mod maps;
 #[cfg(target_arch = "bpf")]
@@ -19,6 +19,8 @@ mod packet;
 mod parse;
 #[cfg(target_arch = "bpf")]
 mod payload;
+#[cfg(target_arch = "bpf")]
+mod slow;
 #[cfg(target_arch = "bpf")]
 mod tls;
 
@@ -32,10 +34,11 @@ mod program {
     use detector_common::Counter;
 
     use crate::{
-        flow,
+        fast,
         maps::{config, counters},
         packet::{Packet, Tc, Xdp},
         parse::{self, Skip},
+        slow,
     };
 
     #[inline(always)]
@@ -44,7 +47,7 @@ mod program {
         match parse::parse(p) {
             Ok(tcp) => {
                 counters::inc(Counter::TcpPackets);
-                flow::track(p, &tcp, &config::clock());
+                fast::track(p, &tcp, &config::clock());
             }
             Err(Skip::NotTcp) => {}
             Err(Skip::Fragment) => counters::inc(Counter::Fragments),
@@ -67,13 +70,13 @@ mod program {
 
     #[xdp]
     pub fn detector_xdp_slow(ctx: XdpContext) -> u32 {
-        flow::slow_path(&Xdp(ctx));
+        slow::run(&Xdp(ctx));
         xdp_action::XDP_PASS
     }
 
     #[classifier]
     pub fn detector_tc_slow(ctx: TcContext) -> i32 {
-        flow::slow_path(&Tc(ctx));
+        slow::run(&Tc(ctx));
         TC_ACT_UNSPEC
     }
 

@@ -101,16 +101,14 @@ fn read_be<P: Packet>(p: &P, off: usize, n: u32) -> Option<u64> {
     Some(u64::from_be_bytes(buf) >> (8 * (8 - n.min(8))))
 }
 
-/// Whether this packet needs the walker: a synced side whose next item lies in it, or a
-/// side that may be TLS and is not synced (a chance to resync). Also keeps the side's
-/// highest sequence number, which the walker needs to notice reordering.
+/// Whether a packet ending at `seg_end` needs the walker: a synced side whose next item
+/// lies in it, or a side that may be TLS and is not synced (a chance to resync).
 #[inline(always)]
-pub fn wants_walk(flow: &mut FlowState, side: usize, t: &crate::parse::Tcp) -> bool {
-    let end = t.seq.wrapping_add(t.payload_len as u32);
+pub fn wants_walk(flow: &FlowState, side: usize, seg_end: u32) -> bool {
     let d = &flow.dir[side];
     let synced = d.flags & dir_flags::SYNCED != 0;
     if synced {
-        return before(d.cursor, end);
+        return before(d.cursor, seg_end);
     }
     // Plain HTTP and other non-TLS streams are never walked.
     let class = d.first_class;
@@ -128,9 +126,9 @@ pub fn wants_walk(flow: &mut FlowState, side: usize, t: &crate::parse::Tcp) -> b
 pub fn walk<P: Packet>(cx: &Cx<P>, flow: &mut FlowState, found: &mut Found) {
     let side = cx.sender as usize;
     let seg = Seg {
-        start: cx.t.seq,
-        end: cx.t.seq.wrapping_add(cx.t.payload_len as u32),
-        payload_off: cx.t.payload_off,
+        start: cx.seg.seq,
+        end: cx.seg.end(),
+        payload_off: cx.seg.payload_off as usize,
     };
     if flow.dir[side].flags & dir_flags::SYNCED == 0 && !resync(cx, flow, &seg) {
         return;

@@ -8,9 +8,9 @@ use aya_ebpf::{
 use detector_common::Counter;
 
 use crate::{
-    flow::SlowArgs,
     maps::counters,
     packet::{Packet, ProgramType},
+    slow::SlowArgs,
 };
 
 /// The slow-path programs; one array per program type, as the kernel requires.
