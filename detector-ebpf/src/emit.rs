@@ -120,15 +120,22 @@ impl Found {
     /// that many suspicious things).
     #[inline(always)]
     pub fn push(&mut self, kind: EventKind, extra: Extra) {
-        let slot = match self.n {
+        if self.n >= 4 {
+            counters::inc(Counter::EventsDropped);
+            return;
+        }
+        // The compiler turns the choice of slot into an address computed from `n`, and
+        // where it checks a copy of `n` the verifier may not carry the check over to the
+        // register it computes with (then the address could be anywhere in its eyes). A
+        // volatile read hides the check from the optimiser, so the mask stays and proves
+        // the bound.
+        // SAFETY: reads a field of `self`.
+        let i = unsafe { core::ptr::read_volatile(&self.n) } & 3;
+        let slot = match i {
             0 => &mut self.first,
             1 => &mut self.second,
             2 => &mut self.third,
-            3 => &mut self.fourth,
-            _ => {
-                counters::inc(Counter::EventsDropped);
-                return;
-            }
+            _ => &mut self.fourth,
         };
         *slot = Some((kind, extra));
         self.n += 1;

@@ -3,7 +3,7 @@
 //! of its own sessions. It never alters or drops a packet.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
-// Atomic fetch-and-add for the flow history (see tls.rs); the crate builds on nightly.
+// Atomic fetch-and-add for the flow history (see tls/items.rs `history`); the crate builds on nightly.
 #![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
 #![cfg_attr(target_arch = "bpf", allow(internal_features))]
 

@@ -5,7 +5,7 @@
 //!
 //! SAFETY (for the `&'static mut` handed out here): map values stay valid for the
 //! program's run. Each direction's fields are written by that direction's packets; see
-//! tls.rs for the shared history.
+//! tls/items.rs `history` for the one field both write.
 
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
