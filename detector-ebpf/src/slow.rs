@@ -87,6 +87,7 @@ pub fn run<P: Packet>(p: &P) {
     finish(&cx, flow, found);
     found.emit_all(&cx, flow);
 }
+
 /// Field case 5: a side that speaks after an idle gap either gets an answer (the flow
 /// survived the gap) or keeps retransmitting into silence (something on the path forgot
 /// the flow). Either is reported once, with the gap, for the timeout estimate.
