@@ -9,6 +9,19 @@ pub mod content_type {
     pub const HANDSHAKE: u8 = 22;
     pub const APPLICATION_DATA: u8 = 23;
     pub const HEARTBEAT: u8 = 24;
+
+    /// The letter Zeek's `ssl_history` gives a record of this type (upper case; the
+    /// server's are written in lower case). Handshake records have none: their messages
+    /// do (see [`super::handshake::history_letter`]). Unknown types are `Q`.
+    pub const fn history_letter(typ: u8) -> u8 {
+        match typ {
+            CHANGE_CIPHER_SPEC => b'I',
+            ALERT => b'L',
+            APPLICATION_DATA => b'D',
+            HEARTBEAT => b'B',
+            _ => b'Q',
+        }
+    }
 }
 
 /// Handshake message types (the first byte of a handshake message).
@@ -79,6 +92,7 @@ pub mod alert {
     pub const PROTOCOL_VERSION: u8 = 70;
     pub const INTERNAL_ERROR: u8 = 80;
     pub const NO_RENEGOTIATION: u8 = 100;
+    pub const UNRECOGNIZED_NAME: u8 = 112;
 
     pub const fn level_name(level: u8) -> &'static str {
         match level {
@@ -120,7 +134,7 @@ pub mod alert {
             109 => "missing_extension",
             110 => "unsupported_extension",
             111 => "certificate_unobtainable",
-            112 => "unrecognized_name",
+            UNRECOGNIZED_NAME => "unrecognized_name",
             113 => "bad_certificate_status_response",
             114 => "bad_certificate_hash_value",
             115 => "unknown_psk_identity",
@@ -154,6 +168,16 @@ pub mod version {
         v & 0x0f0f == 0x0a0a && v >> 8 == v & 0xff
     }
 
+    /// The version's bit in an offered-versions set (bit n = `0x0300 + n`, SSL 3.0 to
+    /// TLS 1.3); 0 for any other code.
+    pub const fn offered_bit(v: u16) -> u8 {
+        if v >> 8 == MAJOR as u16 && (v & 0xff) <= 4 {
+            1 << (v & 0xff)
+        } else {
+            0
+        }
+    }
+
     /// A known version's name (`TLS1.2`); `None` for codes the detector does not know.
     pub const fn name(v: u16) -> Option<&'static str> {
         match v {
@@ -179,6 +203,8 @@ mod tests {
         assert!(!version::is_grease(0x0a1a) && !version::is_grease(0x0303));
         assert_eq!(version::name(0x0303), Some("TLS1.2"));
         assert_eq!(version::name(0x7f17), None);
+        assert_eq!(version::offered_bit(version::TLS1_3), 1 << 4);
+        assert_eq!(version::offered_bit(0x7f17), 0);
     }
 
     #[test]
@@ -191,5 +217,6 @@ mod tests {
         assert_eq!(alert::level_name(alert::FATAL), "fatal");
         assert_eq!(handshake::history_letter(handshake::FINISHED), b'F');
         assert_eq!(handshake::history_letter(99), b'Q');
+        assert_eq!(content_type::history_letter(content_type::ALERT), b'L');
     }
 }

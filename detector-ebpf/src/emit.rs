@@ -1,17 +1,22 @@
 //! Events to the agent, written straight into the ring buffer (an event does not fit
 //! on the BPF stack next to everything else).
 
-use detector_common::{Counter, Event, EventKind, FlowKey, FlowState, Side, flow_flags};
+use detector_common::{Counter, EventKind, FlowKey, FlowState, Side, flow_flags};
 
 use aya_ebpf::{cty::c_void, helpers::generated::bpf_loop};
 
-use crate::{EVENTS, count, packet::Packet, parse::Tcp, payload::read_head};
+use crate::{
+    maps::{counters, events},
+    packet::Packet,
+    parse::Segment,
+    payload::read_head,
+};
 
 /// Everything an event needs to know about the packet that raised it.
 pub struct Cx<'a, P: Packet> {
     pub p: &'a P,
     pub key: &'a FlowKey,
-    pub t: &'a Tcp,
+    pub seg: &'a Segment,
     pub now: u64,
     /// How long the flow was quiet before this packet.
     pub gap_ns: u64,
@@ -34,9 +39,9 @@ pub struct Extra {
 /// their stack frames apart.
 #[inline(never)]
 pub fn emit<P: Packet>(cx: &Cx<P>, flow: &FlowState, kind: EventKind, extra: Extra) {
-    let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
+    let Some(mut entry) = events::reserve() else {
         // Counted and exported; a log line per lost event would only add to the flood.
-        count(Counter::EventsDropped);
+        counters::inc(Counter::EventsDropped);
         return;
     };
     let e = entry.as_mut_ptr();
@@ -67,7 +72,11 @@ pub fn emit<P: Packet>(cx: &Cx<P>, flow: &FlowState, kind: EventKind, extra: Ext
         (e.alert_level, e.alert_description) = extra.alert.unwrap_or((0, 0));
         e.detail = extra.detail;
         e.record_len = extra.record_len;
-        let head = read_head(cx.p, cx.t.payload_off, cx.t.payload_len);
+        let head = read_head(
+            cx.p,
+            cx.seg.payload_off as usize,
+            cx.seg.payload_len as usize,
+        );
         copy16(&mut e.snippet, &head.bytes);
         e.snippet_len = head.len as u8;
         copy16(&mut e.history, &flow.tls.history);
@@ -76,8 +85,8 @@ pub fn emit<P: Packet>(cx: &Cx<P>, flow: &FlowState, kind: EventKind, extra: Ext
         } else {
             flow.tls.history_len as u8
         };
-        e.tcp_seq = cx.t.seq;
-        e.payload_len = cx.t.payload_len as u32;
+        e.tcp_seq = cx.seg.seq;
+        e.payload_len = cx.seg.payload_len;
         e.dir_flags = [
             flow.dir[Side::Client as usize].flags,
             flow.dir[Side::Server as usize].flags,
@@ -89,7 +98,7 @@ pub fn emit<P: Packet>(cx: &Cx<P>, flow: &FlowState, kind: EventKind, extra: Ext
         e.tls.flags = flow.tls.flags;
     }
     entry.submit(0);
-    count(Counter::EventsEmitted);
+    counters::inc(Counter::EventsEmitted);
 }
 
 /// Events the slow path found, emitted together at its end: emitting at each place an
@@ -111,15 +120,22 @@ impl Found {
     /// that many suspicious things).
     #[inline(always)]
     pub fn push(&mut self, kind: EventKind, extra: Extra) {
-        let slot = match self.n {
+        if self.n >= 4 {
+            counters::inc(Counter::EventsDropped);
+            return;
+        }
+        // The compiler turns the choice of slot into an address computed from `n`, and
+        // where it checks a copy of `n` the verifier may not carry the check over to the
+        // register it computes with (then the address could be anywhere in its eyes). A
+        // volatile read hides the check from the optimiser, so the mask stays and proves
+        // the bound.
+        // SAFETY: reads a field of `self`.
+        let i = unsafe { core::ptr::read_volatile(&self.n) } & 3;
+        let slot = match i {
             0 => &mut self.first,
             1 => &mut self.second,
             2 => &mut self.third,
-            3 => &mut self.fourth,
-            _ => {
-                count(Counter::EventsDropped);
-                return;
-            }
+            _ => &mut self.fourth,
         };
         *slot = Some((kind, extra));
         self.n += 1;

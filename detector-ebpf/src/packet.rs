@@ -10,7 +10,6 @@ use aya_ebpf::{
     EbpfContext,
     cty::c_void,
     helpers::generated::{bpf_skb_load_bytes, bpf_xdp_load_bytes},
-    maps::ProgramArray,
     programs::{TcContext, XdpContext},
 };
 
@@ -23,9 +22,8 @@ pub const MAX_LOAD_OFFSET: usize = 1 << 19;
 
 pub trait Packet {
     type Ctx: EbpfContext;
-    /// The program array holding this program type's slow path (a program array serves
-    /// one program type only).
-    fn slow_path() -> &'static ProgramArray;
+    /// The program type, which says where its slow path is (see maps/tail.rs).
+    const TYPE: ProgramType;
 
     fn ctx(&self) -> &Self::Ctx;
 
@@ -55,14 +53,16 @@ pub trait Packet {
     }
 }
 
+pub enum ProgramType {
+    Xdp,
+    Tc,
+}
+
 pub struct Xdp(pub XdpContext);
 
 impl Packet for Xdp {
     type Ctx = XdpContext;
-    #[inline(always)]
-    fn slow_path() -> &'static ProgramArray {
-        &crate::XDP_SLOW
-    }
+    const TYPE: ProgramType = ProgramType::Xdp;
 
     #[inline(always)]
     fn ctx(&self) -> &XdpContext {
@@ -100,10 +100,7 @@ pub struct Tc(pub TcContext);
 
 impl Packet for Tc {
     type Ctx = TcContext;
-    #[inline(always)]
-    fn slow_path() -> &'static ProgramArray {
-        &crate::TC_SLOW
-    }
+    const TYPE: ProgramType = ProgramType::Tc;
 
     #[inline(always)]
     fn ctx(&self) -> &TcContext {

@@ -51,6 +51,39 @@ pub struct Tcp {
     pub payload_len: usize,
 }
 
+impl Tcp {
+    #[inline(always)]
+    pub fn segment(&self) -> Segment {
+        Segment {
+            seq: self.seq,
+            ack: self.ack,
+            payload_off: self.payload_off as u32,
+            payload_len: self.payload_len as u32,
+            flags: self.flags,
+        }
+    }
+}
+
+/// A segment's TCP numbers without addresses and ports (the flow key has those): what the
+/// slow path is handed of a packet.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Segment {
+    pub seq: u32,
+    pub ack: u32,
+    pub payload_off: u32,
+    pub payload_len: u32,
+    pub flags: u8,
+}
+
+impl Segment {
+    /// The sequence number after the payload.
+    #[inline(always)]
+    pub fn end(&self) -> u32 {
+        self.seq.wrapping_add(self.payload_len)
+    }
+}
+
 /// Reads whole headers at once: one bounds check per header is cheaper, and single-byte
 /// reads at variable offsets compile to a comparison the verifier cannot use.
 #[inline(always)]

@@ -1,11 +1,11 @@
 //! What the first bytes of a TCP payload say about its protocol.
 
-use detector_common::{MAX_TLS_RECORD, PayloadClass, SNIPPET_LEN};
+use detector_common::{
+    PayloadClass, SNIPPET_LEN,
+    tls::{content_type, handshake},
+};
 
-use crate::packet::Packet;
-
-const TLS_HANDSHAKE: u8 = 22;
-const HS_CLIENT_HELLO: u8 = 1;
+use crate::{packet::Packet, tls};
 
 /// The first bytes of a payload, zero padded.
 pub struct Head {
@@ -27,23 +27,22 @@ pub fn read_head<P: Packet>(p: &P, off: usize, payload_len: usize) -> Head {
     Head { bytes, len }
 }
 
-/// A TLS record header: known content type, version 3.0 to 1.3, and a possible length.
+/// A TLS record header with a body: a first payload that starts with an empty record is
+/// not taken for TLS.
 #[inline(always)]
-pub fn is_tls_header(h: &Head) -> bool {
+fn is_tls_header(h: &Head) -> bool {
     let b = &h.bytes;
-    let len = u16::from_be_bytes([b[3], b[4]]);
-    h.len >= 5
-        && (20..=24).contains(&b[0])
-        && b[1] == 3
-        && b[2] <= 4
-        && len > 0
-        && len as u32 <= MAX_TLS_RECORD
+    let len = u16::from_be_bytes([b[3], b[4]]) as u32;
+    h.len >= 5 && len > 0 && tls::plausible(b[0], b[1], b[2], len)
 }
 
 #[inline(always)]
 pub fn classify(h: &Head) -> PayloadClass {
     if is_tls_header(h) {
-        if h.bytes[0] == TLS_HANDSHAKE && h.len >= 6 && h.bytes[5] == HS_CLIENT_HELLO {
+        if h.bytes[0] == content_type::HANDSHAKE
+            && h.len >= 6
+            && h.bytes[5] == handshake::CLIENT_HELLO
+        {
             return PayloadClass::ClientHello;
         }
         return PayloadClass::TlsRecord;

@@ -15,7 +15,14 @@ use aya::{
     maps::HashMap,
     programs::{TestRun, TestRunOptions, Xdp},
 };
-use detector_common::{FlowKey, FlowState, names};
+use detector_common::{
+    FlowKey, FlowState, names,
+    tls::{
+        content_type::{APPLICATION_DATA, CHANGE_CIPHER_SPEC, HANDSHAKE},
+        extension::{SESSION_TICKET, SUPPORTED_VERSIONS},
+        version::{TLS1_2, TLS1_3},
+    },
+};
 use detector_user::{event::addr, kernel::BENCH_OBJECT};
 use tests::{
     frames::{self, Conversation, Frame, Hello, record},
@@ -78,12 +85,12 @@ fn main() -> Result<()> {
         conv.syn_ack(),
         conv.client(&frames::client_hello("bench.example")),
     ];
-    setup.push(conv.server(&record(22, &Hello::server().server_hello())));
-    let mut ccs = record(20, &[1]);
-    ccs.extend(record(22, &[0xa5; 40]));
+    setup.push(conv.server(&record(HANDSHAKE, &Hello::server().server_hello())));
+    let mut ccs = record(CHANGE_CIPHER_SPEC, &[1]);
+    ccs.extend(record(HANDSHAKE, &[0xa5; 40]));
     setup.push(conv.client(&ccs));
     setup.push(conv.server(&ccs));
-    let big = record(23, &vec![0x5a; 16_000]);
+    let big = record(APPLICATION_DATA, &vec![0x5a; 16_000]);
     let segs = conv.server_segments(&big, &[1448, 1448]);
     setup.push(segs[0].clone());
     h.run_all(&setup);
@@ -93,7 +100,9 @@ fn main() -> Result<()> {
 
     // A record header starting a segment: snapshot the flow just before it.
     h.run_all(&segs[2..]);
-    let header_frame = conv.server(&record(23, &[0x5a; 1000])).build();
+    let header_frame = conv
+        .server(&record(APPLICATION_DATA, &[0x5a; 1000]))
+        .build();
     let before_header = h.flow(conv.client_addr(), conv.server_addr());
 
     // A ClientHello as the first payload of a fresh flow.
@@ -102,13 +111,10 @@ fn main() -> Result<()> {
     let before_hello = h.flow(fresh.client_addr(), fresh.server_addr());
     let hello = fresh
         .client(&record(
-            22,
+            HANDSHAKE,
             &Hello::client("bench.example")
-                .with(
-                    frames::EXT_SUPPORTED_VERSIONS,
-                    frames::versions_ext(&[0x0304, 0x0303]),
-                )
-                .with(frames::EXT_SESSION_TICKET, vec![0; 160])
+                .with(SUPPORTED_VERSIONS, frames::versions_ext(&[TLS1_3, TLS1_2]))
+                .with(SESSION_TICKET, vec![0; 160])
                 .client_hello(),
         ))
         .build();

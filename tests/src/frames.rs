@@ -6,6 +6,8 @@
 
 use std::net::IpAddr;
 
+use detector_common::tls::{content_type, extension, handshake as hs, version};
+
 pub const FIN: u8 = 0x01;
 pub const SYN: u8 = 0x02;
 pub const RST: u8 = 0x04;
@@ -272,11 +274,18 @@ fn split<'a>(data: &'a [u8], sizes: &[usize]) -> Vec<&'a [u8]> {
     out
 }
 
-/// A TLS record: content type, version 3.3, length, body.
-pub fn record(content_type: u8, body: &[u8]) -> Vec<u8> {
-    let mut r = vec![content_type, 0x03, 0x03];
-    r.extend_from_slice(&(body.len() as u16).to_be_bytes());
+/// A TLS record: content type, version 1.2, length, body.
+pub fn record(typ: u8, body: &[u8]) -> Vec<u8> {
+    let mut r = record_header(typ, body.len() as u16);
     r.extend_from_slice(body);
+    r
+}
+
+/// A TLS 1.2 record header alone, claiming `len` bytes of body.
+pub fn record_header(typ: u8, len: u16) -> Vec<u8> {
+    let mut r = vec![typ];
+    r.extend_from_slice(&version::TLS1_2.to_be_bytes());
+    r.extend_from_slice(&len.to_be_bytes());
     r
 }
 
@@ -299,15 +308,15 @@ pub struct Hello {
 impl Hello {
     pub fn client(host: &str) -> Hello {
         Hello {
-            version: 0x0303,
+            version: version::TLS1_2,
             session_id: vec![],
-            extensions: vec![(0, sni_ext(host))],
+            extensions: vec![(extension::SERVER_NAME, sni_ext(host))],
         }
     }
 
     pub fn server() -> Hello {
         Hello {
-            version: 0x0303,
+            version: version::TLS1_2,
             session_id: vec![],
             extensions: vec![],
         }
@@ -334,12 +343,14 @@ impl Hello {
         body.extend_from_slice(&[0x11; 32]);
         body.push(self.session_id.len() as u8);
         body.extend_from_slice(&self.session_id);
+        // Two cipher suites and the null compression method: the walker skips both by
+        // their lengths, so their values are any.
         body.extend_from_slice(&[0, 4, 0x13, 0x01, 0xc0, 0x2f]);
         body.extend_from_slice(&[1, 0]);
         let ext = self.extensions_bytes();
         body.extend_from_slice(&(ext.len() as u16).to_be_bytes());
         body.extend_from_slice(&ext);
-        handshake(1, &body)
+        handshake(hs::CLIENT_HELLO, &body)
     }
 
     /// The ServerHello handshake message.
@@ -354,19 +365,14 @@ impl Hello {
             body.extend_from_slice(&(ext.len() as u16).to_be_bytes());
             body.extend_from_slice(&ext);
         }
-        handshake(2, &body)
+        handshake(hs::SERVER_HELLO, &body)
     }
 }
-
-pub const EXT_SESSION_TICKET: u16 = 35;
-pub const EXT_PRE_SHARED_KEY: u16 = 41;
-pub const EXT_SUPPORTED_VERSIONS: u16 = 43;
-pub const EXT_PSK_MODES: u16 = 45;
 
 pub fn sni_ext(host: &str) -> Vec<u8> {
     let name = host.as_bytes();
     let mut d = ((name.len() + 3) as u16).to_be_bytes().to_vec();
-    d.push(0);
+    d.push(extension::SERVER_NAME_HOST);
     d.extend_from_slice(&(name.len() as u16).to_be_bytes());
     d.extend_from_slice(name);
     d
@@ -383,13 +389,20 @@ pub fn versions_ext(versions: &[u16]) -> Vec<u8> {
 
 /// A minimal but well-formed TLS 1.2-style ClientHello record, with SNI `host`.
 pub fn client_hello(host: &str) -> Vec<u8> {
-    let mut rec = record(22, &Hello::client(host).client_hello());
     // First ClientHellos usually say TLS 1.0 on the record layer.
-    rec[2] = 0x01;
+    tls10(record(
+        content_type::HANDSHAKE,
+        &Hello::client(host).client_hello(),
+    ))
+}
+
+/// The record with TLS 1.0 in its header, as the first records of a session often say.
+pub fn tls10(mut rec: Vec<u8>) -> Vec<u8> {
+    rec[1..3].copy_from_slice(&version::TLS1_0.to_be_bytes());
     rec
 }
 
 /// A plaintext alert record.
 pub fn alert(level: u8, description: u8) -> Vec<u8> {
-    record(21, &[level, description])
+    record(content_type::ALERT, &[level, description])
 }

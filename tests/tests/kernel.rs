@@ -2,10 +2,17 @@
 
 use std::net::IpAddr;
 
-use detector_common::{Counter, EventKind, PayloadClass, Side};
+use detector_common::{
+    Counter, EventKind, PayloadClass, Side,
+    tls::{
+        alert::{CLOSE_NOTIFY, FATAL, UNEXPECTED_MESSAGE, WARNING},
+        content_type::{APPLICATION_DATA, HANDSHAKE},
+        handshake::SERVER_HELLO,
+    },
+};
 use detector_user::diagnosis::Kind;
 use tests::{
-    frames::{self, Conversation, Frame, SYN},
+    frames::{self, Conversation, Frame, SYN, handshake, record, tls10},
     harness::{Harness, diagnose},
 };
 
@@ -121,7 +128,7 @@ fn server_plaintext_alert_is_reported_with_sender() {
     let mut conv = Conversation::v4(443);
     let mut frames = vec![conv.syn_ack()];
     frames.push(conv.client(&frames::client_hello("example.org")));
-    frames.push(conv.server(&[0x15, 0x03, 0x01, 0x00, 0x02, 0x02, 0x0a]));
+    frames.push(conv.server(&tls10(frames::alert(FATAL, UNEXPECTED_MESSAGE))));
     let events = h.run_all(&frames);
     let kinds: Vec<EventKind> = events.iter().map(|e| e.kind).collect();
     // The alert, and the handshake it ended.
@@ -131,7 +138,7 @@ fn server_plaintext_alert_is_reported_with_sender() {
         "{events:?}"
     );
     let a = events[0].alert.expect("an alert");
-    assert_eq!((a.level, a.description), (2, 10));
+    assert_eq!((a.level, a.description), (FATAL, UNEXPECTED_MESSAGE));
     assert_eq!(events[0].sender, Side::Server);
     assert_eq!(events[1].abort, Some(detector_user::event::Abort::Alert));
     assert_eq!(events[1].history, "Cl");
@@ -147,7 +154,7 @@ fn http_request_to_443_answered_by_alert_is_one_diagnosis() {
     let mut h = Harness::new();
     let mut conv = Conversation::v4(443);
     let mut frames = vec![conv.syn_ack(), conv.client(GET)];
-    frames.push(conv.server(&[0x15, 0x03, 0x01, 0x00, 0x02, 0x02, 0x0a]));
+    frames.push(conv.server(&tls10(frames::alert(FATAL, UNEXPECTED_MESSAGE))));
     let events = h.run_all(&frames);
     let kinds: Vec<EventKind> = events.iter().map(|e| e.kind).collect();
     assert_eq!(
@@ -172,7 +179,7 @@ fn http_answered_in_tls_on_an_unlisted_port() {
     let frames = vec![
         conv.syn_ack(),
         conv.client(GET),
-        conv.server(&frames::alert(2, 10)),
+        conv.server(&frames::alert(FATAL, UNEXPECTED_MESSAGE)),
     ];
     let events = h.run_all(&frames);
     // The request alone is not suspicious on 4433; the TLS answer makes it so.
@@ -207,8 +214,8 @@ fn clean_tls_and_clean_http_raise_nothing() {
     let mut h = Harness::new();
     let mut tls = Conversation::v4(443);
     let mut frames = vec![tls.syn_ack(), tls.client(&frames::client_hello("a"))];
-    frames.push(tls.server(&[0x16, 0x03, 0x03, 0x00, 0x04, 0x02, 0, 0, 0]));
-    frames.push(tls.client(&[0x17, 0x03, 0x03, 0x00, 0x03, 1, 2, 3]));
+    frames.push(tls.server(&record(HANDSHAKE, &handshake(SERVER_HELLO, &[]))));
+    frames.push(tls.client(&record(APPLICATION_DATA, &[1, 2, 3])));
     let mut http = Conversation::new(
         ("10.1.0.1".parse().unwrap(), 40_001),
         ("10.2.0.1".parse().unwrap(), 80),
@@ -242,7 +249,10 @@ fn mid_stream_http_bytes_are_not_trusted() {
     // No SYN-ACK seen: the first payload might be any point of the stream.
     let mut h = Harness::new();
     let mut conv = Conversation::v4(443);
-    let events = h.run_all(&[conv.client(GET), conv.server(&frames::alert(1, 0))]);
+    let events = h.run_all(&[
+        conv.client(GET),
+        conv.server(&frames::alert(WARNING, CLOSE_NOTIFY)),
+    ]);
     assert!(
         events.iter().all(|e| e.kind != EventKind::ProtocolMismatch),
         "{events:?}"

@@ -3,7 +3,13 @@
 
 use std::time::Duration;
 
-use detector_common::{Counter, EventKind, Side, flow_flags};
+use detector_common::{
+    Counter, EventKind, Side, flow_flags,
+    tls::{
+        content_type::{ALERT, APPLICATION_DATA as APPDATA, CHANGE_CIPHER_SPEC, HANDSHAKE},
+        handshake::CERTIFICATE,
+    },
+};
 use detector_user::{diagnosis::Kind, event::KernelEvent, kernel::Options};
 use tests::{
     frames::{self, ACK, Conversation, FIN, Hello, RST, handshake, record},
@@ -18,18 +24,18 @@ fn sealed(t: u8, len: usize) -> Vec<u8> {
 
 /// A TLS 1.2 session that has exchanged application data.
 fn established(h: &mut Harness, conv: &mut Conversation) -> Vec<KernelEvent> {
-    let mut flight = record(22, &Hello::server().server_hello());
-    flight.extend(record(22, &handshake(11, &[0x30; 300])));
-    let mut cfin = record(20, &[1]);
-    cfin.extend(sealed(22, 40));
+    let mut flight = record(HANDSHAKE, &Hello::server().server_hello());
+    flight.extend(record(HANDSHAKE, &handshake(CERTIFICATE, &[0x30; 300])));
+    let mut cfin = record(CHANGE_CIPHER_SPEC, &[1]);
+    cfin.extend(sealed(HANDSHAKE, 40));
     let frames = vec![
         conv.syn_ack(),
         conv.client(&frames::client_hello("idle.example")),
         conv.server(&flight),
         conv.client(&cfin),
         conv.server(&cfin),
-        conv.client(&sealed(23, 200)),
-        conv.server(&sealed(23, 900)),
+        conv.client(&sealed(APPDATA, 200)),
+        conv.server(&sealed(APPDATA, 900)),
     ];
     h.run_all(&frames)
 }
@@ -44,7 +50,7 @@ fn proxy_closes_after_idle_with_encrypted_alert_and_fin() {
     let mut conv = Conversation::v4(443);
     assert!(established(&mut h, &mut conv).is_empty());
     h.advance(Duration::from_millis(119_900));
-    let mut events = h.run(&conv.server(&sealed(21, 26)));
+    let mut events = h.run(&conv.server(&sealed(ALERT, 26)));
     events.extend(h.run(&conv.server_flags(ACK | FIN)));
     events.extend(h.run(&conv.client_flags(ACK)));
     h.advance(Duration::from_secs(15));
@@ -94,8 +100,8 @@ fn activity_below_the_threshold_raises_nothing() {
     let mut events = Vec::new();
     for _ in 0..5 {
         h.advance(Duration::from_secs(25));
-        events.extend(h.run(&conv.client(&sealed(23, 60))));
-        events.extend(h.run(&conv.server(&sealed(23, 60))));
+        events.extend(h.run(&conv.client(&sealed(APPDATA, 60))));
+        events.extend(h.run(&conv.server(&sealed(APPDATA, 60))));
     }
     h.advance(Duration::from_secs(20));
     events.extend(h.run(&conv.client_flags(ACK | FIN)));
@@ -118,10 +124,10 @@ fn load_balancer_timeout_drops_and_inference() {
         );
         established(&mut h, &mut conv);
         h.advance(Duration::from_secs(*gap));
-        let resume = conv.client(&sealed(23, 80));
+        let resume = conv.client(&sealed(APPDATA, 80));
         events.extend(h.run(&resume));
         if *survives {
-            events.extend(h.run(&conv.server(&sealed(23, 80))));
+            events.extend(h.run(&conv.server(&sealed(APPDATA, 80))));
         } else {
             h.advance(Duration::from_millis(200));
             events.extend(h.run(&resume)); // a retransmission, perhaps a probe
@@ -162,8 +168,8 @@ fn midstream_flow_that_is_answered_is_adopted_silently() {
     let mut h = Harness::new();
     h.advance(Duration::from_secs(31));
     let mut conv = Conversation::v4(443);
-    let mut events = h.run(&conv.client(&sealed(23, 100)));
-    events.extend(h.run(&conv.server(&sealed(23, 300))));
+    let mut events = h.run(&conv.client(&sealed(APPDATA, 100)));
+    events.extend(h.run(&conv.server(&sealed(APPDATA, 300))));
     assert!(events.is_empty(), "{events:?}");
     assert_eq!(h.counter(Counter::MidstreamAdopted), 1);
     assert_eq!(
@@ -173,8 +179,8 @@ fn midstream_flow_that_is_answered_is_adopted_silently() {
     );
     // Adopted: later idle gaps are judged as for any flow (this one survives).
     h.advance(Duration::from_secs(40));
-    events.extend(h.run(&conv.client(&sealed(23, 100))));
-    events.extend(h.run(&conv.server(&sealed(23, 100))));
+    events.extend(h.run(&conv.client(&sealed(APPDATA, 100))));
+    events.extend(h.run(&conv.server(&sealed(APPDATA, 100))));
     assert_eq!(kinds(&events), [(EventKind::IdleSurvived, Side::Server)]);
     assert!(diagnose_idle(&events, IDLE).is_empty());
 }
@@ -185,7 +191,7 @@ fn midstream_flow_that_is_answered_is_adopted_silently() {
 fn midstream_flow_retransmitting_into_silence_is_a_drop_after_uptime_only() {
     let mut h = Harness::new();
     let mut early = Conversation::v4(443);
-    let first = early.client(&sealed(23, 100));
+    let first = early.client(&sealed(APPDATA, 100));
     let mut events = h.run(&first);
     for _ in 0..3 {
         h.advance(Duration::from_millis(300));
@@ -201,7 +207,7 @@ fn midstream_flow_retransmitting_into_silence_is_a_drop_after_uptime_only() {
         ("10.1.0.9".parse().unwrap(), 50_000),
         ("10.2.0.1".parse().unwrap(), 443),
     );
-    let resume = late.client(&sealed(23, 100));
+    let resume = late.client(&sealed(APPDATA, 100));
     assert!(h.run(&resume).is_empty(), "one packet is no evidence");
     h.advance(Duration::from_millis(200));
     assert!(
@@ -241,11 +247,11 @@ fn one_retransmission_then_an_answer_is_no_drop() {
     let mut conv = Conversation::v4(443);
     established(&mut h, &mut conv);
     h.advance(Duration::from_secs(61));
-    let resume = conv.client(&sealed(23, 80));
+    let resume = conv.client(&sealed(APPDATA, 80));
     let mut events = h.run(&resume);
     h.advance(Duration::from_millis(200));
     events.extend(h.run(&resume));
-    events.extend(h.run(&conv.server(&sealed(23, 80))));
+    events.extend(h.run(&conv.server(&sealed(APPDATA, 80))));
     assert_eq!(kinds(&events), [(EventKind::IdleSurvived, Side::Server)]);
     assert!(diagnose_idle(&events, IDLE).is_empty());
 }
@@ -257,7 +263,7 @@ fn resumption_answered_by_rst_is_a_drop() {
     let mut conv = Conversation::v4(443);
     established(&mut h, &mut conv);
     h.advance(Duration::from_secs(61));
-    let mut events = h.run(&conv.client(&sealed(23, 80)));
+    let mut events = h.run(&conv.client(&sealed(APPDATA, 80)));
     events.extend(h.run(&conv.server_flags(ACK | RST)));
     assert_eq!(kinds(&events), [(EventKind::IdleRstAnswer, Side::Server)]);
     let d = diagnose_idle(&events, IDLE);
@@ -310,7 +316,7 @@ fn one_sided_flood_cannot_evict_confirmed_flows() {
         let state = h.flow(conv.client_addr(), conv.server_addr());
         assert_ne!(state.flags & flow_flags::SYNACK_SEEN, 0);
     }
-    let events = h.run(&real[0].server(&sealed(21, 26)));
+    let events = h.run(&real[0].server(&sealed(ALERT, 26)));
     assert_eq!(kinds(&events), [(EventKind::EncryptedAlert, Side::Server)]);
     assert!(events[0].gap_ns >= 31_000_000_000);
 }

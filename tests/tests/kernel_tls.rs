@@ -2,23 +2,27 @@
 //! records across segments and several per segment, retransmission, reordering, mid-stream
 //! pickup, split ClientHellos, lengths that lie, and the events the walk raises.
 
-use detector_common::{Counter, EventKind, Side, dir_flags, tls_flags};
+use detector_common::{
+    Counter, EventKind, Side, dir_flags,
+    tls::{
+        alert::{FATAL, HANDSHAKE_FAILURE, UNRECOGNIZED_NAME},
+        content_type::{ALERT, APPLICATION_DATA as APPDATA, CHANGE_CIPHER_SPEC as CCS, HANDSHAKE},
+        extension::{PRE_SHARED_KEY, PSK_KEY_EXCHANGE_MODES, SESSION_TICKET, SUPPORTED_VERSIONS},
+        handshake as hs,
+        version::{TLS1_2, TLS1_3, offered_bit},
+    },
+    tls_flags,
+};
 use detector_user::{
     diagnosis::Kind,
     event::{Abort, KernelEvent},
 };
 use tests::{
     frames::{
-        self, ACK, Conversation, EXT_PRE_SHARED_KEY, EXT_PSK_MODES, EXT_SESSION_TICKET,
-        EXT_SUPPORTED_VERSIONS, FIN, Hello, RST, handshake, record, versions_ext,
+        self, ACK, Conversation, FIN, Hello, RST, handshake, record, record_header, versions_ext,
     },
     harness::{Harness, diagnose},
 };
-
-const HANDSHAKE: u8 = 22;
-const CCS: u8 = 20;
-const ALERT: u8 = 21;
-const APPDATA: u8 = 23;
 
 fn ccs() -> Vec<u8> {
     record(CCS, &[1])
@@ -33,15 +37,15 @@ fn sealed(t: u8, len: usize) -> Vec<u8> {
 /// ServerHello, Certificate (1.5 KB), ServerKeyExchange, ServerHelloDone.
 fn server_flight_tls12(hello: &Hello) -> Vec<u8> {
     let mut msgs = hello.server_hello();
-    msgs.extend(handshake(11, &vec![0x30; 1500]));
-    msgs.extend(handshake(12, &[0x03; 100]));
-    msgs.extend(handshake(14, &[]));
+    msgs.extend(handshake(hs::CERTIFICATE, &vec![0x30; 1500]));
+    msgs.extend(handshake(hs::SERVER_KEY_EXCHANGE, &[0x03; 100]));
+    msgs.extend(handshake(hs::SERVER_HELLO_DONE, &[]));
     record(HANDSHAKE, &msgs)
 }
 
 /// Client key exchange, ChangeCipherSpec and Finished, as three records in one segment.
 fn client_finish_tls12() -> Vec<u8> {
-    let mut seg = record(HANDSHAKE, &handshake(16, &[0x04; 66]));
+    let mut seg = record(HANDSHAKE, &handshake(hs::CLIENT_KEY_EXCHANGE, &[0x04; 66]));
     seg.extend(ccs());
     seg.extend(sealed(HANDSHAKE, 40));
     seg
@@ -66,7 +70,7 @@ fn tls12_session(conv: &mut Conversation, client: &Hello, server: &Hello) -> Vec
 fn full_tls12_handshake_history_and_facts_without_events() {
     let mut h = Harness::new();
     let mut conv = Conversation::v4(443);
-    let client = Hello::client("shop.example").with(EXT_SESSION_TICKET, vec![]);
+    let client = Hello::client("shop.example").with(SESSION_TICKET, vec![]);
     let frames = tls12_session(&mut conv, &client, &Hello::server());
     let events = h.run_all(&frames);
     assert!(
@@ -77,7 +81,7 @@ fn full_tls12_handshake_history_and_facts_without_events() {
     let history = String::from_utf8_lossy(&flow.tls.history[..12]).into_owned();
     assert_eq!(history, "CsxknGIFifDd");
     assert_eq!(flow.tls.history_len, 12);
-    assert_eq!(flow.tls.negotiated_version, 0x0303);
+    assert_eq!(flow.tls.negotiated_version, TLS1_2);
     assert_ne!(flow.tls.flags & tls_flags::HANDSHAKE_DONE, 0);
     assert_ne!(flow.tls.flags & tls_flags::SNI, 0);
     assert_eq!(
@@ -103,7 +107,7 @@ fn record_header_cut_by_a_segment_end_and_several_records_per_segment() {
     // ServerHello record, then a fatal alert whose header is cut after 2 bytes.
     let mut data = record(HANDSHAKE, &Hello::server().server_hello());
     let cut = data.len() + 2;
-    data.extend(frames::alert(2, 40));
+    data.extend(frames::alert(FATAL, HANDSHAKE_FAILURE));
     frames.extend(conv.server_segments(&data, &[cut]));
     let events = h.run_all(&frames);
     let kinds: Vec<EventKind> = events.iter().map(|e| e.kind).collect();
@@ -112,7 +116,7 @@ fn record_header_cut_by_a_segment_end_and_several_records_per_segment() {
         [EventKind::PlaintextAlert, EventKind::HandshakeAborted]
     );
     let a = events[0].alert.unwrap();
-    assert_eq!((a.level, a.description), (2, 40));
+    assert_eq!((a.level, a.description), (FATAL, HANDSHAKE_FAILURE));
     assert_eq!(events[1].history, "Csl");
 }
 
@@ -122,7 +126,7 @@ fn retransmissions_change_nothing() {
     let mut conv = Conversation::v4(443);
     let syn_ack = conv.syn_ack();
     let hello = conv.client(&frames::client_hello("a.example"));
-    let answer = conv.server(&frames::alert(2, 40));
+    let answer = conv.server(&frames::alert(FATAL, HANDSHAKE_FAILURE));
     let events = h.run_all(&[
         syn_ack,
         hello.clone(),
@@ -178,7 +182,7 @@ fn mid_stream_pickup_resyncs_only_on_evidence() {
     let mut h = Harness::new();
     let mut conv = Conversation::v4(443);
     // No handshake seen. Ciphertext that happens to start like a header is not enough...
-    let mut noise = vec![0x17, 0x03, 0x03, 0x01, 0x00];
+    let mut noise = record_header(APPDATA, 256);
     noise.extend(vec![0x5a; 700]);
     assert!(h.run(&conv.server(&noise)).is_empty());
     assert_eq!(h.counter(Counter::TlsResynced), 0);
@@ -198,16 +202,20 @@ fn client_hello_split_over_segments_still_yields_its_facts() {
     let mut h = Harness::new();
     let mut conv = Conversation::v4(443);
     let hello = Hello::client("resume.example")
-        .with(EXT_SUPPORTED_VERSIONS, versions_ext(&[0x0304, 0x0303]))
-        .with(EXT_SESSION_TICKET, vec![0x77; 192])
-        .with(EXT_PSK_MODES, vec![1, 1])
-        .with(EXT_PRE_SHARED_KEY, vec![0; 40]);
+        .with(SUPPORTED_VERSIONS, versions_ext(&[TLS1_3, TLS1_2]))
+        .with(SESSION_TICKET, vec![0x77; 192])
+        .with(PSK_KEY_EXCHANGE_MODES, vec![1, 1])
+        .with(PRE_SHARED_KEY, vec![0; 40]);
     let rec = record(HANDSHAKE, &hello.client_hello());
     // Cut inside the supported_versions extension header.
-    let cut = rec.windows(2).position(|w| w == [0, 43]).unwrap() + 1;
+    let cut = rec
+        .windows(2)
+        .position(|w| w == SUPPORTED_VERSIONS.to_be_bytes())
+        .unwrap()
+        + 1;
     let mut f = vec![conv.syn_ack()];
     f.extend(conv.client_segments(&rec, &[cut]));
-    f.push(conv.server(&frames::alert(2, 40)));
+    f.push(conv.server(&frames::alert(FATAL, HANDSHAKE_FAILURE)));
     let events = h.run_all(&f);
     let aborted = events
         .iter()
@@ -215,7 +223,10 @@ fn client_hello_split_over_segments_still_yields_its_facts() {
         .expect("abort event");
     assert_eq!(aborted.tls.session_ticket_len, 192);
     assert_ne!(aborted.tls.flags & tls_flags::PSK_OFFERED, 0);
-    assert_eq!(aborted.tls.offered_versions, 1 << 4 | 1 << 3);
+    assert_eq!(
+        aborted.tls.offered_versions,
+        offered_bit(TLS1_3) | offered_bit(TLS1_2)
+    );
     assert_eq!(aborted.tls.resumption_offered(), Some("tls13_psk"));
     let d = diagnose(&events);
     assert_eq!(d.len(), 1, "{d:?}");
@@ -231,12 +242,13 @@ fn lengths_that_lie_raise_nothing_and_are_counted() {
     let mut f = vec![conv.syn_ack(), conv.client(&frames::client_hello("a"))];
     // A ServerHello, then a handshake record claiming 0x7fff bytes: not TLS.
     let mut data = record(HANDSHAKE, &Hello::server().server_hello());
-    data.extend([0x16, 0x03, 0x03, 0x7f, 0xff, 2, 0, 0, 4]);
-    data.extend(frames::alert(2, 40));
+    data.extend(record_header(HANDSHAKE, 0x7fff));
+    data.extend([hs::SERVER_HELLO, 0, 0, 4]);
+    data.extend(frames::alert(FATAL, HANDSHAKE_FAILURE));
     f.push(conv.server(&data));
     // The walker has stopped reading this side: an alert-like record later in a longer
     // segment is not evidence enough to start again.
-    let mut later = frames::alert(2, 40);
+    let mut later = frames::alert(FATAL, HANDSHAKE_FAILURE);
     later.extend([0x99; 30]);
     f.push(conv.server(&later));
     let events = h.run_all(&f);
@@ -265,7 +277,7 @@ fn plaintext_hello_request_is_reported() {
     let f = vec![
         conv.syn_ack(),
         conv.client(&frames::client_hello("a")),
-        conv.server(&[0x16, 0x03, 0x03, 0x00, 0x04, 0x00, 0x00, 0x00, 0x00]),
+        conv.server(&record(HANDSHAKE, &handshake(hs::HELLO_REQUEST, &[]))),
     ];
     let events = h.run_all(&f);
     assert_eq!(events.len(), 1, "{events:?}");
@@ -317,8 +329,8 @@ fn client_renegotiation_alone() {
 fn tls13_session_closed_by_server(close: u8) {
     let mut h = Harness::new();
     let mut conv = Conversation::v4(443);
-    let client = Hello::client("a").with(EXT_SUPPORTED_VERSIONS, versions_ext(&[0x0304]));
-    let server = Hello::server().with(EXT_SUPPORTED_VERSIONS, 0x0304u16.to_be_bytes().to_vec());
+    let client = Hello::client("a").with(SUPPORTED_VERSIONS, versions_ext(&[TLS1_3]));
+    let server = Hello::server().with(SUPPORTED_VERSIONS, TLS1_3.to_be_bytes().to_vec());
     let mut flight = record(HANDSHAKE, &server.server_hello());
     flight.extend(ccs());
     flight.extend(sealed(APPDATA, 2500)); // EncryptedExtensions..Finished
@@ -338,7 +350,7 @@ fn tls13_session_closed_by_server(close: u8) {
     assert_eq!(events.len(), 1, "{events:?}");
     assert_eq!(events[0].kind, EventKind::Tls13CloseHeuristic);
     assert_eq!(events[0].sender, Side::Server);
-    assert_eq!(events[0].tls.negotiated_version, Some(0x0304));
+    assert_eq!(events[0].tls.negotiated_version, Some(TLS1_3));
     assert!(events[0].tls.handshake_done());
 }
 
@@ -409,7 +421,7 @@ fn sni_is_kept_in_its_own_map() {
     let f = vec![
         conv.syn_ack(),
         conv.client(&frames::client_hello("portal.example.org")),
-        conv.server(&frames::alert(2, 112)),
+        conv.server(&frames::alert(FATAL, UNRECOGNIZED_NAME)),
     ];
     let events = h.run_all(&f);
     let sni = h.kernel.take_sni().expect("SNI map");
@@ -425,13 +437,13 @@ fn sni_is_kept_in_its_own_map() {
 /// defined yet), with application data both ways and an ordinary close from both sides.
 fn session_with_version(version: u16, psk: bool) -> (Vec<frames::Frame>, Conversation) {
     let mut conv = Conversation::v4(443);
-    let mut client = Hello::client("a").with(EXT_SUPPORTED_VERSIONS, versions_ext(&[version]));
-    let mut server = Hello::server().with(EXT_SUPPORTED_VERSIONS, version.to_be_bytes().to_vec());
+    let mut client = Hello::client("a").with(SUPPORTED_VERSIONS, versions_ext(&[version]));
+    let mut server = Hello::server().with(SUPPORTED_VERSIONS, version.to_be_bytes().to_vec());
     if psk {
         client = client
-            .with(EXT_PSK_MODES, vec![1, 1])
-            .with(EXT_PRE_SHARED_KEY, vec![0x5c; 80]);
-        server = server.with(EXT_PRE_SHARED_KEY, vec![0, 0]);
+            .with(PSK_KEY_EXCHANGE_MODES, vec![1, 1])
+            .with(PRE_SHARED_KEY, vec![0x5c; 80]);
+        server = server.with(PRE_SHARED_KEY, vec![0, 0]);
     }
     let mut flight = record(HANDSHAKE, &server.server_hello());
     flight.extend(sealed(APPDATA, 900));
@@ -599,8 +611,8 @@ fn reordered_records_of_other_sizes_still_lose_sync() {
 fn an_end_after_unseen_bytes_is_not_judged() {
     let mut h = Harness::new();
     let mut conv = Conversation::v4(443);
-    let client = Hello::client("a").with(EXT_SUPPORTED_VERSIONS, versions_ext(&[0x0304]));
-    let server = Hello::server().with(EXT_SUPPORTED_VERSIONS, 0x0304u16.to_be_bytes().to_vec());
+    let client = Hello::client("a").with(SUPPORTED_VERSIONS, versions_ext(&[TLS1_3]));
+    let server = Hello::server().with(SUPPORTED_VERSIONS, TLS1_3.to_be_bytes().to_vec());
     let mut flight = record(HANDSHAKE, &server.server_hello());
     flight.extend(sealed(APPDATA, 900));
     let f = vec![

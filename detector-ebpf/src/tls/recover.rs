@@ -1,0 +1,272 @@
+//! Finding the cursor's place: at a stream's start, mid-stream from the evidence of a
+//! header chain, and across reordering or loss in a bulk transfer of one-size records.
+
+use detector_common::{
+    Counter, Direction, FlowState, dir_flags, flow_flags, item, tls::content_type,
+};
+
+use super::{RECORD_HEADER, Seg, before, plausible_header};
+use crate::{emit::Cx, maps::counters, packet::Packet};
+
+/// Records checked when looking for evidence of a boundary.
+const RESYNC_RECORDS: usize = 4;
+/// Headers read ahead of a gap: a 64 KB super-packet of 16 KB records holds five.
+const AHEAD_RECORDS: usize = 6;
+
+/// Starts walking a side at the first byte of its stream (the caller saw a TLS record
+/// there).
+#[inline(always)]
+pub fn sync_at_start(flow: &mut FlowState, side: usize, seq: u32) {
+    let d = &mut flow.dir[side];
+    d.flags |= dir_flags::SYNCED;
+    d.cursor = seq;
+    d.walked_end = seq;
+    d.hole_start = seq;
+    d.hole_end = seq;
+    d.item = item::RECORD;
+    d.pend_len = 0;
+    d.flags &= !dir_flags::AHEAD;
+}
+
+/// Evidence of a record boundary mid-stream: the segment starts with a plausible header,
+/// and a chain of plausible headers ends exactly where the segment ends. Ciphertext
+/// passes that test by chance about once in 2^40 segments.
+#[inline(never)]
+pub(super) fn resync<P: Packet>(cx: &Cx<P>, flow: &mut FlowState, seg: &Seg) -> bool {
+    let len = seg.end.wrapping_sub(seg.start);
+    let mut off = 0u32;
+    let mut aligned = false;
+    for _ in 0..RESYNC_RECORDS {
+        let Some(h) = seg.read(cx.p, seg.start.wrapping_add(off), RECORD_HEADER) else {
+            return false;
+        };
+        if !plausible_header(h) {
+            return false;
+        }
+        off += RECORD_HEADER + (h & 0xffff) as u32;
+        if off >= len {
+            aligned = off == len;
+            break;
+        }
+    }
+    if !aligned {
+        return false;
+    }
+    let side = cx.sender as usize;
+    let hellos = flow.dir[0].flags | flow.dir[1].flags;
+    if hellos & dir_flags::HELLO == 0 {
+        // Picked up after the handshake: this side is past its ChangeCipherSpec.
+        flow.flags |= flow_flags::MIDSTREAM_TLS;
+        flow.dir[side].flags |= dir_flags::CCS;
+    }
+    sync_at_start(flow, side, seg.start);
+    counters::inc(Counter::TlsResynced);
+    true
+}
+
+/// Whether the side waits for a record header in a bulk transfer (application data seen),
+/// where records have one size and the lengths say where headers are.
+#[inline(always)]
+fn in_bulk(d: &Direction) -> bool {
+    d.item == item::RECORD && d.flags & dir_flags::APPDATA != 0
+}
+
+/// Where one-size records put the first header at or after the segment's start, counting
+/// from the cursor.
+#[inline(always)]
+fn one_size_header(d: &Direction, seg: &Seg) -> u32 {
+    let step = RECORD_HEADER + d.last_record_len as u32;
+    let records_to_seg = seg.start.wrapping_sub(d.cursor).div_ceil(step);
+    d.cursor.wrapping_add(records_to_seg * step)
+}
+
+/// A chain of application-data headers read from the segment: where it ends, and the
+/// first bytes of a header the segment's end cut.
+struct Chain {
+    /// Where the next header (or the cut one) starts.
+    at: u32,
+    records: u16,
+    last_len: u16,
+    header: u64,
+    have: u32,
+}
+
+enum ChainEnd {
+    /// The chain runs to the segment's end (or through a header it cuts).
+    Reaches(Chain),
+    /// A header in it is no application-data header, or there are more headers than the
+    /// chain reads: the records were not where it looked.
+    Refuted,
+    /// The packet did not hold bytes its headers promised.
+    Unreadable,
+}
+
+/// Reads application-data headers from `at` (whose first `have` bytes, `header`, an
+/// earlier segment brought) to the segment's end. The shared loop of `read_ahead` and
+/// `bridge_by_length`, inlined into each.
+#[inline(always)]
+fn appdata_chain<P: Packet>(
+    p: &P,
+    seg: &Seg,
+    mut at: u32,
+    mut header: u64,
+    mut have: u32,
+) -> ChainEnd {
+    let mut records = 0u16;
+    let mut last_len = 0u16;
+    for _ in 0..AHEAD_RECORDS {
+        let from = at.wrapping_add(have);
+        if !before(from, seg.end) {
+            break;
+        }
+        let left = seg.end.wrapping_sub(from);
+        let take = if RECORD_HEADER - have < left {
+            RECORD_HEADER - have
+        } else {
+            left
+        };
+        let Some(part) = seg.read(p, from, take) else {
+            return ChainEnd::Unreadable;
+        };
+        header = (header << (8 * take)) | part;
+        have += take;
+        if have < RECORD_HEADER {
+            // Cut by the segment's end: kept for the segment that brings the rest.
+            break;
+        }
+        if (header >> 32) as u8 != content_type::APPLICATION_DATA || !plausible_header(header) {
+            return ChainEnd::Refuted;
+        }
+        let len = (header & 0xffff) as u32;
+        records += 1;
+        last_len = len as u16;
+        at = at.wrapping_add(RECORD_HEADER + len);
+        header = 0;
+        have = 0;
+    }
+    if have == 0 && before(at, seg.end) {
+        // More headers in this segment than the chain reads: it does not reach the end.
+        return ChainEnd::Refuted;
+    }
+    ChainEnd::Reaches(Chain {
+        at,
+        records,
+        last_len,
+        header,
+        have,
+    })
+}
+
+/// Reordering: a segment arrived while the next header still lies in bytes before it.
+/// Those bytes will come, but the headers in this segment will then have gone by. In a
+/// bulk transfer records have one size, so the first header in this segment is most
+/// likely a whole number of `last_record_len` records on from the cursor: read the chain
+/// of application-data headers from there to the segment's end and keep it. Later early
+/// segments extend the chain where it stopped (a reordered 64 KB super-packet, split into
+/// MTU segments, is many of them), including a header cut by a segment end. When the
+/// cursor later arrives at exactly the chain's start it takes the chain instead of losing
+/// its place. The prediction only chooses which bytes to keep: they are taken only where
+/// the walker's own count of lengths arrives, so nothing is guessed.
+#[inline(never)]
+pub(super) fn read_ahead<P: Packet>(cx: &Cx<P>, flow: &mut FlowState, seg: &Seg) -> bool {
+    let side = cx.sender as usize;
+    let d = &flow.dir[side];
+    if !in_bulk(d) {
+        return false;
+    }
+    let extending = d.flags & dir_flags::AHEAD != 0 && !before(d.ahead_at, d.cursor);
+    // Where the next header starts, and its first bytes if an earlier segment cut it.
+    let (start, header, have) = if extending {
+        (d.ahead_next, d.ahead_pend, d.ahead_pend_len as u32)
+    } else {
+        (one_size_header(d, seg), 0, 0)
+    };
+    // The chain must go on in this very segment: its next byte is here.
+    let from = start.wrapping_add(have);
+    if before(from, seg.start) || !before(from, seg.end) || (have > 0 && from != seg.start) {
+        return false;
+    }
+    let ChainEnd::Reaches(chain) = appdata_chain(cx.p, seg, start, header, have) else {
+        return false;
+    };
+    let d = &mut flow.dir[side];
+    if !extending {
+        d.ahead_at = start;
+        d.ahead_records = 0;
+        d.flags |= dir_flags::AHEAD;
+    }
+    d.ahead_next = chain.at;
+    d.ahead_pend = chain.header;
+    d.ahead_pend_len = chain.have as u8;
+    d.ahead_records += chain.records;
+    if chain.records > 0 {
+        d.ahead_last_len = chain.last_len;
+    }
+    true
+}
+
+/// The stream ran far past a cursor that still waits: the bytes it waits for went by
+/// unread (a reordering the read-ahead could not bridge, packets handled on two CPUs at
+/// once). In a bulk transfer of one-size records the next header in this segment is a
+/// whole number of `last_record_len` records on: if a chain of application-data headers
+/// starts exactly there and runs to the segment's end, the records in between were all of
+/// that size (one of any other size would shift every later header, and ciphertext passes
+/// for a header chain at one given spot about once in 2^26 segments, per header), so the
+/// walker goes on from there, counted. Otherwise it has lost its place.
+#[inline(never)]
+pub(super) fn bridge_by_length<P: Packet>(cx: &Cx<P>, flow: &mut FlowState, seg: &Seg) -> Bridge {
+    let side = cx.sender as usize;
+    let d = &flow.dir[side];
+    if !in_bulk(d) {
+        return Bridge::Refuted;
+    }
+    let chain = match appdata_chain(cx.p, seg, one_size_header(d, seg), 0, 0) {
+        ChainEnd::Reaches(chain) => chain,
+        ChainEnd::Refuted => return Bridge::Refuted,
+        ChainEnd::Unreadable => return Bridge::NoEvidence,
+    };
+    if chain.records == 0 || chain.have > 0 {
+        // No whole header to check, or the last one runs past the segment's end.
+        return Bridge::NoEvidence;
+    }
+    counters::inc(Counter::TlsBridgedByLength);
+    counters::add(Counter::TlsRecords, chain.records as u64);
+    let d = &mut flow.dir[side];
+    d.cursor = chain.at;
+    d.rec_end = chain.at;
+    d.pend_len = 0;
+    d.flags &= !dir_flags::AHEAD;
+    d.last_record_type = content_type::APPLICATION_DATA;
+    Bridge::Bridged
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub(super) enum Bridge {
+    Bridged,
+    /// No whole header where one-size records put one in this segment.
+    NoEvidence,
+    /// The bytes there are no such header: the records were not all of one size.
+    Refuted,
+}
+
+/// Takes the chain `read_ahead` kept, if the cursor stands exactly where it starts.
+#[inline(always)]
+pub(super) fn take_read_ahead(flow: &mut FlowState, side: usize) {
+    let d = &mut flow.dir[side];
+    if d.flags & dir_flags::AHEAD == 0 || d.item != item::RECORD || d.cursor != d.ahead_at {
+        return;
+    }
+    d.flags &= !dir_flags::AHEAD;
+    counters::inc(Counter::TlsReadAhead);
+    counters::add(Counter::TlsRecords, d.ahead_records as u64);
+    d.cursor = d.ahead_next;
+    // A header the chain's last segment cut: the walker completes it from what follows.
+    d.pend = d.ahead_pend;
+    d.pend_len = d.ahead_pend_len;
+    if d.ahead_records > 0 {
+        d.rec_end = d.ahead_next;
+        d.last_record_type = content_type::APPLICATION_DATA;
+        d.last_record_len = d.ahead_last_len;
+    }
+}
