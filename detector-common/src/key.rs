@@ -1,0 +1,71 @@
+//! The flow key: both directions of a connection under one direction-normalised key.
+
+/// An IP address: 16 bytes in network order, IPv4 stored IPv4-mapped (`::ffff:a.b.c.d`)
+/// so that one key type serves both families. Held as two 64-bit words because BPF code
+/// then moves an address in two registers; as `[u8; 16]` the compiler keeps, and spills,
+/// each byte in a register of its own, which alone can exhaust BPF's 512-byte stack.
+pub type Addr = [u64; 2];
+
+/// Converts between [`Addr`] and the 16 network-order bytes it holds.
+pub const fn addr_from_bytes(b: [u8; 16]) -> Addr {
+    // SAFETY: same size; every bit pattern is valid for both.
+    unsafe { core::mem::transmute::<[u8; 16], Addr>(b) }
+}
+
+pub const fn addr_to_bytes(a: Addr) -> [u8; 16] {
+    // SAFETY: same size; every bit pattern is valid for both.
+    unsafe { core::mem::transmute::<Addr, [u8; 16]>(a) }
+}
+
+/// A flow under a direction-normalised key: the endpoint that sorts lower (address, then
+/// port) is `a`. Both directions of a connection therefore find the same entry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub addr_a: Addr,
+    pub addr_b: Addr,
+    pub port_a: u16,
+    pub port_b: u16,
+    pub _pad: u32,
+}
+
+impl FlowKey {
+    /// The key for a packet from `src` to `dst`, and whether `src` is endpoint `a`.
+    /// Endpoints order by address, then port, compared as big-endian numbers.
+    #[inline(always)]
+    pub fn normalised(src: &Addr, sport: u16, dst: &Addr, dport: u16) -> (FlowKey, bool) {
+        let src_first = endpoint_le(src, sport, dst, dport);
+        let key = if src_first {
+            FlowKey {
+                addr_a: *src,
+                addr_b: *dst,
+                port_a: sport,
+                port_b: dport,
+                _pad: 0,
+            }
+        } else {
+            FlowKey {
+                addr_a: *dst,
+                addr_b: *src,
+                port_a: dport,
+                port_b: sport,
+                _pad: 0,
+            }
+        };
+        (key, src_first)
+    }
+}
+
+#[inline(always)]
+fn endpoint_le(a: &Addr, a_port: u16, b: &Addr, b_port: u16) -> bool {
+    // Words hold network-order bytes: from_be turns them into comparable numbers.
+    let (a_hi, b_hi) = (u64::from_be(a[0]), u64::from_be(b[0]));
+    if a_hi != b_hi {
+        return a_hi < b_hi;
+    }
+    let (a_lo, b_lo) = (u64::from_be(a[1]), u64::from_be(b[1]));
+    if a_lo != b_lo {
+        return a_lo < b_lo;
+    }
+    a_port <= b_port
+}
