@@ -92,17 +92,17 @@ pub struct Event {
     pub server_port: u16,
     /// Length of the record that triggered the event (alerts, handshake records).
     pub record_len: u16,
-    /// [`dir_flags`] of client and server.
+    /// [`dir_flags`](crate::dir_flags) of client and server.
     pub dir_flags: [u16; 2],
     pub tls: TlsSummary,
     /// [`EventKind`].
     pub kind: u8,
-    /// [`Side`] that sent the packet.
+    /// [`Side`](crate::Side) that sent the packet.
     pub sender: u8,
-    /// First-payload classes ([`PayloadClass`]) of client and server at the time.
+    /// First-payload classes ([`PayloadClass`](crate::PayloadClass)) of client and server at the time.
     pub client_first: u8,
     pub server_first: u8,
-    /// [`flow_flags`] of the flow.
+    /// [`flow_flags`](crate::flow_flags) of the flow.
     pub flow_flags: u8,
     pub alert_level: u8,
     pub alert_description: u8,
