@@ -7,12 +7,12 @@ use std::{io::Write, sync::Arc, time::Duration};
 use anyhow::Context as _;
 
 use crate::{
-    clock::Clock,
     correlate::Correlator,
-    diagnosis::{Abstention, Diagnosis},
-    event::KernelEvent,
-    kernel::SniMap,
-    metrics::Metrics,
+    kernel::{SniMap, clock::Clock, event::KernelEvent},
+    output::{
+        diagnosis::{Abstention, Diagnosis},
+        metrics::Metrics,
+    },
 };
 
 /// How long a session must be quiet before it is judged: long enough for the server's

@@ -7,12 +7,10 @@ use anyhow::Context as _;
 use detector_common::Counter;
 
 use crate::{
-    clock::Clock,
-    kernel::{Kernel, Options},
-    metrics::Metrics,
-    pcap,
+    capture::{pcap, segment},
+    kernel::{Kernel, Options, clock::Clock},
+    output::metrics::Metrics,
     pipeline::Pipeline,
-    segment,
 };
 
 /// Frames shorter than an Ethernet header are refused by BPF_PROG_TEST_RUN.

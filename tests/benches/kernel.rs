@@ -16,7 +16,7 @@ use aya::{
     programs::{TestRun, TestRunOptions, Xdp},
 };
 use detector_common::{FlowKey, FlowState, names};
-use detector_user::{event::addr, kernel::BENCH_OBJECT};
+use detector_user::kernel::{BENCH_OBJECT, event::addr};
 use tests::{
     frames::{self, Conversation, Frame, Hello, record},
     harness::Harness,

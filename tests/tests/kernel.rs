@@ -3,7 +3,7 @@
 use std::net::IpAddr;
 
 use detector_common::{Counter, EventKind, PayloadClass, Side};
-use detector_user::diagnosis::Kind;
+use detector_user::output::diagnosis::Kind;
 use tests::{
     frames::{self, Conversation, Frame, SYN},
     harness::{Harness, diagnose},
@@ -133,7 +133,10 @@ fn server_plaintext_alert_is_reported_with_sender() {
     let a = events[0].alert.expect("an alert");
     assert_eq!((a.level, a.description), (2, 10));
     assert_eq!(events[0].sender, Side::Server);
-    assert_eq!(events[1].abort, Some(detector_user::event::Abort::Alert));
+    assert_eq!(
+        events[1].abort,
+        Some(detector_user::kernel::event::Abort::Alert)
+    );
     assert_eq!(events[1].history, "Cl");
     let d = diagnose(&events);
     assert_eq!(d.len(), 1);

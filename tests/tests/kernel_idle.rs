@@ -4,7 +4,10 @@
 use std::time::Duration;
 
 use detector_common::{Counter, EventKind, Side, flow_flags};
-use detector_user::{diagnosis::Kind, event::KernelEvent, kernel::Options};
+use detector_user::{
+    kernel::{Options, event::KernelEvent},
+    output::diagnosis::Kind,
+};
 use tests::{
     frames::{self, ACK, Conversation, FIN, Hello, RST, handshake, record},
     harness::{Harness, diagnose_idle},

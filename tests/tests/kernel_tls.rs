@@ -4,8 +4,8 @@
 
 use detector_common::{Counter, EventKind, Side, dir_flags, tls_flags};
 use detector_user::{
-    diagnosis::Kind,
-    event::{Abort, KernelEvent},
+    kernel::event::{Abort, KernelEvent},
+    output::diagnosis::Kind,
 };
 use tests::{
     frames::{

@@ -8,7 +8,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 
-use crate::community_id::community_id_v1;
+use super::community_id::community_id_v1;
 
 /// The closed set of diagnosis kinds (docs/field-cases.md). Metric label values come from
 /// here, so cardinality stays bounded.

@@ -13,9 +13,11 @@ use detector_common::{EventKind, PayloadClass, Side, dir_flags, tls::alert, tls_
 use serde_json::{Map, Value, json};
 
 use crate::{
-    clock::Clock,
-    diagnosis::{Abstention, Diagnosis, Kind, hex, show_bytes, side_name},
-    event::{Abort, Alert, KernelEvent, TlsFacts, version_name},
+    kernel::{
+        clock::Clock,
+        event::{Abort, Alert, KernelEvent, TlsFacts, version_name},
+    },
+    output::diagnosis::{Abstention, Diagnosis, Kind, hex, show_bytes, side_name},
 };
 
 type SessionKey = (SocketAddr, SocketAddr);

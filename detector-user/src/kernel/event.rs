@@ -23,7 +23,7 @@ pub enum DecodeError {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KernelEvent {
     pub kind: EventKind,
-    /// Program clock, see [`crate::clock`].
+    /// Program clock, see [`super::clock`].
     pub ts_ns: u64,
     pub flow_first_seen_ns: u64,
     /// How long the flow was quiet before the packet (idle resumption events: the gap
