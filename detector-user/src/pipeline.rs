@@ -98,7 +98,7 @@ impl<W: Write> Pipeline<W> {
         for d in diagnoses {
             self.metrics.on_diagnosis(&d);
             self.diagnoses += 1;
-            serde_json::to_writer(&mut self.out, &d.to_json()).context("writing a diagnosis")?;
+            serde_json::to_writer(&mut self.out, &d).context("writing a diagnosis")?;
             self.out.write_all(b"\n").context("writing a diagnosis")?;
         }
         self.out.flush().context("flushing diagnoses")?;

@@ -141,8 +141,8 @@ fn server_plaintext_alert_is_reported_with_sender() {
     let d = diagnose(&events);
     assert_eq!(d.len(), 1);
     assert_eq!(d[0].kind, Kind::FatalAlert);
-    assert_eq!(d[0].detail["sender"], "server");
-    assert_eq!(d[0].detail["description"], "unexpected_message");
+    assert_eq!(d[0].detail_json()["sender"], "server");
+    assert_eq!(d[0].detail_json()["description"], "unexpected_message");
 }
 
 #[test]
@@ -165,7 +165,7 @@ fn http_request_to_443_answered_by_alert_is_one_diagnosis() {
     assert_eq!(d.len(), 1, "{d:?}");
     assert_eq!(d[0].kind, Kind::HttpToTlsPort);
     assert_eq!(d[0].client, conv.client.into());
-    assert_eq!(d[0].detail["server_answer"], "tls_alert");
+    assert_eq!(d[0].detail_json()["server_answer"], "tls_alert");
 }
 
 #[test]
@@ -183,7 +183,7 @@ fn http_answered_in_tls_on_an_unlisted_port() {
     assert_eq!(events[0].sender, Side::Server);
     let d = diagnose(&events);
     assert_eq!(d[0].kind, Kind::HttpToTlsPort);
-    assert_eq!(d[0].detail["tls_port"], false);
+    assert_eq!(d[0].detail_json()["tls_port"], false);
 }
 
 #[test]

@@ -1,7 +1,6 @@
 //! Handshakes that ended before they finished, and fatal alerts.
 
 use detector_common::{Side, tls::alert};
-use serde_json::{Map, Value, json};
 
 use super::{
     Found,
@@ -9,7 +8,10 @@ use super::{
 };
 use crate::{
     kernel::event::{Abort, Alert},
-    output::diagnosis::{Kind, side_name},
+    output::{
+        detail::{AlertDetail, FatalAlertDetail, HandshakeEndDetail, KindDetail},
+        diagnosis::{Kind, side_name},
+    },
 };
 
 /// How a handshake ended early: by what, from which side, with which alert.
@@ -32,20 +34,15 @@ pub(super) fn killed_by((how, sender, alert): HandshakeEnd) -> String {
 }
 
 /// What every diagnosis of an ended handshake tells about the end.
-pub(super) fn end_detail(s: &Session, (how, sender, alert): HandshakeEnd) -> Map<String, Value> {
-    let mut detail = Map::new();
-    detail.insert("sender".into(), json!(side_name(sender)));
-    detail.insert("ended_by".into(), json!(how.as_str()));
-    if let Some(a) = alert {
-        detail.insert(
-            "description".into(),
-            json!(alert::description_name(a.description)),
-        );
-        detail.insert("code".into(), json!(a.description));
+pub(super) fn end_detail(s: &Session, (how, sender, alert): HandshakeEnd) -> HandshakeEndDetail {
+    HandshakeEndDetail {
+        sender,
+        ended_by: how,
+        alert: alert.map(Into::into),
+        server_hello_seen: s.server_hello_seen,
+        offered_versions: s.tls.offered(),
+        resumption: None,
     }
-    detail.insert("server_hello_seen".into(), json!(s.server_hello_seen));
-    detail.insert("offered_versions".into(), json!(s.tls.offered()));
-    detail
 }
 
 /// Handshake failures: a handshake the client did not try to resume, ended by a RST or FIN
@@ -65,7 +62,8 @@ pub(super) fn handshake_reset(s: &Session) -> Option<Found> {
             "with no ServerHello"
         }
     )];
-    Some((Kind::HandshakeReset, evidence, end_detail(s, end)))
+    let detail = KindDetail::HandshakeEnd(end_detail(s, end));
+    Some((Kind::HandshakeReset, evidence, detail))
 }
 
 /// A plaintext fatal alert not explained by a protocol mismatch or a rejected resumption.
@@ -92,34 +90,17 @@ pub(super) fn fatal_alert(s: &Session) -> Option<Found> {
     if s.aborted.is_some() {
         evidence.push("the handshake had not finished".into());
     }
-    let mut detail = Map::new();
-    detail.insert("sender".into(), json!(side_name(first.sender)));
-    detail.insert("level".into(), json!(alert::level_name(first.alert.level)));
-    detail.insert(
-        "description".into(),
-        json!(alert::description_name(first.alert.description)),
-    );
-    detail.insert("code".into(), json!(first.alert.description));
-    detail.insert(
-        "during_handshake".into(),
-        json!(!s.tls.handshake_done() && !s.established),
-    );
-    detail.insert("alerts".into(), alerts_json(&s.alerts));
-    Some((Kind::FatalAlert, evidence, detail))
+    let detail = FatalAlertDetail {
+        first: AlertDetail::new(first.sender, first.alert),
+        during_handshake: !s.tls.handshake_done() && !s.established,
+        alerts: alerts_detail(&s.alerts),
+    };
+    Some((Kind::FatalAlert, evidence, KindDetail::FatalAlert(detail)))
 }
 
-pub(super) fn alerts_json(alerts: &[SeenAlert]) -> Value {
-    Value::Array(
-        alerts
-            .iter()
-            .map(|a| {
-                json!({
-                    "sender": side_name(a.sender),
-                    "level": alert::level_name(a.alert.level),
-                    "description": alert::description_name(a.alert.description),
-                    "code": a.alert.description,
-                })
-            })
-            .collect(),
-    )
+pub(super) fn alerts_detail(alerts: &[SeenAlert]) -> Vec<AlertDetail> {
+    alerts
+        .iter()
+        .map(|a| AlertDetail::new(a.sender, a.alert))
+        .collect()
 }

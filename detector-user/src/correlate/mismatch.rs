@@ -3,14 +3,16 @@
 use std::net::SocketAddr;
 
 use detector_common::{PayloadClass, Side, tls::alert};
-use serde_json::{Map, json};
 
 use super::{
     Found,
-    handshake::alerts_json,
+    handshake::alerts_detail,
     session::{Bytes, SeenAlert, Session},
 };
-use crate::output::diagnosis::{Kind, hex};
+use crate::output::{
+    detail::{KindDetail, MismatchDetail, PlaintextAnswer, ServerAnswer},
+    diagnosis::{Kind, hex},
+};
 
 /// Field case 3: plaintext HTTP where TLS is expected, or a ClientHello to a plaintext
 /// server.
@@ -36,12 +38,12 @@ pub(super) fn protocol_mismatch(s: &Session, server: SocketAddr) -> Option<Found
                     String::new()
                 }
             )];
-            let answer_word = match answer {
-                Some(c) if c.is_tls() && !server_alerts.is_empty() => "tls_alert",
-                Some(c) if c.is_tls() => "tls",
-                Some(PayloadClass::HttpResponse) => "http",
-                Some(PayloadClass::None) | None => "none_seen",
-                Some(_) => "other",
+            let server_answer = match answer {
+                Some(c) if c.is_tls() && !server_alerts.is_empty() => ServerAnswer::TlsAlert,
+                Some(c) if c.is_tls() => ServerAnswer::Tls,
+                Some(PayloadClass::HttpResponse) => ServerAnswer::Http,
+                Some(PayloadClass::None) | None => ServerAnswer::NoneSeen,
+                Some(_) => ServerAnswer::Other,
             };
             match (answer, &s.server_bytes) {
                 (Some(c), Some(b)) if c != PayloadClass::None => evidence.push(format!(
@@ -58,18 +60,15 @@ pub(super) fn protocol_mismatch(s: &Session, server: SocketAddr) -> Option<Found
                     alert::description_name(a.alert.description)
                 ));
             }
-            let mut detail = Map::new();
-            detail.insert("sender".into(), json!("client"));
-            detail.insert("tls_port".into(), json!(s.tls_port));
-            detail.insert("server_answer".into(), json!(answer_word));
-            if let Some(b) = &s.client_bytes {
-                detail.insert("client_bytes".into(), json!(hex(&b.head)));
-            }
-            if let Some(b) = &s.server_bytes {
-                detail.insert("server_bytes".into(), json!(hex(&b.head)));
-            }
-            detail.insert("alerts".into(), alerts_json(&s.alerts));
-            Some((Kind::HttpToTlsPort, evidence, detail))
+            let detail = MismatchDetail::HttpToTlsPort {
+                sender: Side::Client,
+                tls_port: s.tls_port,
+                server_answer,
+                client_bytes: s.client_bytes.as_ref().map(|b| hex(&b.head)),
+                server_bytes: s.server_bytes.as_ref().map(|b| hex(&b.head)),
+                alerts: alerts_detail(&s.alerts),
+            };
+            Some((Kind::HttpToTlsPort, evidence, KindDetail::Mismatch(detail)))
         }
         // Any answer to a ClientHello whose first bytes cannot start a TLS record: the
         // kernel classes it as an HTTP status line or as something else. "Something else"
@@ -96,31 +95,22 @@ pub(super) fn protocol_mismatch(s: &Session, server: SocketAddr) -> Option<Found
                 ),
                 format!("server answered {}: {shown}", answer.words()),
             ];
-            let mut detail = Map::new();
-            detail.insert("sender".into(), json!("server"));
-            detail.insert("answer".into(), json!(answer.as_str()));
-            if let Some(b) = &s.server_bytes {
-                detail.insert("server_bytes".into(), json!(hex(&b.head)));
-            }
-            Some((Kind::TlsToPlaintextPort, evidence, detail))
+            let detail = MismatchDetail::TlsToPlaintextPort {
+                sender: Side::Server,
+                answer,
+                server_bytes: s.server_bytes.as_ref().map(|b| hex(&b.head)),
+            };
+            Some((
+                Kind::TlsToPlaintextPort,
+                evidence,
+                KindDetail::Mismatch(detail),
+            ))
         }
         _ => None,
     }
 }
 
-/// What a plaintext server sent back to a ClientHello, from its first bytes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum PlaintextAnswer {
-    /// An HTTP status line (`HTTP/1.1 400 Bad Request`).
-    Http,
-    /// An HTML page with no status line (Python's `http.server` error page, `<!DOCTYPE`).
-    Html,
-    /// A printable text line: the greeting of a line protocol (`220 smtp ready`,
-    /// `SSH-2.0-OpenSSH`, `+OK`, `* OK`).
-    Banner,
-    Other,
-}
-
+// Told here, where the answer is judged; the type is the output's, which shows it.
 impl PlaintextAnswer {
     fn of(head: &[u8]) -> PlaintextAnswer {
         if head.starts_with(b"HTTP/") {
@@ -141,15 +131,6 @@ impl PlaintextAnswer {
             return PlaintextAnswer::Banner;
         }
         PlaintextAnswer::Other
-    }
-
-    fn as_str(self) -> &'static str {
-        match self {
-            PlaintextAnswer::Http => "http",
-            PlaintextAnswer::Html => "html",
-            PlaintextAnswer::Banner => "banner",
-            PlaintextAnswer::Other => "other",
-        }
     }
 
     fn words(self) -> &'static str {

@@ -21,19 +21,18 @@ mod timeout;
 use std::{collections::HashMap, net::SocketAddr, time::Duration};
 
 use detector_common::{EventKind, tls_flags};
-use serde_json::{Map, Value, json};
 
 use self::session::Session;
-pub use self::{
-    session::MAX_ALERTS_KEPT,
-    timeout::{TimeoutEstimate, TimeoutEstimator},
-};
+pub use self::{session::MAX_ALERTS_KEPT, timeout::TimeoutEstimator};
 use crate::{
     kernel::{
         clock::Clock,
         event::{KernelEvent, version_name},
     },
-    output::diagnosis::{Abstention, Diagnosis, Kind},
+    output::{
+        detail::{Detail, KindDetail, SessionDetail},
+        diagnosis::{Abstention, Diagnosis, Kind},
+    },
 };
 
 type SessionKey = (SocketAddr, SocketAddr);
@@ -220,25 +219,14 @@ impl Correlator {
         }
         found
             .into_iter()
-            .map(|(kind, evidence, mut detail)| {
-                if !s.history.is_empty() {
-                    detail.insert("ssl_history".into(), json!(s.history));
-                }
-                if let Some(v) = s.tls.negotiated_version {
-                    detail.insert("tls_version".into(), json!(version_name(v)));
-                }
-                if s.midstream {
-                    detail.insert("midstream".into(), json!(true));
-                }
-                if s.alerts_omitted > 0 {
-                    detail.insert("alerts_omitted".into(), json!(s.alerts_omitted));
-                }
-                if s.encrypted_alerts_omitted > 0 {
-                    detail.insert(
-                        "encrypted_alerts_omitted".into(),
-                        json!(s.encrypted_alerts_omitted),
-                    );
-                }
+            .map(|(kind, evidence, detail)| {
+                let session = SessionDetail {
+                    ssl_history: (!s.history.is_empty()).then(|| s.history.clone()),
+                    tls_version: s.tls.negotiated_version.map(version_name),
+                    midstream: s.midstream,
+                    alerts_omitted: s.alerts_omitted,
+                    encrypted_alerts_omitted: s.encrypted_alerts_omitted,
+                };
                 Diagnosis {
                     ts: self.clock.to_wall(s.first_ns),
                     kind,
@@ -246,14 +234,18 @@ impl Correlator {
                     server,
                     sni: s.sni.clone(),
                     evidence,
-                    detail,
+                    detail: Detail {
+                        kind: detail,
+                        session,
+                    },
                 }
             })
             .collect()
     }
 }
 
-type Found = (Kind, Vec<String>, Map<String, Value>);
+/// What a judge concludes: the kind, the evidence in words, the kind's detail.
+type Found = (Kind, Vec<String>, KindDetail);
 
 #[cfg(test)]
 mod tests;

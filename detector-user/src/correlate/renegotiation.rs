@@ -1,13 +1,15 @@
 //! Field case 1: renegotiation, and which side started it.
 
 use detector_common::Side;
-use serde_json::{Map, json};
 
 use super::{
     Found,
     session::{Renegotiation, Session},
 };
-use crate::output::diagnosis::{Abstention, Kind, side_name};
+use crate::output::{
+    detail::{KindDetail, RenegotiationDetail},
+    diagnosis::{Abstention, Kind, side_name},
+};
 
 /// Field case 1: who started a renegotiation. Attribution follows who sent the first
 /// handshake record after application data (a plaintext HelloRequest is the server's);
@@ -39,9 +41,7 @@ pub(super) fn renegotiation(s: &Session, found: &mut Vec<Found>) -> Result<(), A
         }
     };
     let mut evidence = Vec::new();
-    let mut detail = Map::new();
-    detail.insert("sender".into(), json!(side_name(initiator)));
-    let kind = match initiator {
+    let (kind, detail) = match initiator {
         Side::Server => {
             if s.hello_request_ns.is_some() {
                 evidence.push(
@@ -63,9 +63,12 @@ pub(super) fn renegotiation(s: &Session, found: &mut Vec<Found>) -> Result<(), A
                     record("ClientHello", r)
                 ));
             }
-            detail.insert("encrypted".into(), json!(s.hello_request_ns.is_none()));
-            detail.insert("client_renegotiated".into(), json!(client.is_some()));
-            Kind::ServerHelloRequest
+            let detail = RenegotiationDetail::ServerHelloRequest {
+                sender: initiator,
+                encrypted: s.hello_request_ns.is_none(),
+                client_renegotiated: client.is_some(),
+            };
+            (Kind::ServerHelloRequest, detail)
         }
         Side::Client => {
             let r = client.expect("the client started it");
@@ -80,9 +83,12 @@ pub(super) fn renegotiation(s: &Session, found: &mut Vec<Found>) -> Result<(), A
                     record("handshake record", answer)
                 ));
             }
-            detail.insert("encrypted".into(), json!(r.record_len != 0));
-            detail.insert("server_answered".into(), json!(server.is_some()));
-            Kind::ClientRenegotiation
+            let detail = RenegotiationDetail::ClientRenegotiation {
+                sender: initiator,
+                encrypted: r.record_len != 0,
+                server_answered: server.is_some(),
+            };
+            (Kind::ClientRenegotiation, detail)
         }
     };
     for (side, len) in &s.encrypted_alerts {
@@ -97,6 +103,6 @@ pub(super) fn renegotiation(s: &Session, found: &mut Vec<Found>) -> Result<(), A
             s.encrypted_alerts_omitted
         ));
     }
-    found.push((kind, evidence, detail));
+    found.push((kind, evidence, KindDetail::Renegotiation(detail)));
     Ok(())
 }

@@ -1,13 +1,17 @@
 //! Field case 2: a resumption the server would not take, and the handshake it ended.
 
-use serde_json::json;
-
 use super::{
     Found,
     handshake::{end_detail, killed_by},
     session::Session,
 };
-use crate::{kernel::event::TlsFacts, output::diagnosis::Kind};
+use crate::{
+    kernel::event::{ResumptionMethod, TlsFacts},
+    output::{
+        detail::{HandshakeEndDetail, KindDetail, Resumption},
+        diagnosis::Kind,
+    },
+};
 
 /// A handshake in which the client offered to resume, ended before it finished (by an
 /// alert, a RST or a FIN): the failed resumption is the root cause, and explains any
@@ -33,19 +37,26 @@ pub(super) fn resumption_rejected(s: &Session) -> Option<Found> {
             killed_by(end)
         ),
     ];
-    let mut detail = end_detail(s, end);
-    detail.insert("method".into(), json!(method));
-    detail.insert("accepted".into(), json!(accepted));
-    Some((Kind::ResumptionRejected, evidence, detail))
+    let detail = HandshakeEndDetail {
+        resumption: Some(Resumption { method, accepted }),
+        ..end_detail(s, end)
+    };
+    Some((
+        Kind::ResumptionRejected,
+        evidence,
+        KindDetail::HandshakeEnd(detail),
+    ))
 }
 
-fn method_words(method: &str, tls: &TlsFacts) -> String {
+fn method_words(method: ResumptionMethod, tls: &TlsFacts) -> String {
     match method {
-        "tls13_psk" => "TLS 1.3 pre_shared_key extension".into(),
-        "tls12_session_ticket" => format!(
+        ResumptionMethod::Tls13Psk => "TLS 1.3 pre_shared_key extension".into(),
+        ResumptionMethod::Tls12SessionTicket => format!(
             "TLS 1.2 session_ticket extension, {} bytes",
             tls.session_ticket_len
         ),
-        _ => format!("TLS 1.2 session ID, {} bytes", tls.session_id_len),
+        ResumptionMethod::Tls12SessionId => {
+            format!("TLS 1.2 session ID, {} bytes", tls.session_id_len)
+        }
     }
 }

@@ -5,7 +5,10 @@ use detector_common::{EventKind, PayloadClass, Side, dir_flags};
 
 use crate::{
     kernel::event::{Abort, Alert, KernelEvent, TlsFacts},
-    output::diagnosis::{Abstention, show_bytes},
+    output::{
+        detail::IdleDropHow,
+        diagnosis::{Abstention, show_bytes},
+    },
 };
 
 /// Alerts (plaintext, and encrypted) kept per session; the rest are only counted, so that
@@ -41,7 +44,7 @@ pub(super) struct Session {
     /// The first end after an idle gap: who, how long, and how.
     pub(super) idle_end: Option<IdleEnd>,
     /// An idle resumption that went unanswered, or a flow first seen mid-stream.
-    pub(super) idle_drop: Option<(IdleDrop, Side, u64)>,
+    pub(super) idle_drop: Option<(IdleDropHow, Side, u64)>,
     /// The latest history and facts (later events know more).
     pub(super) history: String,
     pub(super) tls: TlsFacts,
@@ -79,16 +82,6 @@ pub(super) enum IdleHow {
     Fin,
     EncryptedAlert(u16),
     Tls13Close,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub(super) enum IdleDrop {
-    /// Resumed after a gap, then retransmitted with no answer.
-    Retransmission,
-    /// Resumed after a gap and answered by a RST.
-    RstAnswer,
-    /// First seen mid-stream, then retransmitted with no answer.
-    Midstream,
 }
 
 #[derive(Clone, Copy)]
@@ -213,16 +206,16 @@ impl Session {
             }
             EventKind::IdleRetransmit => {
                 let how = if e.midstream && e.gap_ns == 0 {
-                    IdleDrop::Midstream
+                    IdleDropHow::MidstreamUnansweredRetransmission
                 } else {
-                    IdleDrop::Retransmission
+                    IdleDropHow::UnansweredRetransmission
                 };
                 self.idle_drop.get_or_insert((how, e.sender, e.gap_ns));
             }
             EventKind::IdleRstAnswer => {
                 // The resumer is the RST's peer; the drop is told from its side.
                 self.idle_drop
-                    .get_or_insert((IdleDrop::RstAnswer, e.sender, e.gap_ns));
+                    .get_or_insert((IdleDropHow::RstAnswer, e.sender, e.gap_ns));
             }
             // Counted by the timeout estimate, which outlives sessions.
             EventKind::IdleSurvived => {}

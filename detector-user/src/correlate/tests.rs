@@ -69,7 +69,7 @@ fn http_request_and_server_alert_make_one_diagnosis() {
     let d = c.expire(2_000 + 1_000_000_000);
     assert_eq!(d.len(), 1);
     assert_eq!(d[0].kind, Kind::HttpToTlsPort);
-    assert_eq!(d[0].detail["server_answer"], "tls_alert");
+    assert_eq!(d[0].detail_json()["server_answer"], "tls_alert");
     let ev = d[0].evidence.join("; ");
     assert!(ev.contains("'GET / HTTP/1.1'..."), "{ev}");
     assert!(ev.contains("fatal unexpected_message"), "{ev}");
@@ -87,11 +87,11 @@ fn lone_fatal_alert_names_sender_and_description() {
     let d = c.flush();
     assert_eq!(d.len(), 1);
     assert_eq!(d[0].kind, Kind::FatalAlert);
-    assert_eq!(d[0].detail["sender"], "client");
-    assert_eq!(d[0].detail["description"], "unknown_ca");
-    assert_eq!(d[0].detail["ssl_history"], "CsxknL");
+    assert_eq!(d[0].detail_json()["sender"], "client");
+    assert_eq!(d[0].detail_json()["description"], "unknown_ca");
+    assert_eq!(d[0].detail_json()["ssl_history"], "CsxknL");
     assert_eq!(d[0].sni.as_deref(), Some("example.org"));
-    assert_eq!(d[0].detail["alerts"].as_array().unwrap().len(), 1);
+    assert_eq!(d[0].detail_json()["alerts"].as_array().unwrap().len(), 1);
 }
 
 #[test]
@@ -122,10 +122,10 @@ fn resumption_killed_by_alert_is_one_resumption_rejected() {
     let d = c.flush();
     assert_eq!(d.len(), 1, "{d:?}");
     assert_eq!(d[0].kind, Kind::ResumptionRejected);
-    assert_eq!(d[0].detail["method"], "tls12_session_ticket");
-    assert_eq!(d[0].detail["accepted"], false);
-    assert_eq!(d[0].detail["description"], "handshake_failure");
-    assert_eq!(d[0].detail["sender"], "server");
+    assert_eq!(d[0].detail_json()["method"], "tls12_session_ticket");
+    assert_eq!(d[0].detail_json()["accepted"], false);
+    assert_eq!(d[0].detail_json()["description"], "handshake_failure");
+    assert_eq!(d[0].detail_json()["sender"], "server");
 }
 
 #[test]
@@ -137,7 +137,7 @@ fn reset_after_client_hello_is_handshake_reset() {
     let d = c.flush();
     assert_eq!(d.len(), 1);
     assert_eq!(d[0].kind, Kind::HandshakeReset);
-    assert_eq!(d[0].detail["server_hello_seen"], false);
+    assert_eq!(d[0].detail_json()["server_hello_seen"], false);
 }
 
 #[test]
@@ -157,9 +157,9 @@ fn client_answer_to_hello_request_is_not_client_renegotiation() {
     let d = c.flush();
     assert_eq!(d.len(), 1, "{d:?}");
     assert_eq!(d[0].kind, Kind::ServerHelloRequest);
-    assert_eq!(d[0].detail["sender"], "server");
-    assert_eq!(d[0].detail["client_renegotiated"], true);
-    assert_eq!(d[0].detail["encrypted"], true);
+    assert_eq!(d[0].detail_json()["sender"], "server");
+    assert_eq!(d[0].detail_json()["client_renegotiated"], true);
+    assert_eq!(d[0].detail_json()["encrypted"], true);
 }
 
 #[test]
@@ -176,8 +176,8 @@ fn client_answer_to_plaintext_hello_request_is_one_server_hello_request() {
     let d = c.flush();
     assert_eq!(d.len(), 1, "{d:?}");
     assert_eq!(d[0].kind, Kind::ServerHelloRequest);
-    assert_eq!(d[0].detail["encrypted"], false);
-    assert_eq!(d[0].detail["client_renegotiated"], true);
+    assert_eq!(d[0].detail_json()["encrypted"], false);
+    assert_eq!(d[0].detail_json()["client_renegotiated"], true);
 }
 
 #[test]
@@ -199,8 +199,8 @@ fn server_answer_to_client_renegotiation_is_not_a_hello_request() {
     let d = c.flush();
     assert_eq!(d.len(), 1, "{d:?}");
     assert_eq!(d[0].kind, Kind::ClientRenegotiation);
-    assert_eq!(d[0].detail["sender"], "client");
-    assert_eq!(d[0].detail["server_answered"], true);
+    assert_eq!(d[0].detail_json()["sender"], "client");
+    assert_eq!(d[0].detail_json()["server_answered"], true);
     assert_eq!(c.abstained(Abstention::RenegotiationAnswerOnly), 0);
 }
 
@@ -297,9 +297,9 @@ fn client_hello_answered_in_plaintext_is_tls_to_plaintext_port() {
         let d = client_hello_answered(class, bytes);
         assert_eq!(d.len(), 1, "{answer}: {d:?}");
         assert_eq!(d[0].kind, Kind::TlsToPlaintextPort, "{answer}");
-        assert_eq!(d[0].detail["answer"], answer);
-        assert_eq!(d[0].detail["server_bytes"], hex(bytes));
-        assert_eq!(d[0].detail["sender"], "server");
+        assert_eq!(d[0].detail_json()["answer"], answer);
+        assert_eq!(d[0].detail_json()["server_bytes"], hex(bytes));
+        assert_eq!(d[0].detail_json()["sender"], "server");
     }
 }
 
@@ -337,12 +337,12 @@ fn alerts_are_capped_with_a_count_of_the_rest() {
     let d = c.flush();
     let fatal = d.iter().find(|d| d.kind == Kind::FatalAlert).unwrap();
     assert_eq!(
-        fatal.detail["alerts"].as_array().unwrap().len(),
+        fatal.detail_json()["alerts"].as_array().unwrap().len(),
         MAX_ALERTS_KEPT
     );
-    assert_eq!(fatal.detail["alerts_omitted"], 20 - MAX_ALERTS_KEPT);
+    assert_eq!(fatal.detail_json()["alerts_omitted"], 20 - MAX_ALERTS_KEPT);
     assert_eq!(
-        fatal.detail["encrypted_alerts_omitted"],
+        fatal.detail_json()["encrypted_alerts_omitted"],
         20 - MAX_ALERTS_KEPT
     );
     let hello = d
@@ -393,7 +393,7 @@ fn reused_four_tuple_judges_the_old_connection_and_forgets_its_name() {
     assert_eq!(d[0].kind, Kind::HandshakeReset);
     assert_eq!(d[0].sni, None);
     assert!(
-        d[0].detail
+        d[0].detail_json()
             .get("alerts")
             .is_none_or(|a| a.as_array().is_some_and(|a| a.is_empty()))
     );
@@ -436,10 +436,10 @@ fn unknown_version_is_shown_as_hex_and_data_both_ways_is_established() {
     a.tls.negotiated_version = Some(0x7f17);
     c.ingest(&a, None);
     let d = c.flush();
-    assert_eq!(d[0].detail["tls_version"], "0x7f17");
-    assert_eq!(d[0].detail["during_handshake"], true);
+    assert_eq!(d[0].detail_json()["tls_version"], "0x7f17");
+    assert_eq!(d[0].detail_json()["during_handshake"], true);
     a.client_flags = dir_flags::HELLO | dir_flags::APPDATA;
     a.server_flags = dir_flags::HELLO | dir_flags::APPDATA;
     c.ingest(&a, None);
-    assert_eq!(c.flush()[0].detail["during_handshake"], false);
+    assert_eq!(c.flush()[0].detail_json()["during_handshake"], false);
 }

@@ -3,6 +3,8 @@
 
 use std::{collections::HashMap, net::SocketAddr};
 
+use crate::output::detail::TimeoutEstimate;
+
 /// Each server endpoint's idle gaps are kept in two sets, gaps that flows survived and
 /// gaps after which they died; the timeout lies between the longest survived and the
 /// shortest fatal gap, and is estimated as the latter.
@@ -17,14 +19,6 @@ struct Gaps {
     survived_max_ns: u64,
     died_min_ns: Option<u64>,
     flows: u64,
-}
-
-/// An estimate for one server endpoint.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct TimeoutEstimate {
-    pub seconds: f64,
-    /// Flows whose idle gaps the estimate rests on.
-    pub flows: u64,
 }
 
 /// Server endpoints tracked for timeout estimates; beyond this the quietest are dropped.

@@ -12,8 +12,9 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+use super::detail::TimeoutEstimate;
 use super::diagnosis::{Abstention, Diagnosis, Kind, side_name};
-use crate::{correlate::TimeoutEstimate, kernel::event::KernelEvent};
+use crate::kernel::event::KernelEvent;
 
 pub struct Metrics {
     pub registry: Registry,
@@ -187,7 +188,7 @@ impl Metrics {
 
     pub fn on_diagnosis(&self, d: &Diagnosis) {
         self.diagnoses.with_label_values(&[d.kind.as_str()]).inc();
-        if let Some(gap) = d.detail.get("gap_s").and_then(|g| g.as_f64()) {
+        if let Some(gap) = d.detail.gap_s() {
             self.idle_gaps
                 .with_label_values(&[d.kind.as_str()])
                 .observe(gap);
