@@ -1,7 +1,13 @@
-//! The capture stage of replay: packets out of capture files, cut to frames the kernel
-//! program takes.
+//! The capture stage of replay: packets out of capture files (classic pcap and pcapng,
+//! whatever their link type, as Ethernet frames), cut to frames the kernel program takes.
 
-pub mod pcap;
+mod classic;
+mod input;
+mod link;
+mod pcapng;
+mod reader;
 pub mod segment;
+#[cfg(test)]
+mod test_capture;
 
-pub use pcap::{Packet, PcapError, Reader};
+pub use reader::{Packet, PcapError, Reader};
