@@ -20,7 +20,7 @@ mod timeout;
 
 use std::{collections::HashMap, net::SocketAddr, time::Duration};
 
-use detector_common::{EventKind, tls_flags};
+use detector_common::EventKind;
 
 use self::session::Session;
 pub use self::{session::MAX_ALERTS_KEPT, timeout::TimeoutEstimator};
@@ -97,19 +97,7 @@ impl Correlator {
         }
     }
 
-    /// Whether the caller should look this event's SNI up in the kernel's map: only when
-    /// the kernel says the flow's ClientHello carried one (else the map may still hold a
-    /// previous connection's name under the same flow key), and the session of this very
-    /// connection does not know it yet.
-    pub fn wants_sni(&self, e: &KernelEvent) -> bool {
-        e.tls.flags & tls_flags::SNI != 0
-            && !self
-                .sessions
-                .get(&(e.client, e.server))
-                .is_some_and(|s| s.flow_first_seen_ns == e.flow_first_seen_ns && s.sni.is_some())
-    }
-
-    /// Adds an event (with the SNI, if the caller found one); returns diagnoses of
+    /// Adds an event (with its connection's SNI, if known); returns diagnoses of
     /// sessions it ended: one pushed out to make room, or the previous connection on a
     /// reused 4-tuple.
     pub fn ingest(&mut self, e: &KernelEvent, sni: Option<String>) -> Vec<Diagnosis> {

@@ -358,18 +358,15 @@ fn alerts_are_capped_with_a_count_of_the_rest() {
 }
 
 #[test]
-fn sni_is_asked_for_only_when_the_flow_has_one() {
+fn a_session_keeps_the_first_name_of_its_connection() {
     let mut c = correlator();
     let mut e = event(EventKind::PlaintextAlert, Side::Server);
     e.alert = alert(2, 40);
-    assert!(!c.wants_sni(&e), "no SNI flag, no lookup");
-    e.tls.flags = tls_flags::SNI;
-    assert!(c.wants_sni(&e));
+    c.ingest(&e, None);
     c.ingest(&e, Some("a.example".into()));
-    assert!(!c.wants_sni(&e), "already known");
-    let mut next = e.clone();
-    next.flow_first_seen_ns = 7;
-    assert!(c.wants_sni(&next), "another connection on the same 4-tuple");
+    c.ingest(&e, Some("b.example".into()));
+    let d = c.flush();
+    assert_eq!(d[0].sni.as_deref(), Some("a.example"));
 }
 
 #[test]

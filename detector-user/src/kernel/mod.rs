@@ -6,6 +6,7 @@ pub mod attach;
 pub mod clock;
 pub mod event;
 pub mod maps;
+pub mod reader;
 
 use std::{
     io,
