@@ -4,9 +4,9 @@ use std::{net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc, time::Du
 
 use clap::{Parser, Subcommand};
 use detector_user::{
-    kernel::Options,
-    live::{self, RunOptions, XdpModeArg},
-    metrics::{DEFAULT_LISTEN, Metrics},
+    kernel::{Options, attach::XdpModeArg},
+    live::{self, RunOptions},
+    output::{http::DEFAULT_LISTEN, metrics::Metrics},
     pipeline, replay,
 };
 

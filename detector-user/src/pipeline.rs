@@ -7,12 +7,16 @@ use std::{io::Write, sync::Arc, time::Duration};
 use anyhow::Context as _;
 
 use crate::{
-    clock::Clock,
     correlate::Correlator,
-    diagnosis::{Abstention, Diagnosis},
-    event::KernelEvent,
-    kernel::SniMap,
-    metrics::Metrics,
+    kernel::{
+        SniMap,
+        clock::Clock,
+        reader::{EventReader, Sighting},
+    },
+    output::{
+        diagnosis::{Abstention, Diagnosis},
+        metrics::Metrics,
+    },
 };
 
 /// How long a session must be quiet before it is judged: long enough for the server's
@@ -25,8 +29,8 @@ pub const INFERRED_TIMEOUTS_EXPORTED: usize = 20;
 pub const DEFAULT_MAX_SESSIONS: usize = 65_536;
 
 pub struct Pipeline<W: Write> {
+    reader: EventReader,
     correlator: Correlator,
-    sni: Option<SniMap>,
     metrics: Arc<Metrics>,
     out: W,
     events: u64,
@@ -43,9 +47,9 @@ impl<W: Write> Pipeline<W> {
         out: W,
     ) -> Pipeline<W> {
         Pipeline {
+            reader: EventReader::new(sni),
             correlator: Correlator::new(clock, window, DEFAULT_MAX_SESSIONS)
                 .with_idle_threshold(idle_threshold),
-            sni,
             metrics,
             out,
             events: 0,
@@ -62,15 +66,11 @@ impl<W: Write> Pipeline<W> {
     }
 
     pub fn on_record(&mut self, bytes: &[u8]) -> anyhow::Result<()> {
-        match KernelEvent::decode(bytes) {
-            Ok(e) => {
+        match self.reader.decode(bytes) {
+            Ok(Sighting { event, sni }) => {
                 self.events += 1;
-                self.metrics.on_event(&e);
-                let sni = match &self.sni {
-                    Some(map) if self.correlator.wants_sni(&e) => map.lookup(e.client, e.server),
-                    _ => None,
-                };
-                let pushed = self.correlator.ingest(&e, sni);
+                self.metrics.on_event(&event);
+                let pushed = self.correlator.ingest(&event, sni);
                 self.emit(pushed)
             }
             Err(err) => {
@@ -98,7 +98,7 @@ impl<W: Write> Pipeline<W> {
         for d in diagnoses {
             self.metrics.on_diagnosis(&d);
             self.diagnoses += 1;
-            serde_json::to_writer(&mut self.out, &d.to_json()).context("writing a diagnosis")?;
+            serde_json::to_writer(&mut self.out, &d).context("writing a diagnosis")?;
             self.out.write_all(b"\n").context("writing a diagnosis")?;
         }
         self.out.flush().context("flushing diagnoses")?;

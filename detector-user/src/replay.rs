@@ -7,12 +7,10 @@ use anyhow::Context as _;
 use detector_common::Counter;
 
 use crate::{
-    clock::Clock,
-    kernel::{Kernel, Options},
-    metrics::Metrics,
-    pcap,
+    capture::{self, segment},
+    kernel::{Kernel, Options, clock::Clock},
+    output::metrics::Metrics,
     pipeline::Pipeline,
-    segment,
 };
 
 /// Frames shorter than an Ethernet header are refused by BPF_PROG_TEST_RUN.
@@ -61,7 +59,7 @@ pub fn replay(
     metrics: Arc<Metrics>,
     out: impl Write,
 ) -> anyhow::Result<Summary> {
-    let mut reader = pcap::Reader::open(path)
+    let mut reader = capture::Reader::open(path)
         .with_context(|| format!("{}: cannot read as a capture", path.display()))?;
     let mut kernel = Kernel::load(opts)?;
     let sni = kernel.take_sni();

@@ -23,7 +23,7 @@ use detector_common::{
         version::{TLS1_2, TLS1_3},
     },
 };
-use detector_user::{event::addr, kernel::BENCH_OBJECT};
+use detector_user::kernel::{BENCH_OBJECT, event::addr};
 use tests::{
     frames::{self, Conversation, Frame, Hello, record},
     harness::Harness,

@@ -6,11 +6,13 @@ use std::{net::SocketAddr, time::Duration};
 use aya::maps::HashMap;
 use detector_common::{Counter, FlowKey, FlowState, names};
 use detector_user::{
-    clock::Clock,
     correlate::Correlator,
-    diagnosis::Diagnosis,
-    event::{KernelEvent, addr},
-    kernel::{Kernel, Options},
+    kernel::{
+        Kernel, Options,
+        clock::Clock,
+        event::{KernelEvent, addr},
+    },
+    output::diagnosis::Diagnosis,
 };
 
 use crate::frames::Frame;

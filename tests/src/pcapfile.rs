@@ -3,7 +3,7 @@
 
 use std::{fs, io, path::Path, time::Duration};
 
-use detector_user::pcap::{PcapError, Reader};
+use detector_user::capture::{PcapError, Reader};
 
 /// Ethernet frames with their capture times (Unix epoch nanoseconds), as a nanosecond pcap.
 pub fn write(path: &Path, packets: &[(u64, Vec<u8>)]) -> io::Result<()> {

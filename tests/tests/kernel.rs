@@ -10,7 +10,7 @@ use detector_common::{
         handshake::SERVER_HELLO,
     },
 };
-use detector_user::diagnosis::Kind;
+use detector_user::output::diagnosis::Kind;
 use tests::{
     frames::{self, Conversation, Frame, SYN, handshake, record, tls10},
     harness::{Harness, diagnose},
@@ -140,13 +140,16 @@ fn server_plaintext_alert_is_reported_with_sender() {
     let a = events[0].alert.expect("an alert");
     assert_eq!((a.level, a.description), (FATAL, UNEXPECTED_MESSAGE));
     assert_eq!(events[0].sender, Side::Server);
-    assert_eq!(events[1].abort, Some(detector_user::event::Abort::Alert));
+    assert_eq!(
+        events[1].abort,
+        Some(detector_user::kernel::event::Abort::Alert)
+    );
     assert_eq!(events[1].history, "Cl");
     let d = diagnose(&events);
     assert_eq!(d.len(), 1);
     assert_eq!(d[0].kind, Kind::FatalAlert);
-    assert_eq!(d[0].detail["sender"], "server");
-    assert_eq!(d[0].detail["description"], "unexpected_message");
+    assert_eq!(d[0].detail_json()["sender"], "server");
+    assert_eq!(d[0].detail_json()["description"], "unexpected_message");
 }
 
 #[test]
@@ -169,7 +172,7 @@ fn http_request_to_443_answered_by_alert_is_one_diagnosis() {
     assert_eq!(d.len(), 1, "{d:?}");
     assert_eq!(d[0].kind, Kind::HttpToTlsPort);
     assert_eq!(d[0].client, conv.client.into());
-    assert_eq!(d[0].detail["server_answer"], "tls_alert");
+    assert_eq!(d[0].detail_json()["server_answer"], "tls_alert");
 }
 
 #[test]
@@ -187,7 +190,7 @@ fn http_answered_in_tls_on_an_unlisted_port() {
     assert_eq!(events[0].sender, Side::Server);
     let d = diagnose(&events);
     assert_eq!(d[0].kind, Kind::HttpToTlsPort);
-    assert_eq!(d[0].detail["tls_port"], false);
+    assert_eq!(d[0].detail_json()["tls_port"], false);
 }
 
 #[test]

@@ -10,7 +10,10 @@ use detector_common::{
         handshake::CERTIFICATE,
     },
 };
-use detector_user::{diagnosis::Kind, event::KernelEvent, kernel::Options};
+use detector_user::{
+    kernel::{Options, event::KernelEvent},
+    output::diagnosis::Kind,
+};
 use tests::{
     frames::{self, ACK, Conversation, FIN, Hello, RST, handshake, record},
     harness::{Harness, diagnose_idle},
@@ -71,9 +74,9 @@ fn proxy_closes_after_idle_with_encrypted_alert_and_fin() {
     let d = diagnose_idle(&events, IDLE);
     assert_eq!(d.len(), 1, "{d:?}");
     assert_eq!(d[0].kind, Kind::IdleClose);
-    assert_eq!(d[0].detail["sender"], "server");
-    assert_eq!(d[0].detail["how"], "encrypted_alert");
-    assert!((d[0].detail["gap_s"].as_f64().unwrap() - 119.9).abs() < 0.01);
+    assert_eq!(d[0].detail_json()["sender"], "server");
+    assert_eq!(d[0].detail_json()["how"], "encrypted_alert");
+    assert!((d[0].detail_json()["gap_s"].as_f64().unwrap() - 119.9).abs() < 0.01);
     let d = diagnose_idle(&events, IDLE);
     assert_eq!(d.len(), 1, "the survived delivery is no diagnosis: {d:?}");
     assert!(d[0].evidence[0].contains("with FIN"), "{:?}", d[0].evidence);
@@ -89,7 +92,7 @@ fn reset_after_idle_names_who_and_how_long() {
     assert_eq!(kinds(&events), [(EventKind::IdleRst, Side::Server)]);
     let d = diagnose_idle(&events, IDLE);
     assert_eq!(d[0].kind, Kind::RstAfterIdle);
-    assert_eq!(d[0].detail["gap_s"], 61.001);
+    assert_eq!(d[0].detail_json()["gap_s"], 61.001);
 }
 
 #[test]
@@ -153,11 +156,13 @@ fn load_balancer_timeout_drops_and_inference() {
         .filter(|x| x.kind == Kind::IdleTimeoutDrop)
         .collect();
     assert_eq!(drops.len(), 2, "{d:?}");
-    assert_eq!(drops[0].detail["how"], "unanswered_retransmission");
-    assert!((drops[0].detail["gap_s"].as_f64().unwrap() - 352.0).abs() < 0.01);
-    let est = drops[1].detail["inferred_idle_timeout_s"].as_f64().unwrap();
+    assert_eq!(drops[0].detail_json()["how"], "unanswered_retransmission");
+    assert!((drops[0].detail_json()["gap_s"].as_f64().unwrap() - 352.0).abs() < 0.01);
+    let est = drops[1].detail_json()["inferred_idle_timeout_s"]
+        .as_f64()
+        .unwrap();
     assert!((est - 352.0).abs() / 352.0 < 0.01, "estimate {est}");
-    assert_eq!(drops[1].detail["inferred_from_flows"], 3);
+    assert_eq!(drops[1].detail_json()["inferred_from_flows"], 3);
 }
 
 /// A flow older than the detector (an agent restart, a long-lived pooled connection) or
@@ -221,8 +226,14 @@ fn midstream_flow_retransmitting_into_silence_is_a_drop_after_uptime_only() {
     let d = diagnose_idle(&events, IDLE);
     assert_eq!(d.len(), 1, "{d:?}");
     assert_eq!(d[0].kind, Kind::IdleTimeoutDrop);
-    assert_eq!(d[0].detail["how"], "midstream_unanswered_retransmission");
-    assert!(d[0].detail.get("gap_s").is_none(), "the gap is unknown");
+    assert_eq!(
+        d[0].detail_json()["how"],
+        "midstream_unanswered_retransmission"
+    );
+    assert!(
+        d[0].detail_json().get("gap_s").is_none(),
+        "the gap is unknown"
+    );
 }
 
 /// One-sided traffic (a scan, spoofed segments) answered by the host's RST: nothing was
@@ -269,9 +280,9 @@ fn resumption_answered_by_rst_is_a_drop() {
     let d = diagnose_idle(&events, IDLE);
     assert_eq!(d.len(), 1, "{d:?}");
     assert_eq!(d[0].kind, Kind::IdleTimeoutDrop);
-    assert_eq!(d[0].detail["how"], "rst_answer");
-    assert_eq!(d[0].detail["sender"], "server");
-    assert_eq!(d[0].detail["gap_s"], 61.001);
+    assert_eq!(d[0].detail_json()["how"], "rst_answer");
+    assert_eq!(d[0].detail_json()["sender"], "server");
+    assert_eq!(d[0].detail_json()["gap_s"], 61.001);
 }
 
 /// Spoofed one-byte segments from many sources: each is a flow of its own, seen from one

@@ -14,8 +14,8 @@ use detector_common::{
     tls_flags,
 };
 use detector_user::{
-    diagnosis::Kind,
-    event::{Abort, KernelEvent},
+    kernel::event::{Abort, KernelEvent, ResumptionMethod},
+    output::diagnosis::Kind,
 };
 use tests::{
     frames::{
@@ -227,12 +227,15 @@ fn client_hello_split_over_segments_still_yields_its_facts() {
         aborted.tls.offered_versions,
         offered_bit(TLS1_3) | offered_bit(TLS1_2)
     );
-    assert_eq!(aborted.tls.resumption_offered(), Some("tls13_psk"));
+    assert_eq!(
+        aborted.tls.resumption_offered(),
+        Some(ResumptionMethod::Tls13Psk)
+    );
     let d = diagnose(&events);
     assert_eq!(d.len(), 1, "{d:?}");
     assert_eq!(d[0].kind, Kind::ResumptionRejected);
-    assert_eq!(d[0].detail["method"], "tls13_psk");
-    assert_eq!(d[0].detail["description"], "handshake_failure");
+    assert_eq!(d[0].detail_json()["method"], "tls13_psk");
+    assert_eq!(d[0].detail_json()["description"], "handshake_failure");
 }
 
 #[test]
@@ -285,7 +288,7 @@ fn plaintext_hello_request_is_reported() {
     assert_eq!(events[0].sender, Side::Server);
     let d = diagnose(&events);
     assert_eq!(d[0].kind, Kind::ServerHelloRequest);
-    assert_eq!(d[0].detail["encrypted"], false);
+    assert_eq!(d[0].detail_json()["encrypted"], false);
 }
 
 #[test]
@@ -310,7 +313,7 @@ fn encrypted_handshake_after_app_data_is_renegotiation() {
     let d = diagnose(&events);
     assert_eq!(d.len(), 1, "{d:?}");
     assert_eq!(d[0].kind, Kind::ServerHelloRequest);
-    assert_eq!(d[0].detail["client_renegotiated"], true);
+    assert_eq!(d[0].detail_json()["client_renegotiated"], true);
 }
 
 #[test]
@@ -379,7 +382,7 @@ fn reset_after_client_hello_is_a_handshake_reset() {
     assert_eq!(events[0].abort, Some(Abort::Rst));
     let d = diagnose(&events);
     assert_eq!(d[0].kind, Kind::HandshakeReset);
-    assert_eq!(d[0].detail["server_hello_seen"], false);
+    assert_eq!(d[0].detail_json()["server_hello_seen"], false);
 }
 
 #[test]
@@ -509,7 +512,7 @@ fn client_hello_answered_by_plaintext_that_is_not_http() {
         let d = diagnose(&events);
         assert_eq!(d.len(), 1, "{word}: {d:?}");
         assert_eq!(d[0].kind, Kind::TlsToPlaintextPort);
-        assert_eq!(d[0].detail["answer"], word);
+        assert_eq!(d[0].detail_json()["answer"], word);
     }
 }
 

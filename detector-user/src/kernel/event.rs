@@ -23,7 +23,7 @@ pub enum DecodeError {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KernelEvent {
     pub kind: EventKind,
-    /// Program clock, see [`crate::clock`].
+    /// Program clock, see [`super::clock`].
     pub ts_ns: u64,
     pub flow_first_seen_ns: u64,
     /// How long the flow was quiet before the packet (idle resumption events: the gap
@@ -83,6 +83,20 @@ impl Abort {
     }
 }
 
+/// How a client offered to resume a session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub enum ResumptionMethod {
+    /// TLS 1.3 pre_shared_key extension.
+    #[serde(rename = "tls13_psk")]
+    Tls13Psk,
+    /// TLS 1.2 session_ticket extension.
+    #[serde(rename = "tls12_session_ticket")]
+    Tls12SessionTicket,
+    /// TLS 1.2 session ID.
+    #[serde(rename = "tls12_session_id")]
+    Tls12SessionId,
+}
+
 /// What the hellos said.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TlsFacts {
@@ -101,13 +115,13 @@ impl TlsFacts {
     /// TLS 1.2 session ID (in that order of precedence: a TLS 1.3 client also sends a
     /// random legacy session ID, which is not a resumption offer when a PSK is absent and
     /// the client offers TLS 1.3).
-    pub fn resumption_offered(&self) -> Option<&'static str> {
+    pub fn resumption_offered(&self) -> Option<ResumptionMethod> {
         if self.flags & tls_flags::PSK_OFFERED != 0 {
-            Some("tls13_psk")
+            Some(ResumptionMethod::Tls13Psk)
         } else if self.session_ticket_len > 0 {
-            Some("tls12_session_ticket")
+            Some(ResumptionMethod::Tls12SessionTicket)
         } else if self.session_id_len > 0 && self.offered_versions & (1 << 4) == 0 {
-            Some("tls12_session_id")
+            Some(ResumptionMethod::Tls12SessionId)
         } else {
             None
         }
@@ -293,7 +307,10 @@ mod tests {
         );
         assert_eq!(e.history, "CsL");
         assert_eq!(e.tls.negotiated_version, Some(0x0303));
-        assert_eq!(e.tls.resumption_offered(), Some("tls12_session_ticket"));
+        assert_eq!(
+            e.tls.resumption_offered(),
+            Some(ResumptionMethod::Tls12SessionTicket)
+        );
         assert!(e.handshake_seen && e.tls_port);
     }
 
@@ -331,7 +348,10 @@ mod tests {
             session_id_len: 32,
             ..TlsFacts::default()
         };
-        assert_eq!(tls12.resumption_offered(), Some("tls12_session_id"));
+        assert_eq!(
+            tls12.resumption_offered(),
+            Some(ResumptionMethod::Tls12SessionId)
+        );
     }
 
     #[test]

@@ -4,11 +4,11 @@
 use std::{fmt, net::SocketAddr};
 
 use detector_common::{Counter, Side};
-use serde::Serialize;
-use serde_json::{Map, Value};
+use serde::{Serialize, Serializer};
+use serde_json::Value;
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 
-use crate::community_id::community_id_v1;
+use super::{community_id::community_id_v1, detail::Detail};
 
 /// The closed set of diagnosis kinds (docs/field-cases.md). Metric label values come from
 /// here, so cardinality stays bounded.
@@ -128,7 +128,7 @@ pub struct Diagnosis {
     pub sni: Option<String>,
     /// Plain words naming the bytes and records seen.
     pub evidence: Vec<String>,
-    pub detail: Map<String, Value>,
+    pub detail: Detail,
 }
 
 impl Diagnosis {
@@ -143,23 +143,44 @@ impl Diagnosis {
         )
     }
 
-    /// The JSON line printed on stdout. Field order is fixed so that lines diff well.
+    /// The JSON line printed on stdout, as a value.
     pub fn to_json(&self) -> Value {
-        let mut o = Map::new();
-        o.insert(
-            "ts".into(),
-            Value::String(self.ts.format(&Rfc3339).unwrap_or_default()),
-        );
-        o.insert("kind".into(), Value::String(self.kind.as_str().into()));
-        o.insert("client".into(), Value::String(self.client.to_string()));
-        o.insert("server".into(), Value::String(self.server.to_string()));
-        o.insert("community_id".into(), Value::String(self.community_id()));
-        if let Some(sni) = &self.sni {
-            o.insert("sni".into(), Value::String(sni.clone()));
+        serde_json::to_value(self).expect("a diagnosis has only string keys")
+    }
+
+    /// The `detail` object as JSON, for readers that look fields up by name.
+    pub fn detail_json(&self) -> Value {
+        serde_json::to_value(&self.detail).expect("a detail has only string keys")
+    }
+}
+
+/// The JSON line. Field order is fixed so that lines diff well.
+#[derive(Serialize)]
+struct Line<'a> {
+    ts: String,
+    kind: &'static str,
+    client: String,
+    server: String,
+    community_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sni: Option<&'a str>,
+    evidence: String,
+    detail: &'a Detail,
+}
+
+impl Serialize for Diagnosis {
+    fn serialize<S: Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        Line {
+            ts: self.ts.format(&Rfc3339).unwrap_or_default(),
+            kind: self.kind.as_str(),
+            client: self.client.to_string(),
+            server: self.server.to_string(),
+            community_id: self.community_id(),
+            sni: self.sni.as_deref(),
+            evidence: self.evidence.join("; "),
+            detail: &self.detail,
         }
-        o.insert("evidence".into(), Value::String(self.evidence.join("; ")));
-        o.insert("detail".into(), Value::Object(self.detail.clone()));
-        Value::Object(o)
+        .serialize(ser)
     }
 }
 
@@ -194,9 +215,17 @@ pub fn hex(b: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{
+        kernel::event::Alert,
+        output::detail::{AlertDetail, FatalAlertDetail, KindDetail, SessionDetail},
+    };
 
     #[test]
     fn json_line_has_the_contract_fields() {
+        let alert = Alert {
+            level: 2,
+            description: 48,
+        };
         let d = Diagnosis {
             ts: OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap(),
             kind: Kind::FatalAlert,
@@ -204,7 +233,17 @@ mod tests {
             server: "[fd00::2]:443".parse().unwrap(),
             sni: None,
             evidence: vec!["a".into(), "b".into()],
-            detail: Map::new(),
+            detail: Detail {
+                kind: KindDetail::FatalAlert(FatalAlertDetail {
+                    first: AlertDetail::new(Side::Server, alert),
+                    during_handshake: true,
+                    alerts: vec![AlertDetail::new(Side::Server, alert)],
+                }),
+                session: SessionDetail {
+                    ssl_history: Some("CsL".into()),
+                    ..SessionDetail::default()
+                },
+            },
         };
         let v = d.to_json();
         assert_eq!(v["ts"], "2023-11-14T22:13:20Z");
@@ -214,6 +253,12 @@ mod tests {
         assert!(v["community_id"].as_str().unwrap().starts_with("1:"));
         assert!(v.get("sni").is_none());
         assert_eq!(v["evidence"], "a; b");
+        // Kind's facts first, then the session's, in declaration order.
+        assert_eq!(
+            serde_json::to_string(&v["detail"]).unwrap(),
+            r#"{"sender":"server","level":"fatal","description":"unknown_ca","code":48,"during_handshake":true,"alerts":[{"sender":"server","level":"fatal","description":"unknown_ca","code":48}],"ssl_history":"CsL"}"#
+        );
+        assert_eq!(serde_json::to_string(&d).unwrap(), v.to_string());
     }
 
     #[test]

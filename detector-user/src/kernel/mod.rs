@@ -1,9 +1,15 @@
-//! Loading the kernel program and talking to its maps: configuration in, counters and
-//! events out. Live attachment and replay both start here.
+//! The kernel stage: loading the program and talking to its maps (configuration in,
+//! counters and events out), attaching it to interfaces, decoding its events. Live
+//! attachment and replay both start here.
+
+pub mod attach;
+pub mod clock;
+pub mod event;
+pub mod maps;
+pub mod reader;
 
 use std::{
     io,
-    net::SocketAddr,
     os::fd::AsFd as _,
     sync::{Arc, Mutex},
 };
@@ -14,7 +20,8 @@ use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray, ProgramArray, RingBuf},
     programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
 };
-use detector_common::{Config, Counter, FlowKey, FlowState, Sni, names};
+use detector_common::{Config, names};
+pub use maps::{Counters, FlowTable, SniMap};
 
 /// The compiled kernel program, built by this crate's build script.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/detector-ebpf"));
@@ -61,68 +68,6 @@ pub struct Kernel {
     counters: Counters,
     events: RingBuf<MapData>,
     sni: Option<SniMap>,
-}
-
-/// The kernel's SNI map: host names of flows, read when an event needs one.
-pub struct SniMap(HashMap<MapData, FlowKey, Sni>);
-
-impl SniMap {
-    pub fn lookup(&self, client: SocketAddr, server: SocketAddr) -> Option<String> {
-        let (key, _) = FlowKey::normalised(
-            &crate::event::addr(client.ip()),
-            client.port(),
-            &crate::event::addr(server.ip()),
-            server.port(),
-        );
-        let sni = self.0.get(&key, 0).ok()?;
-        let name = &sni.name[..usize::from(sni.len).min(sni.name.len())];
-        Some(String::from_utf8_lossy(name).into_owned())
-    }
-}
-
-/// A second handle on one of the kernel's flow tables (confirmed or unconfirmed), for the
-/// metrics endpoint: counting what is present tells, against what was created, what the
-/// LRU evicted.
-#[derive(Clone)]
-pub struct FlowTable(Arc<Mutex<HashMap<MapData, FlowKey, FlowState>>>);
-
-impl FlowTable {
-    /// Entries present now. One syscall per entry: tens of milliseconds for a full
-    /// 65 536-entry table, paid per scrape.
-    pub fn count(&self) -> anyhow::Result<u64> {
-        let map = self
-            .0
-            .lock()
-            .map_err(|_| anyhow!("flow table lock poisoned"))?;
-        Ok(map.keys().filter(|k| k.is_ok()).count() as u64)
-    }
-}
-
-/// Shared handle on the per-CPU counters, so the metrics endpoint can read them while the
-/// event loop owns the rest of the program.
-#[derive(Clone)]
-pub struct Counters(Arc<Mutex<PerCpuArray<MapData, u64>>>);
-
-impl Counters {
-    /// Every counter summed over CPUs, in [`Counter::ALL`] order.
-    pub fn read(&self) -> anyhow::Result<[u64; Counter::COUNT as usize]> {
-        let map = self
-            .0
-            .lock()
-            .map_err(|_| anyhow!("counter map lock poisoned"))?;
-        let mut out = [0u64; Counter::COUNT as usize];
-        for c in Counter::ALL {
-            let per_cpu = map
-                .get(&(c as u32), 0)
-                .with_context(|| format!("reading kernel counter {}", c.metric_name()))?;
-            out[c as usize] = per_cpu.iter().sum();
-        }
-        Ok(out)
-    }
-
-    pub fn get(&self, c: Counter) -> anyhow::Result<u64> {
-        Ok(self.read()?[c as usize])
-    }
 }
 
 impl Kernel {
@@ -196,7 +141,7 @@ impl Kernel {
         k.config = Config {
             clock_override_ns: 0,
             idle_threshold_ns: opts.idle_threshold.as_nanos().min(u64::MAX as u128) as u64,
-            started_ns: crate::clock::boottime_ns(),
+            started_ns: clock::boottime_ns(),
         };
         k.write_config()?;
         Ok(k)

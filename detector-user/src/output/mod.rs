@@ -1,0 +1,7 @@
+//! The output stage: diagnoses as JSON lines, Prometheus metrics, the endpoint serving them.
+
+pub mod community_id;
+pub mod detail;
+pub mod diagnosis;
+pub mod http;
+pub mod metrics;
