@@ -16,11 +16,8 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail, ensure};
+use detector_lab::{Lab, NginxSite, agent::LiveAgent, in_netns, url};
 use serde_json::Value;
-use tests::{
-    agent::LiveAgent,
-    lab::{Lab, NginxSite, in_netns, url},
-};
 
 /// The closed set of diagnosis kinds (`detector_diagnoses_total{kind}`).
 const KINDS: [&str; 10] = [

@@ -1,5 +1,5 @@
 //! The lab as a regression suite: a quick subset of its scenarios (field cases 1 to 4 and
-//! two clean controls, `tests::scenarios::QUICK`), played by the very code `cargo xtask
+//! two clean controls, `detector_lab::scenarios::QUICK`), played by the very code `cargo xtask
 //! lab` runs, then each capture replayed with `detector replay` at the scenario's idle
 //! threshold. The replayed diagnoses must be exactly the expected ones (every `must`, with
 //! the right kind, client IP, server, sender and gap; nothing else; nothing of `must_not`),
@@ -16,7 +16,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use tests::{
+use detector_lab::{
     agent::detector_bin,
     scenarios::{self, QUICK, identities, known_failing, short_diagnosis},
 };

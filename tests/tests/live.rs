@@ -4,11 +4,12 @@
 use std::{collections::BTreeSet, net::IpAddr, path::Path, time::Duration};
 
 use anyhow::{Context as _, Result};
-use serde_json::Value;
-use tests::{
+use detector_lab::{
+    Lab, LabProcess, Nginx, NginxSite,
     agent::{LiveAgent, identity, replay},
-    lab::{Lab, LabProcess, Nginx, NginxSite, url},
+    url,
 };
+use serde_json::Value;
 
 const T: Duration = Duration::from_secs(15);
 
@@ -268,7 +269,7 @@ fn server_host_sees_its_replies_through_tc_egress() -> Result<()> {
 
 #[test]
 fn missing_interface_is_a_one_line_error() -> Result<()> {
-    let out = std::process::Command::new(tests::agent::detector_bin()?)
+    let out = std::process::Command::new(detector_lab::agent::detector_bin()?)
         .args(["run", "--iface", "no-such-if0"])
         .output()?;
     assert!(!out.status.success());

@@ -3,7 +3,7 @@
 //! flow, and a router whose connection tracking forgets idle flows and then drops their
 //! mid-stream packets, the way a load balancer does. The agent runs with
 //! `--idle-threshold 1`. The captures are then replayed, as taken and stretched to the
-//! field's full length (120 s, 300 s and 350 s gaps) with `tests::pcapfile`.
+//! field's full length (120 s, 300 s and 350 s gaps) with `detector_lab::pcapfile`.
 
 use std::{
     fs,
@@ -16,16 +16,16 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, ensure};
-use serde_json::Value;
-use tests::{
+use detector_lab::{
+    DEFAULT_CN, Lab, NginxSite,
     agent::{LiveAgent, replay},
     idle_lab::{
         Scratch, close_cleanly, connect, echo_round, forget_idle_flows, forgotten_drops, listen,
         set_linger_zero, spawn_echo, spawn_reset_after_idle,
     },
-    lab::{DEFAULT_CN, Lab, NginxSite},
     pcapfile,
 };
+use serde_json::Value;
 
 type Packets = Vec<(u64, Vec<u8>)>;
 
@@ -94,7 +94,7 @@ struct Live {
 fn finish(
     agent: LiveAgent,
     lab: &Lab,
-    capture: tests::lab::Capture,
+    capture: detector_lab::Capture,
     n: usize,
     wait: Duration,
 ) -> Result<Live> {

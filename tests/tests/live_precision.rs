@@ -1,5 +1,5 @@
 //! Precision live (issue 8): a diagnosis states a failure the packets show, and not having
-//! seen something is never evidence. Each test plays a lab scenario (`tests::scenarios`, the
+//! seen something is never evidence. Each test plays a lab scenario (`detector_lab::scenarios`, the
 //! very code `cargo xtask lab` runs) with the agent live on the router, replays the
 //! capture, and holds both to the scenario's expected diagnoses, then checks what the
 //! scenario is about in the agent's metrics:
@@ -24,16 +24,16 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, ensure};
-use serde_json::Value;
-use tests::{
+use detector_lab::{
+    Lab,
     agent::{LiveAgent, abstentions, detector_bin, metric, replay, replay_sync_lost},
-    lab::Lab,
     scenarios::{
         self, BULK_MIB, BULK_TRANSFERS, FLOOD_FLOW_TABLE, FLOOD_SEGMENTS, IDLE_THRESHOLD_S,
         Outcome, short_diagnosis,
     },
     spoof::is_spoofed,
 };
+use serde_json::Value;
 
 /// One test at a time: each loads the agent (seconds of verifier CPU time) and measures
 /// idle gaps, which neighbours would disturb.

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use anyhow::{Result, ensure};
-use tests::{agent::detector_bin, soak::soak};
+use detector_lab::{agent::detector_bin, soak::soak};
 
 const MINUTE: Duration = Duration::from_secs(60);
 

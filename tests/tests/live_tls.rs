@@ -1,6 +1,6 @@
 //! TLS field cases 1 and 2 (BRIEF.md) live, with real OpenSSL: server-initiated
 //! renegotiation, resumption attempts killed by an inline inspector (our own relay, see
-//! `tests::relay`), plaintext handshake alerts, and clean sessions (renegotiation-free,
+//! `detector_lab::relay`), plaintext handshake alerts, and clean sessions (renegotiation-free,
 //! resumed, bulk) that must give nothing. Every scenario also replays its capture through
 //! `detector replay`, which must agree with what the agent found live.
 
@@ -14,12 +14,14 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail, ensure};
-use serde_json::Value;
-use tests::{
+use detector_lab::{
+    DEFAULT_CN, Lab, LabProcess, NginxSite,
     agent::{LiveAgent, identity, replay},
-    lab::{DEFAULT_CN, Lab, LabProcess, NginxSite, cert_args, path_str, s_client_args, url},
+    cert_args, path_str,
     relay::{Relay, Resumption, Verdict},
+    s_client_args, url,
 };
+use serde_json::Value;
 
 const T: Duration = Duration::from_secs(15);
 /// After the last traffic: longer than the agent's correlation window (0.5 s), so a late

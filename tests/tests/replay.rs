@@ -3,11 +3,11 @@
 
 use std::{path::PathBuf, process::Command};
 
-use tests::{
+use detector_lab::{
     agent::{detector_bin, replay},
-    frames::{self, Conversation},
     pcapfile,
 };
+use tests::frames::{self, Conversation};
 
 const GET: &[u8] = b"GET / HTTP/1.1\r\nHost: example\r\n\r\n";
 /// 2026-01-01T00:00:00Z in nanoseconds.

@@ -160,7 +160,7 @@ fn compare_requested(args: &[OsString]) -> bool {
     args.iter().any(|a| a == "--compare")
 }
 
-/// Builds the agent and the `lab` binary (tests crate), then runs `lab ARGS` as root from
+/// Builds the agent and the `lab` binary (crate detector-lab, tests/lab), then runs `lab ARGS` as root from
 /// the workspace root. While it runs, this process ignores SIGINT: a Ctrl-C reaches the lab
 /// too, which finishes its current scenario, tears its namespaces down and exits.
 fn lab(args: &[OsString], needs_root: bool, compare: bool) -> anyhow::Result<()> {
@@ -188,7 +188,14 @@ fn lab(args: &[OsString], needs_root: bool, compare: bool) -> anyhow::Result<()>
         "--bin",
         "detector",
     ]))?;
-    run(cargo(&path).args(["build", "--release", "--package", "tests", "--bin", "lab"]))?;
+    run(cargo(&path).args([
+        "build",
+        "--release",
+        "--package",
+        "detector-lab",
+        "--bin",
+        "lab",
+    ]))?;
     let target = target_dir();
     let bin = target.join("release/lab");
     let mut cmd = Command::new(&bin);

@@ -23,8 +23,9 @@ use std::{
 use anyhow::{Context as _, Result, ensure};
 
 use crate::{
+    Lab,
     frames::{ACK, Frame, PSH},
-    lab::{Lab, in_netns},
+    in_netns,
 };
 
 /// The benchmarking range the spoofed sources come from, and its prefix length.

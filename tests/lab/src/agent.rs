@@ -1,31 +1,37 @@
 //! The real `detector` binary, run live inside a lab namespace or on a capture.
 
 use std::{
+    ffi::OsStr,
     path::{Path, PathBuf},
     process::Command,
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result, ensure};
+use anyhow::{Context as _, Result, bail, ensure};
 use serde_json::Value;
 
-use crate::lab::{Lab, LabProcess};
+use crate::{Lab, LabProcess};
 
-/// The agent binary cargo built next to the test executables (`target/<profile>/detector`).
+/// The `detector` binary: `$DETECTOR_BIN`, else next to this executable (`target/release/`
+/// for the lab binary), else one level up (`target/release/deps/` for test binaries).
 pub fn detector_bin() -> Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    // target/<profile>/deps/<test>-<hash> → target/<profile>/detector
-    let bin = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(|d| d.join("detector"))
-        .context("locating the target directory")?;
-    ensure!(
-        bin.is_file(),
-        "{} is missing: build it first (`cargo xtask test` does)",
-        bin.display()
-    );
-    Ok(bin)
+    if let Some(p) = std::env::var_os("DETECTOR_BIN") {
+        let p = PathBuf::from(p);
+        ensure!(p.is_file(), "DETECTOR_BIN={} does not exist", p.display());
+        return Ok(p);
+    }
+    let exe = std::env::current_exe().context("locating this executable")?;
+    let dir = exe.parent().context("executable has a directory")?;
+    for candidate in [dir.join("detector"), dir.join("../detector")] {
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+    }
+    bail!(
+        "no detector binary next to {}: build it first (`cargo build --release -p \
+         detector-user --bin detector`) or set DETECTOR_BIN",
+        exe.display()
+    )
 }
 
 /// Parses the JSON lines the agent printed.
@@ -142,12 +148,21 @@ impl LiveAgent {
 
 /// `detector replay FILE`: the diagnoses, and stderr (which holds the summary).
 pub fn replay(file: &Path, extra: &[&str]) -> Result<(Vec<Value>, String)> {
-    let out = Command::new(detector_bin()?)
+    replay_with(&detector_bin()?, file, extra)
+}
+
+/// `DETECTOR replay FILE ARGS...`: the diagnoses, and stderr (which holds the summary).
+pub fn replay_with(
+    detector: &Path,
+    file: &Path,
+    args: &[impl AsRef<OsStr>],
+) -> Result<(Vec<Value>, String)> {
+    let out = Command::new(detector)
         .arg("replay")
         .arg(file)
-        .args(extra)
+        .args(args)
         .output()
-        .context("running detector replay")?;
+        .with_context(|| format!("running {} replay", detector.display()))?;
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     ensure!(
         out.status.success(),

@@ -20,8 +20,8 @@ use anyhow::{Context as _, Result};
 use serde_json::Value;
 
 use crate::{
+    Lab,
     agent::{LiveAgent, abstentions, metric},
-    lab::Lab,
     long_lived::{LongLived, Version},
     scenarios::{self, IDLE_THRESHOLD_S},
     spoof::{Flood, route_answers_into_lab, spawn_flood},

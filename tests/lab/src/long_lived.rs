@@ -14,7 +14,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail, ensure};
 
-use crate::lab::{DEFAULT_CN, Lab, LabProcess, TlsFiles, path_str};
+use crate::{DEFAULT_CN, Lab, LabProcess, TlsFiles, path_str};
 
 /// Bound for a handshake or one echoed line.
 const T: Duration = Duration::from_secs(15);

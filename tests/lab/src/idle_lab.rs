@@ -19,7 +19,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::lab::{Lab, in_netns};
+use crate::{Lab, in_netns};
 
 /// Bound for connecting and for each read or write of the helpers below.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
