@@ -8,37 +8,13 @@
 //! Scenarios in `KNOWN_FAILING` are played and reported but not asserted. Needs root, like
 //! the other live tests; skipped with a note otherwise.
 
-use std::{
-    fs,
-    path::PathBuf,
-    sync::{Mutex, MutexGuard},
-    time::Instant,
-};
+use std::{fs, path::PathBuf};
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 use detector_lab::{
-    agent::detector_bin,
+    fixture::play_and_replay,
     scenarios::{self, QUICK, identities, known_failing, short_diagnosis},
 };
-
-/// One scenario at a time: each loads the agent (seconds of BPF verifier CPU time) and
-/// measures idle gaps, which neighbours would disturb.
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> MutexGuard<'static, ()> {
-    SERIAL
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-fn root() -> bool {
-    // SAFETY: geteuid cannot fail.
-    let root = unsafe { libc::geteuid() } == 0;
-    if !root {
-        eprintln!("skipping: the lab regression suite needs root");
-    }
-    root
-}
 
 /// Where a run's files go: kept when a scenario fails, for a post-mortem.
 fn out_dir() -> PathBuf {
@@ -46,30 +22,18 @@ fn out_dir() -> PathBuf {
 }
 
 fn regress(name: &str) -> Result<()> {
-    if !root() {
-        return Ok(());
-    }
-    let _serial = serial();
-    let started = Instant::now();
-    let s = scenarios::find(name).with_context(|| format!("no scenario {name}"))?;
-    let missing = s.missing_programs();
-    if !missing.is_empty() {
-        eprintln!("skipping {name}: {} not installed", missing.join(", "));
-        return Ok(());
-    }
-    let detector = detector_bin()?;
     let out = out_dir();
-    let outcome = scenarios::run(s, &out, &detector)?;
-    let (replayed, summary) =
-        scenarios::replay(&detector, &outcome.pcap, s.idle_threshold_s, s.agent_args)?;
-    let problems = outcome.expected.check(&replayed);
-    let agree = identities(&outcome.live) == identities(&replayed);
+    let Some(j) = play_and_replay(name, &out, "the lab regression suite")? else {
+        return Ok(());
+    };
+    let problems = j.outcome.expected.check(&j.replayed);
+    let agree = identities(&j.outcome.live) == identities(&j.replayed);
     println!(
-        "{name}: {:.1} s; expected {}; replayed {}; live {}",
-        started.elapsed().as_secs_f64(),
-        outcome.expected.summary(),
-        scenarios::summary_of(&replayed),
-        scenarios::summary_of(&outcome.live)
+        "{name}: {:.1} s; expected {}; j.replayed {}; live {}",
+        j.took.as_secs_f64(),
+        j.outcome.expected.summary(),
+        scenarios::summary_of(&j.replayed),
+        scenarios::summary_of(&j.outcome.live)
     );
     if let Some(why) = known_failing(name) {
         println!("{name} is known to fail ({why}); now: {problems:?}, live agrees: {agree}");
@@ -83,20 +47,25 @@ fn regress(name: &str) -> Result<()> {
     };
     assert!(
         problems.is_empty(),
-        "{name}: replay of {} differs from {}:\n  {}\nreplayed:\n  {}\nsummary: {summary}",
-        outcome.pcap.display(),
-        outcome.expected_path.display(),
+        "{name}: replay of {} differs from {}:\n  {}\nreplayed:\n  {}\nsummary: {}",
+        j.outcome.pcap.display(),
+        j.outcome.expected_path.display(),
         problems.join("\n  "),
-        show(&replayed)
+        show(&j.replayed),
+        j.summary
     );
     assert!(
         agree,
         "{name}: the live agent ({}) and replay disagree:\nlive:\n  {}\nreplayed:\n  {}",
-        outcome.live_path.display(),
-        show(&outcome.live),
-        show(&replayed)
+        j.outcome.live_path.display(),
+        show(&j.outcome.live),
+        show(&j.replayed)
     );
-    for f in [&outcome.pcap, &outcome.expected_path, &outcome.live_path] {
+    for f in [
+        &j.outcome.pcap,
+        &j.outcome.expected_path,
+        &j.outcome.live_path,
+    ] {
         let _ = fs::remove_file(f);
     }
     let _ = fs::remove_dir(&out);
@@ -105,7 +74,8 @@ fn regress(name: &str) -> Result<()> {
 
 #[test]
 fn quick_subset_is_what_this_file_runs() {
-    // Keep this list and the tests below in step with `scenarios::QUICK`.
+    // Keep this list and the tests below in step with `scenarios::QUICK`: the names stand
+    // here again on purpose, so that a change of QUICK shows as a failure of this test.
     let here = [
         "reneg-tls12",
         "resume-rejected-tls13-psk",

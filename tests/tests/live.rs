@@ -1,12 +1,13 @@
 //! The agent attached live in lab namespaces, with real nginx, openssl and curl; then the
 //! capture of the same traffic through `detector replay`.
 
-use std::{collections::BTreeSet, net::IpAddr, path::Path, time::Duration};
+use std::{net::IpAddr, time::Duration};
 
 use anyhow::{Context as _, Result};
 use detector_lab::{
     Lab, LabProcess, Nginx, NginxSite,
-    agent::{LiveAgent, identity, replay},
+    agent::{LiveAgent, identity, metric},
+    fixture::{RouterRun, Watch, replay_matches},
     url,
 };
 use serde_json::Value;
@@ -148,13 +149,6 @@ fn assert_matches(got: &[Value], expected: &[Expected], what: &str) {
     }
 }
 
-fn metric(text: &str, line_start: &str) -> Option<f64> {
-    text.lines()
-        .find(|l| l.starts_with(line_start))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
-
 fn check_metrics(text: &str, expected: &[Expected]) {
     let count = |k: &str| expected.iter().filter(|e| e.kind == k).count() as f64;
     for kind in ["http_to_tls_port", "tls_to_plaintext_port"] {
@@ -174,37 +168,17 @@ fn check_metrics(text: &str, expected: &[Expected]) {
     assert!(metric(text, "detector_kernel_packets_total").unwrap_or(0.0) > 0.0);
 }
 
-fn replay_matches(capture: &Path, live: &[Value]) {
-    let (replayed, summary) = replay(capture, &[]).expect("replay");
-    let ids = |v: &[Value]| v.iter().map(identity).collect::<BTreeSet<_>>();
-    assert_eq!(
-        ids(&replayed),
-        ids(live),
-        "replay of {} disagrees with live; summary: {summary}",
-        capture.display()
-    );
-    assert!(summary.contains("diagnoses"), "{summary}");
-}
-
 #[test]
 fn router_sees_both_directions_as_ingress() -> Result<()> {
-    let lab = Lab::routed()?;
-    let router = lab
-        .router_ns()
-        .context("routed lab has a router")?
-        .to_string();
-    let rc = lab
-        .router_client_if()
-        .context("router client side")?
-        .to_string();
-    let rs = lab
-        .router_server_if()
-        .context("router server side")?
-        .to_string();
-    let capture = lab.capture(&router, &rs, lab.dir().join("router.pcap"))?;
+    let RouterRun {
+        lab,
+        router,
+        capture,
+        agent,
+        ..
+    } = RouterRun::start(Watch::BothSides, &[])?;
     // `-i any` writes Linux cooked (SLL2) frames, and sees each forwarded packet twice.
     let cooked = lab.capture(&router, "any", lab.dir().join("router-any.pcap"))?;
-    let agent = LiveAgent::start(&lab, &router, &[&rc, &rs], &["--no-egress"])?;
 
     let played = play_field_case_3(&lab)?;
     let expected = &played.expected;
@@ -220,10 +194,10 @@ fn router_sees_both_directions_as_ingress() -> Result<()> {
     );
     assert_matches(&live_final, expected, "live on the router");
 
-    let pcap = capture.stop()?;
-    replay_matches(&pcap, &live_final);
-    let pcap = cooked.stop()?;
-    replay_matches(&pcap, &live_final);
+    for pcap in [capture.stop()?, cooked.stop()?] {
+        let summary = replay_matches(&pcap, &live_final);
+        assert!(summary.contains("diagnoses"), "{summary}");
+    }
     Ok(())
 }
 
@@ -262,8 +236,8 @@ fn server_host_sees_its_replies_through_tc_egress() -> Result<()> {
         "{tls_to_plain}"
     );
 
-    let pcap = capture.stop()?;
-    replay_matches(&pcap, &live_final);
+    let summary = replay_matches(&capture.stop()?, &live_final);
+    assert!(summary.contains("diagnoses"), "{summary}");
     Ok(())
 }
 

@@ -18,7 +18,6 @@
 
 use std::{
     net::SocketAddr,
-    sync::{Mutex, MutexGuard},
     thread,
     time::{Duration, Instant},
 };
@@ -26,7 +25,8 @@ use std::{
 use anyhow::{Context as _, Result, ensure};
 use detector_lab::{
     Lab,
-    agent::{LiveAgent, abstentions, detector_bin, metric, replay, replay_sync_lost},
+    agent::{LiveAgent, abstentions, metric, replay, replay_sync_lost},
+    fixture::{play_and_replay, root, serial},
     scenarios::{
         self, BULK_MIB, BULK_TRANSFERS, FLOOD_FLOW_TABLE, FLOOD_SEGMENTS, IDLE_THRESHOLD_S,
         Outcome, short_diagnosis,
@@ -34,25 +34,6 @@ use detector_lab::{
     spoof::is_spoofed,
 };
 use serde_json::Value;
-
-/// One test at a time: each loads the agent (seconds of verifier CPU time) and measures
-/// idle gaps, which neighbours would disturb.
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> MutexGuard<'static, ()> {
-    SERIAL
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-fn root() -> bool {
-    // SAFETY: geteuid cannot fail.
-    let root = unsafe { libc::geteuid() } == 0;
-    if !root {
-        eprintln!("skipping: live tests need root");
-    }
-    root
-}
 
 fn show(v: &[Value]) -> String {
     v.iter()
@@ -65,31 +46,19 @@ fn show(v: &[Value]) -> String {
 /// replay each gave exactly the expected diagnoses. `None` when the scenario had to be
 /// skipped (not root, or a program it needs is missing).
 fn judge(name: &str) -> Result<Option<Outcome>> {
-    if !root() {
-        return Ok(None);
-    }
-    let _serial = serial();
-    let s = scenarios::find(name).with_context(|| format!("no scenario {name}"))?;
-    let missing = s.missing_programs();
-    if !missing.is_empty() {
-        eprintln!("skipping {name}: {} not installed", missing.join(", "));
-        return Ok(None);
-    }
-    let started = Instant::now();
-    let detector = detector_bin()?;
     let out = std::env::temp_dir().join(format!("live-precision-{}", std::process::id()));
-    let outcome = scenarios::run(s, &out, &detector)?;
-    let (replayed, summary) =
-        scenarios::replay(&detector, &outcome.pcap, s.idle_threshold_s, s.agent_args)?;
+    let Some(j) = play_and_replay(name, &out, "live tests")? else {
+        return Ok(None);
+    };
     println!(
-        "{name}: {:.1} s; expected {}; live {}; replayed {}",
-        started.elapsed().as_secs_f64(),
-        outcome.expected.summary(),
-        scenarios::summary_of(&outcome.live),
-        scenarios::summary_of(&replayed)
+        "{name}: {:.1} s; expected {}; live {}; j.replayed {}",
+        j.took.as_secs_f64(),
+        j.outcome.expected.summary(),
+        scenarios::summary_of(&j.outcome.live),
+        scenarios::summary_of(&j.replayed)
     );
     // The counters issue 8 is about, shown whatever the verdict.
-    let m = &outcome.metrics;
+    let m = &j.outcome.metrics;
     for series in [
         "detector_kernel_flows_created_total",
         "detector_kernel_flows_evicted_total",
@@ -101,28 +70,33 @@ fn judge(name: &str) -> Result<Option<Outcome>> {
     for reason in ["midstream_adopted", "unconfirmed_reset"] {
         println!("  abstained {reason}: {:?}", abstained(m, reason));
     }
-    let live_problems = outcome.expected.check(&outcome.live);
+    let live_problems = j.outcome.expected.check(&j.outcome.live);
     ensure!(
         live_problems.is_empty(),
         "{name}: the live agent got it wrong:\n  {}\nlive:\n  {}\nfiles in {}",
         live_problems.join("\n  "),
-        show(&outcome.live),
+        show(&j.outcome.live),
         out.display()
     );
-    let replay_problems = outcome.expected.check(&replayed);
+    let replay_problems = j.outcome.expected.check(&j.replayed);
     ensure!(
         replay_problems.is_empty(),
-        "{name}: replay of {} got it wrong:\n  {}\nreplayed:\n  {}\n{summary}",
-        outcome.pcap.display(),
+        "{name}: replay of {} got it wrong:\n  {}\nreplayed:\n  {}\n{}",
+        j.outcome.pcap.display(),
         replay_problems.join("\n  "),
-        show(&replayed)
+        show(&j.replayed),
+        j.summary
     );
     // Files stay only when something was wrong, for a post-mortem.
-    for f in [&outcome.pcap, &outcome.expected_path, &outcome.live_path] {
+    for f in [
+        &j.outcome.pcap,
+        &j.outcome.expected_path,
+        &j.outcome.live_path,
+    ] {
         let _ = std::fs::remove_file(f);
     }
     let _ = std::fs::remove_dir(&out);
-    Ok(Some(outcome))
+    Ok(Some(j.outcome))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -270,7 +244,7 @@ const SETTLE: Duration = Duration::from_millis(1500);
 /// diagnosis, and `tls_sync_lost` 0 in all four.
 #[test]
 fn bulk_transfers_keep_the_record_walker_in_sync() -> Result<()> {
-    if !root() {
+    if !root("live tests") {
         return Ok(());
     }
     let _serial = serial();

@@ -7,117 +7,36 @@
 use std::{
     collections::BTreeSet,
     net::{IpAddr, SocketAddr},
-    path::Path,
-    sync::{Mutex, MutexGuard},
     thread,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-use anyhow::{Context as _, Result, bail, ensure};
+use anyhow::{Context as _, Result};
 use detector_lab::{
-    DEFAULT_CN, Lab, LabProcess, NginxSite,
-    agent::{LiveAgent, identity, replay},
-    cert_args, path_str,
+    DEFAULT_CN, NginxSite,
+    agent::metric,
+    cert_args,
+    clients::{T, run_text, session_line},
+    fixture::{RouterRun, SETTLE, Watch, finish, ids, replay_matches, serial},
+    path_str,
     relay::{Relay, Resumption, Verdict},
-    s_client_args, url,
+    s_client_args,
+    scenarios::{
+        clean::{RESUMPTIONS, interactive, new_session, resume_accepted},
+        renegotiation::renegotiated_session,
+        resumption::resume_offered,
+    },
+    url,
 };
 use serde_json::Value;
 
-const T: Duration = Duration::from_secs(15);
-/// After the last traffic: longer than the agent's correlation window (0.5 s), so a late
-/// second diagnosis for a session would show.
-const SETTLE: Duration = Duration::from_millis(1500);
-
-/// The tests of this file take turns. Each starts an agent, and loading it runs the BPF
-/// verifier over the XDP and TC programs for seconds of CPU time; several loads at once on
-/// a small machine can outlast the agent's start-up bound, and a scenario's timing would
-/// then depend on its neighbours.
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> MutexGuard<'static, ()> {
-    // A failed test poisons the lock; the next one may still run.
-    SERIAL
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-fn count(hay: &str, needle: &str) -> usize {
-    hay.matches(needle).count()
-}
-
-/// Waits (bounded) until `needle` shows at least `n` times in the output of `p`.
-fn wait_count(p: &LabProcess, needle: &str, n: usize, timeout: Duration) -> Result<()> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let out = p.output();
-        if count(&out, needle) >= n {
-            return Ok(());
-        }
-        if Instant::now() > deadline || p.try_wait()?.is_some() {
-            bail!(
-                "{needle:?} seen {} times, expected {n}, in the output of `{}`:\n{out}",
-                count(&out, needle),
-                p.command()
-            );
-        }
-        thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// One HTTP exchange with an `s_server -www`: s_client sends a GET, waits for the whole
-/// page (by then a TLS 1.3 client has read the server's NewSessionTickets, so `-sess_out`
-/// holds a resumable session), and exits when the server closes. Returns its output.
-fn www_get(lab: &Lab, name: &str, args: &[String]) -> Result<String> {
-    let mut cli = lab.spawn_with_stdin(lab.client_ns(), name, args)?;
-    cli.write_stdin(b"GET / HTTP/1.0\r\n\r\n")?;
-    cli.wait_for_output("</HTML>", T)?;
-    cli.close_stdin();
-    cli.wait_timeout(T)?;
-    Ok(cli.output())
-}
-
-/// The first "New, ..." or "Reused, ..." line s_client printed about its own session.
-fn session_line(out: &str) -> &str {
-    out.lines()
-        .find(|l| l.starts_with("New, ") || l.starts_with("Reused, "))
-        .unwrap_or("")
-}
-
-fn metric(text: &str, name: &str) -> Option<f64> {
-    text.lines()
-        .find(|l| l.split([' ', '{']).next() == Some(name))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
-
-fn ids(v: &[Value]) -> BTreeSet<(String, String, String)> {
-    v.iter().map(identity).collect()
-}
-
-fn replay_matches(capture: &Path, live: &[Value]) {
-    let (replayed, summary) = replay(capture, &[]).expect("replay");
-    assert_eq!(
-        ids(&replayed),
-        ids(live),
-        "replay of {} disagrees with live; replayed {replayed:#?}\nsummary: {summary}",
-        capture.display()
-    );
-}
-
-/// Stops the agent after a settling pause, and checks nothing showed up late.
-fn finish(agent: LiveAgent, lab: &Lab, expected: usize) -> Result<(Vec<Value>, String)> {
-    let live = agent.wait_for(expected, T)?;
-    thread::sleep(SETTLE);
-    let metrics = agent.metrics(lab)?;
-    let out = agent.process.output();
-    let fin = agent.stop()?;
-    ensure!(
-        fin.len() == expected && live.len() == expected,
-        "expected {expected} diagnoses, got {} (then {} at stop); agent output:\n{out}",
-        live.len(),
-        fin.len()
-    );
-    Ok((fin, metrics))
+/// The relay tests' set-up: tcpdump and the agent (with TC egress, for the relay's
+/// answers) on the router's client side, and where a relay on the router listens: its
+/// client-side address, port 443.
+fn relay_run() -> Result<(RouterRun, SocketAddr)> {
+    let run = RouterRun::start(Watch::ClientSide, &[])?;
+    let relay_ip = run.lab.iface(&run.rc).context("router client iface")?.v4;
+    Ok((run, SocketAddr::new(relay_ip.into(), 443)))
 }
 
 fn client_ip(d: &Value) -> IpAddr {
@@ -141,33 +60,16 @@ fn history(d: &Value) -> &str {
 #[test]
 fn server_hello_request_from_openssl_renegotiation() -> Result<()> {
     let _serial = serial();
-    let lab = Lab::routed()?;
-    let (router, rc, rs) = lab.router_parts()?;
-    let capture = lab.capture(&router, &rs, "router.pcap")?;
-    let agent = LiveAgent::start(&lab, &router, &[&rc, &rs], &["--no-egress"])?;
+    let RouterRun {
+        lab,
+        capture,
+        agent,
+        ..
+    } = RouterRun::start(Watch::BothSides, &[])?;
 
-    let tls = lab.tls_cert(DEFAULT_CN)?;
-    let mut args = vec!["-tls1_2".to_string()];
-    args.extend(cert_args(&tls)?);
-    let mut srv = lab.s_server(lab.server_ns(), 443, &args)?;
-    let connect = SocketAddr::new(lab.server_v4().into(), 443);
     // -msg: s_client prints every handshake message, so the test can see the
     // HelloRequest arrive and the second handshake complete.
-    let cli_args = s_client_args(connect, &tls.ca_cert, &["-tls1_2", "-msg"])?;
-    let mut cli = lab.spawn_with_stdin(lab.client_ns(), "s_client-reneg", &cli_args)?;
-
-    cli.write_stdin(b"hello from the client\n")?;
-    srv.wait_for_output("hello from the client", T)?;
-    srv.write_stdin(b"hello from the server\n")?;
-    cli.wait_for_output("hello from the server", T)?;
-    srv.write_stdin(b"r\n")?;
-    srv.wait_for_output("SSL_do_handshake -> 1", T)?;
-    cli.wait_for_output("], HelloRequest", T)?;
-    // The client answers with a new ClientHello, and the server completes the handshake.
-    wait_count(&cli, "], ClientHello\n", 2, T)?;
-    wait_count(&cli, "], ServerHello\n", 2, T)?;
-    cli.write_stdin(b"after renegotiation from the client\n")?;
-    srv.wait_for_output("after renegotiation from the client", T)?;
+    let (mut srv, mut cli, connect) = renegotiated_session(&lab)?;
     srv.write_stdin(b"after renegotiation from the server\n")?;
     cli.wait_for_output("after renegotiation from the server", T)?;
     cli.close_stdin();
@@ -205,19 +107,15 @@ fn server_hello_request_from_openssl_renegotiation() -> Result<()> {
 #[test]
 fn resumption_rejected_by_inspecting_relay() -> Result<()> {
     let _serial = serial();
-    let lab = Lab::routed()?;
-    let (router, rc, _) = lab.router_parts()?;
-    let relay_ip = lab.iface(&rc).context("router client iface")?.v4;
-    let relay_addr = SocketAddr::new(relay_ip.into(), 443);
-    let capture = lab.capture(&router, &rc, "router-client-side.pcap")?;
-    let agent = LiveAgent::start(&lab, &router, &[&rc], &[])?;
+    let (run, relay_addr) = relay_run()?;
+    let (lab, router, capture, agent) = (&run.lab, run.router.as_str(), run.capture, run.agent);
 
     let tls = lab.tls_cert(DEFAULT_CN)?;
     let mut args = vec!["-www".to_string()];
     args.extend(cert_args(&tls)?);
     let _srv = lab.s_server(lab.server_ns(), 443, &args)?;
     let relay = Relay::start(
-        Some(&router),
+        Some(router),
         relay_addr,
         SocketAddr::new(lab.server_v4().into(), 443),
     )?;
@@ -228,32 +126,16 @@ fn resumption_rejected_by_inspecting_relay() -> Result<()> {
         (Resumption::Tls13Psk, &["-tls1_3"]),
     ];
     for (i, (method, flags)) in methods.iter().enumerate() {
-        let sess = lab.dir().join(format!("{method}.sess"));
-        let sess = path_str(&sess)?;
-        let mut first = flags.to_vec();
-        first.extend(["-sess_out", sess]);
-        let out = www_get(
-            &lab,
-            &format!("s_client-{method}-full"),
-            &s_client_args(relay_addr, &tls.ca_cert, &first)?,
-        )?;
+        let (out, ok, text) = resume_offered(lab, relay_addr, &tls.ca_cert, *method, flags)?;
         assert!(session_line(&out).starts_with("New, "), "{method}: {out}");
-        ensure!(
-            Path::new(sess).is_file(),
-            "{method}: s_client wrote no session to {sess}:\n{out}"
-        );
-
-        let mut second = flags.to_vec();
-        second.extend(["-sess_in", sess]);
-        let args = s_client_args(relay_addr, &tls.ca_cert, &second)?;
-        let out = lab.run(lab.client_ns(), &args, T)?;
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
+        let sess = lab.dir().join(format!("{method}.sess"));
+        assert!(
+            sess.is_file(),
+            "{method}: s_client wrote no session to {}:\n{out}",
+            sess.display()
         );
         assert!(
-            !out.status.success() && text.contains("alert handshake failure"),
+            !ok && text.contains("alert handshake failure"),
             "{method}: the resuming client should have got the relay's alert:\n{text}"
         );
         let conns = relay.wait_connections(2 * i + 2, T)?;
@@ -271,7 +153,7 @@ fn resumption_rejected_by_inspecting_relay() -> Result<()> {
 
     let conns = relay.connections();
     assert_eq!(conns.len(), 6, "{conns:#?}");
-    let (live, metrics) = finish(agent, &lab, 3)?;
+    let (live, metrics) = finish(agent, lab, 3)?;
     let want: BTreeSet<(String, String, String)> = conns
         .iter()
         .filter(|c| matches!(c.verdict, Verdict::Rejected(_)))
@@ -326,10 +208,12 @@ fn resumption_rejected_by_inspecting_relay() -> Result<()> {
 #[test]
 fn openssl_handshake_failures() -> Result<()> {
     let _serial = serial();
-    let lab = Lab::routed()?;
-    let (router, rc, rs) = lab.router_parts()?;
-    let capture = lab.capture(&router, &rs, "router.pcap")?;
-    let agent = LiveAgent::start(&lab, &router, &[&rc, &rs], &["--no-egress"])?;
+    let RouterRun {
+        lab,
+        capture,
+        agent,
+        ..
+    } = RouterRun::start(Watch::BothSides, &[])?;
 
     let trusted = lab.tls_cert(DEFAULT_CN)?;
     let untrusted = lab.untrusted_cert()?;
@@ -377,15 +261,9 @@ fn openssl_handshake_failures() -> Result<()> {
     ];
     let mut want = Vec::new();
     for (flags, server, says, client, sender, description) in &cases {
-        let args = s_client_args(*server, &trusted.ca_cert, flags)?;
-        let out = lab.run(lab.client_ns(), &args, T)?;
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let (ok, text) = run_text(&lab, &s_client_args(*server, &trusted.ca_cert, flags)?)?;
         assert!(
-            !out.status.success() && text.contains(says),
+            !ok && text.contains(says),
             "{flags:?} to {server}: expected a failure saying {says:?}:\n{text}"
         );
         want.push((
@@ -445,10 +323,12 @@ fn openssl_handshake_failures() -> Result<()> {
 #[test]
 fn clean_sessions_give_nothing() -> Result<()> {
     let _serial = serial();
-    let lab = Lab::routed()?;
-    let (router, rc, rs) = lab.router_parts()?;
-    let capture = lab.capture(&router, &rs, "router.pcap")?;
-    let agent = LiveAgent::start(&lab, &router, &[&rc, &rs], &["--no-egress"])?;
+    let RouterRun {
+        lab,
+        capture,
+        agent,
+        ..
+    } = RouterRun::start(Watch::BothSides, &[])?;
 
     let s_ns = lab.server_ns();
     let s4 = IpAddr::from(lab.server_v4());
@@ -468,28 +348,15 @@ fn clean_sessions_give_nothing() -> Result<()> {
 
     // Interactive sessions, data both ways.
     for version in ["-tls1_2", "-tls1_3"] {
-        let args = s_client_args(SocketAddr::new(s4, 4433), &tls.ca_cert, &[version])?;
-        let mut cli =
-            lab.spawn_with_stdin(lab.client_ns(), &format!("s_client{version}"), &args)?;
-        let (to_srv, to_cli) = (
+        let lines = [(
             format!("client line {version}\n"),
             format!("server line {version}\n"),
-        );
-        cli.write_stdin(to_srv.as_bytes())?;
-        srv.wait_for_output(&to_srv, T)?;
-        srv.write_stdin(to_cli.as_bytes())?;
-        cli.wait_for_output(&to_cli, T)?;
-        cli.close_stdin();
-        cli.wait_timeout(T)?;
-        let want = if version == "-tls1_2" {
-            "New, TLSv1.2"
-        } else {
-            "New, TLSv1.3"
-        };
+        )];
+        let connect = SocketAddr::new(s4, 4433);
+        let out = interactive(&lab, &mut srv, connect, &tls.ca_cert, version, &lines)?;
         assert!(
-            session_line(&cli.output()).starts_with(want),
-            "{}",
-            cli.output()
+            session_line(&out).starts_with(new_session(version)),
+            "{out}"
         );
     }
 
@@ -497,33 +364,8 @@ fn clean_sessions_give_nothing() -> Result<()> {
 
     // Resumption straight to the server: offered and accepted.
     let www = SocketAddr::new(s4, 8443);
-    let methods: [(&str, &[&str]); 3] = [
-        ("tls12_session_id", &["-tls1_2", "-no_ticket"]),
-        ("tls12_session_ticket", &["-tls1_2"]),
-        ("tls13_psk", &["-tls1_3"]),
-    ];
-    for (method, flags) in methods {
-        let sess = lab.dir().join(format!("clean-{method}.sess"));
-        let sess = path_str(&sess)?;
-        let mut first = flags.to_vec();
-        first.extend(["-sess_out", sess]);
-        let out = www_get(
-            &lab,
-            &format!("s_client-{method}-full"),
-            &s_client_args(www, &tls.ca_cert, &first)?,
-        )?;
-        assert!(session_line(&out).starts_with("New, "), "{method}: {out}");
-        let mut second = flags.to_vec();
-        second.extend(["-sess_in", sess]);
-        let out = www_get(
-            &lab,
-            &format!("s_client-{method}-resumed"),
-            &s_client_args(www, &tls.ca_cert, &second)?,
-        )?;
-        assert!(
-            session_line(&out).starts_with("Reused, "),
-            "{method}: not resumed:\n{out}"
-        );
+    for (method, flags) in RESUMPTIONS {
+        resume_accepted(&lab, www, &tls.ca_cert, method, flags)?;
     }
 
     phases.push(("resumptions", agent.metrics(&lab)?));
@@ -589,13 +431,9 @@ fn clean_sessions_give_nothing() -> Result<()> {
 #[test]
 fn relay_reset_after_client_hello_is_handshake_reset() -> Result<()> {
     let _serial = serial();
-    let lab = Lab::routed()?;
-    let (router, rc, _) = lab.router_parts()?;
-    let relay_ip = lab.iface(&rc).context("router client iface")?.v4;
-    let relay_addr = SocketAddr::new(relay_ip.into(), 443);
-    let capture = lab.capture(&router, &rc, "router-client-side.pcap")?;
-    let agent = LiveAgent::start(&lab, &router, &[&rc], &[])?;
-    let relay = Relay::start_resetting(Some(&router), relay_addr)?;
+    let (run, relay_addr) = relay_run()?;
+    let (lab, router, capture, agent) = (&run.lab, run.router.as_str(), run.capture, run.agent);
+    let relay = Relay::start_resetting(Some(router), relay_addr)?;
     let tls = lab.tls_cert(DEFAULT_CN)?;
 
     let out = lab.run(

@@ -47,6 +47,9 @@ enum Task {
     /// The lab: every field case played by real software (nginx, openssl, curl, nftables)
     /// in network namespaces, with the agent live on the router; writes OUT/NAME.pcap,
     /// NAME.expected.json, NAME.live.json. Needs root.
+    // These options mirror the lab binary's own (tests/lab/src/bin/lab/main.rs), which is
+    // built and run from here: xtask does not link the lab (that would build the eBPF
+    // programs before anything else), so it keeps its own copy of their descriptions.
     Lab {
         /// Scenarios to play (names, or prefixes such as `clean`); all when none given.
         scenarios: Vec<String>,

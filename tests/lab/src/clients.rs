@@ -3,27 +3,33 @@
 
 use std::{
     net::{IpAddr, SocketAddr},
+    path::Path,
     thread,
     time::{Duration, Instant},
 };
 
 use anyhow::{Result, bail};
 
-use crate::{netns::Lab, process::LabProcess, util::tail};
+use crate::{
+    certs::{path_str, s_client_args},
+    netns::Lab,
+    process::LabProcess,
+    util::tail,
+};
 
 /// Bound for each step of a scenario (a client run, a server answer).
-pub(crate) const T: Duration = Duration::from_secs(15);
+pub const T: Duration = Duration::from_secs(15);
 
-pub(crate) fn c4(lab: &Lab) -> IpAddr {
+pub fn c4(lab: &Lab) -> IpAddr {
     lab.client_v4().into()
 }
 
-pub(crate) fn s4(lab: &Lab, port: u16) -> SocketAddr {
+pub fn s4(lab: &Lab, port: u16) -> SocketAddr {
     SocketAddr::new(lab.server_v4().into(), port)
 }
 
 /// Runs a client to completion and returns stdout and stderr together.
-pub(crate) fn run_text(lab: &Lab, args: &[impl AsRef<std::ffi::OsStr>]) -> Result<(bool, String)> {
+pub fn run_text(lab: &Lab, args: &[impl AsRef<std::ffi::OsStr>]) -> Result<(bool, String)> {
     let out = lab.run(lab.client_ns(), args, T)?;
     Ok((
         out.status.success(),
@@ -35,12 +41,12 @@ pub(crate) fn run_text(lab: &Lab, args: &[impl AsRef<std::ffi::OsStr>]) -> Resul
     ))
 }
 
-pub(crate) fn count(hay: &str, needle: &str) -> usize {
+pub fn count(hay: &str, needle: &str) -> usize {
     hay.matches(needle).count()
 }
 
 /// Waits (bounded) until `needle` shows at least `n` times in the output of `p`.
-pub(crate) fn wait_count(p: &LabProcess, needle: &str, n: usize, timeout: Duration) -> Result<()> {
+pub fn wait_count(p: &LabProcess, needle: &str, n: usize, timeout: Duration) -> Result<()> {
     let deadline = Instant::now() + timeout;
     loop {
         let out = p.output();
@@ -60,7 +66,7 @@ pub(crate) fn wait_count(p: &LabProcess, needle: &str, n: usize, timeout: Durati
 }
 
 /// One HTTP exchange with an `s_server -www`; returns s_client's output.
-pub(crate) fn www_get(lab: &Lab, name: &str, args: &[String]) -> Result<String> {
+pub fn www_get(lab: &Lab, name: &str, args: &[String]) -> Result<String> {
     let mut cli = lab.spawn_with_stdin(lab.client_ns(), name, args)?;
     cli.write_stdin(b"GET / HTTP/1.0\r\n\r\n")?;
     cli.wait_for_output("</HTML>", T)?;
@@ -70,14 +76,38 @@ pub(crate) fn www_get(lab: &Lab, name: &str, args: &[String]) -> Result<String> 
 }
 
 /// The first "New, ..." or "Reused, ..." line s_client printed about its session.
-pub(crate) fn session_line(out: &str) -> &str {
+pub fn session_line(out: &str) -> &str {
     out.lines()
         .find(|l| l.starts_with("New, ") || l.starts_with("Reused, "))
         .unwrap_or("")
 }
 
-pub(crate) fn curl(lab: &Lab, extra: &[&str]) -> Result<std::process::Output> {
+pub fn curl(lab: &Lab, extra: &[&str]) -> Result<std::process::Output> {
     let mut args = vec!["curl", "-sS", "--max-time", "10", "--noproxy", "*"];
     args.extend_from_slice(extra);
     lab.run(lab.client_ns(), &args, T)
+}
+
+/// A full handshake with an s_server `-www` at `server` (or a relay in front of one) with
+/// `flags`, saving its session to LAB_DIR/STEM.sess. Returns s_client's output, and the
+/// arguments of a second s_client that offers the saved session.
+pub fn save_session(
+    lab: &Lab,
+    server: SocketAddr,
+    ca: &Path,
+    (method, stem): (&str, &str),
+    flags: &[&str],
+) -> Result<(String, Vec<String>)> {
+    let sess = lab.dir().join(format!("{stem}.sess"));
+    let sess = path_str(&sess)?;
+    let mut first = flags.to_vec();
+    first.extend(["-sess_out", sess]);
+    let out = www_get(
+        lab,
+        &format!("s_client-{method}-full"),
+        &s_client_args(server, ca, &first)?,
+    )?;
+    let mut second = flags.to_vec();
+    second.extend(["-sess_in", sess]);
+    Ok((out, s_client_args(server, ca, &second)?))
 }

@@ -27,6 +27,39 @@ fn root() -> bool {
     root
 }
 
+/// A fresh lab of `topology`, or `None` (the test then passes with a note) when not root.
+fn lab_as_root(topology: Topology) -> Option<Lab> {
+    root().then(|| Lab::new(topology).unwrap())
+}
+
+/// Pings each server address from the client, if ping is installed (whether it is).
+fn ping_servers(lab: &Lab) -> bool {
+    let installed = find_in_path("ping").is_some();
+    if installed {
+        for addr in lab.server_addrs() {
+            lab.run_ok(
+                lab.client_ns(),
+                &["ping", "-c", "1", "-W", "2", &addr.to_string()],
+                T,
+            )
+            .unwrap();
+        }
+    }
+    installed
+}
+
+/// The CA file that verifies a TLS nginx's certificate, as a command-line argument.
+fn ca_of(nginx: &Nginx) -> String {
+    nginx
+        .tls
+        .as_ref()
+        .unwrap()
+        .ca_cert
+        .to_str()
+        .unwrap()
+        .to_owned()
+}
+
 fn netns_list() -> String {
     let out = run_host(&["ip", "netns", "list"], T).unwrap();
     String::from_utf8_lossy(&out.stdout).into_owned()
@@ -93,10 +126,9 @@ fn ss_output_parses() {
 
 #[test]
 fn direct_topology_ping_and_http() {
-    if !root() {
+    let Some(lab) = lab_as_root(Topology::Direct) else {
         return;
-    }
-    let lab = Lab::direct().unwrap();
+    };
     assert_eq!(lab.namespaces().len(), 2);
     assert!(lab.router_ns().is_none() && lab.router_client_if().is_none());
     assert_eq!(lab.iface_ns(lab.client_if()), Some(lab.client_ns()));
@@ -106,16 +138,7 @@ fn direct_topology_ping_and_http() {
             .iter()
             .all(|i| i.name.len() <= IFNAME_MAX && i.name.contains(lab.tag()))
     );
-    if find_in_path("ping").is_some() {
-        for addr in lab.server_addrs() {
-            lab.run_ok(
-                lab.client_ns(),
-                &["ping", "-c", "1", "-W", "2", &addr.to_string()],
-                T,
-            )
-            .unwrap();
-        }
-    } else {
+    if !ping_servers(&lab) {
         eprintln!("note: ping not installed, skipping the ping check");
     }
     let site = NginxSite {
@@ -140,10 +163,9 @@ fn direct_topology_ping_and_http() {
 
 #[test]
 fn routed_topology_tls_through_router() {
-    if !root() {
+    let Some(lab) = lab_as_root(Topology::Routed) else {
         return;
-    }
-    let lab = Lab::routed().unwrap();
+    };
     let router = lab.router_ns().unwrap().to_owned();
     assert_eq!(lab.namespaces().len(), 3);
     assert_eq!(
@@ -187,14 +209,7 @@ fn routed_topology_tls_through_router() {
         ..Default::default()
     };
     let nginx = lab.nginx(lab.server_ns(), site).unwrap();
-    let ca = nginx
-        .tls
-        .as_ref()
-        .unwrap()
-        .ca_cert
-        .to_str()
-        .unwrap()
-        .to_owned();
+    let ca = ca_of(&nginx);
     for addr in lab.server_addrs() {
         let body = curl(
             &lab,
@@ -211,25 +226,15 @@ fn routed_topology_tls_through_router() {
         &nginx.url(lab.server_v6().into(), "/big"),
     );
     assert_eq!(size, (4 << 20).to_string());
-    if find_in_path("ping").is_some() {
-        for addr in lab.server_addrs() {
-            lab.run_ok(
-                lab.client_ns(),
-                &["ping", "-c", "1", "-W", "2", &addr.to_string()],
-                T,
-            )
-            .unwrap();
-        }
-    }
+    ping_servers(&lab);
     assert_no_default_routes(&lab);
 }
 
 #[test]
 fn capture_records_packets() {
-    if !root() {
+    let Some(lab) = lab_as_root(Topology::Routed) else {
         return;
-    }
-    let lab = Lab::routed().unwrap();
+    };
     let router = lab.router_ns().unwrap();
     let cap = lab
         .capture(router, lab.router_server_if().unwrap(), "router.pcap")
@@ -243,14 +248,7 @@ fn capture_records_packets() {
             },
         )
         .unwrap();
-    let ca = nginx
-        .tls
-        .as_ref()
-        .unwrap()
-        .ca_cert
-        .to_str()
-        .unwrap()
-        .to_owned();
+    let ca = ca_of(&nginx);
     let url = nginx.url(lab.server_v4().into(), "/");
     assert_eq!(
         curl(&lab, lab.client_ns(), &["--cacert", &ca], &url),
@@ -281,10 +279,9 @@ fn capture_records_packets() {
 
 #[test]
 fn drop_removes_namespaces_processes_and_dir() {
-    if !root() {
+    let Some(lab) = lab_as_root(Topology::Routed) else {
         return;
-    }
-    let lab = Lab::routed().unwrap();
+    };
     let (tag, dir) = (lab.tag().to_owned(), lab.dir().to_owned());
     let mut handles = Vec::new();
     for ns in lab.namespaces() {
@@ -408,10 +405,9 @@ fn sweep_stale_removes_only_dead_owners() {
 
 #[test]
 fn in_netns_runs_inside_the_namespace() {
-    if !root() {
+    let Some(lab) = lab_as_root(Topology::Direct) else {
         return;
-    }
-    let lab = Lab::direct().unwrap();
+    };
     let nginx = lab.nginx(lab.server_ns(), NginxSite::default()).unwrap();
     let server = SocketAddr::new(lab.server_v4().into(), nginx.port);
     let response = in_netns(lab.client_ns(), || -> io::Result<String> {
@@ -437,10 +433,9 @@ fn in_netns_runs_inside_the_namespace() {
 
 #[test]
 fn run_timeout_names_the_command() {
-    if !root() {
+    let Some(lab) = lab_as_root(Topology::Direct) else {
         return;
-    }
-    let lab = Lab::direct().unwrap();
+    };
     let start = Instant::now();
     let err = lab
         .run(
@@ -475,10 +470,9 @@ fn run_timeout_names_the_command() {
 
 #[test]
 fn s_server_stdin_and_unknown_ca() {
-    if !root() {
+    let Some(lab) = lab_as_root(Topology::Direct) else {
         return;
-    }
-    let lab = Lab::direct().unwrap();
+    };
     let good = lab.tls_cert(DEFAULT_CN).unwrap();
     let bad = lab.untrusted_cert().unwrap();
     assert_eq!(
@@ -514,17 +508,20 @@ fn s_server_stdin_and_unknown_ca() {
     let mut srv = lab.s_server(lab.server_ns(), 4433, &files(&good)).unwrap();
     let connect = SocketAddr::new(lab.server_v6().into(), 4433).to_string();
     let ca = good.ca_cert.to_str().unwrap();
-    let client_args = [
-        "openssl",
-        "s_client",
-        "-connect",
-        &connect,
-        "-CAfile",
-        ca,
-        "-verify_return_error",
-    ];
+    let client_args = |connect: &str| {
+        [
+            "openssl",
+            "s_client",
+            "-connect",
+            connect,
+            "-CAfile",
+            ca,
+            "-verify_return_error",
+        ]
+        .map(String::from)
+    };
     let mut cli = lab
-        .spawn_with_stdin(lab.client_ns(), "s_client", &client_args)
+        .spawn_with_stdin(lab.client_ns(), "s_client", &client_args(&connect))
         .unwrap();
     srv.wait_for_output("CIPHER is", T).unwrap();
     cli.write_stdin(b"hello from the client\n").unwrap();
@@ -541,21 +538,7 @@ fn s_server_stdin_and_unknown_ca() {
 
     let _bad_srv = lab.s_server(lab.server_ns(), 4434, &files(&bad)).unwrap();
     let connect = SocketAddr::new(lab.server_v4().into(), 4434).to_string();
-    let out = lab
-        .run(
-            lab.client_ns(),
-            &[
-                "openssl",
-                "s_client",
-                "-connect",
-                &connect,
-                "-CAfile",
-                ca,
-                "-verify_return_error",
-            ],
-            T,
-        )
-        .unwrap();
+    let out = lab.run(lab.client_ns(), &client_args(&connect), T).unwrap();
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -569,10 +552,9 @@ fn s_server_stdin_and_unknown_ca() {
 
 #[test]
 fn set_offloads_toggles_segmentation() {
-    if !root() {
+    let Some(lab) = lab_as_root(Topology::Direct) else {
         return;
-    }
-    let lab = Lab::direct().unwrap();
+    };
     let (ns, iface) = (lab.server_ns(), lab.server_if());
     lab.set_offloads(ns, iface, false).unwrap();
     if find_in_path("ethtool").is_none() {

@@ -11,6 +11,7 @@
 //! - [`capture`]: tcpdump captures; [`pcapfile`]: reading, writing and re-timing them;
 //! - [`certs`]: a lab CA and server certificates; [`servers`]: nginx and s_server;
 //! - [`agent`]: the `detector` binary, live in a namespace or replaying a capture;
+//!   [`fixture`]: the lab + router + capture + agent set-up of the live tests;
 //! - [`scenarios`]: the field cases as scenarios (registry, expectations, runners, one module
 //!   a field case);
 //! - [`relay`]: the inspecting relay of field case 2; [`idle_lab`], [`long_lived`],
@@ -21,7 +22,7 @@ pub mod agent;
 pub mod capture;
 pub mod certs;
 pub mod clients;
-
+pub mod fixture;
 pub mod idle_lab;
 pub mod long_lived;
 pub mod netns;

@@ -41,6 +41,17 @@ pub struct NginxSite<'a> {
     pub extra_server: &'a str,
 }
 
+impl NginxSite<'_> {
+    /// Plain HTTP on `port`, the rest as by default.
+    pub fn plain(port: u16) -> Self {
+        NginxSite {
+            tls: false,
+            port,
+            ..Default::default()
+        }
+    }
+}
+
 /// A running nginx started by [`Lab::nginx`].
 #[derive(Debug)]
 pub struct Nginx {

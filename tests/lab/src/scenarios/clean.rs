@@ -1,6 +1,12 @@
 //! Clean controls: nothing may be diagnosed.
 
-use std::{fs, net::IpAddr, thread, time::Duration};
+use std::{
+    fs,
+    net::{IpAddr, SocketAddr},
+    path::Path,
+    thread,
+    time::Duration,
+};
 
 use anyhow::{Context as _, Result, ensure};
 
@@ -8,6 +14,7 @@ use crate::{
     certs::{DEFAULT_CN, cert_args, path_str, s_client_args},
     clients::*,
     netns::Lab,
+    process::LabProcess,
     servers::{NginxSite, url},
 };
 
@@ -16,31 +23,53 @@ use super::{expect::*, runner::*, *};
 pub(crate) fn clean_interactive(lab: &Lab, version: &str) -> Result<Played> {
     let tls = lab.tls_cert(DEFAULT_CN)?;
     let mut srv = lab.s_server(lab.server_ns(), 4433, &cert_args(&tls)?)?;
-    let args = s_client_args(s4(lab, 4433), &tls.ca_cert, &[version])?;
+    let lines: Vec<(String, String)> = (0..3)
+        .map(|i| {
+            (
+                format!("client line {i} {version}\n"),
+                format!("server line {i} {version}\n"),
+            )
+        })
+        .collect();
+    let out = interactive(lab, &mut srv, s4(lab, 4433), &tls.ca_cert, version, &lines)?;
+    ensure!(
+        session_line(&out).starts_with(new_session(version)),
+        "{out}"
+    );
+    Ok(Played::new(Vec::new(), MustNot::Nothing).keep(srv))
+}
+
+/// An interactive s_client session with `version` (`-tls1_2`, `-tls1_3`) to `srv`, an
+/// s_server at `connect`: each (to the server, to the client) line pair is sent and waited
+/// for at the other end, then the client closes. Returns s_client's output.
+pub fn interactive(
+    lab: &Lab,
+    srv: &mut LabProcess,
+    connect: SocketAddr,
+    ca: &Path,
+    version: &str,
+    lines: &[(String, String)],
+) -> Result<String> {
+    let args = s_client_args(connect, ca, &[version])?;
     let mut cli = lab.spawn_with_stdin(lab.client_ns(), &format!("s_client{version}"), &args)?;
-    for i in 0..3 {
-        let (to_srv, to_cli) = (
-            format!("client line {i} {version}\n"),
-            format!("server line {i} {version}\n"),
-        );
+    for (to_srv, to_cli) in lines {
         cli.write_stdin(to_srv.as_bytes())?;
-        srv.wait_for_output(&to_srv, T)?;
+        srv.wait_for_output(to_srv, T)?;
         srv.write_stdin(to_cli.as_bytes())?;
-        cli.wait_for_output(&to_cli, T)?;
+        cli.wait_for_output(to_cli, T)?;
     }
     cli.close_stdin();
     cli.wait_timeout(T)?;
-    let want = if version == "-tls1_2" {
+    Ok(cli.output())
+}
+
+/// How s_client names a new session of `version` (`-tls1_2`, `-tls1_3`).
+pub fn new_session(version: &str) -> &'static str {
+    if version == "-tls1_2" {
         "New, TLSv1.2"
     } else {
         "New, TLSv1.3"
-    };
-    ensure!(
-        session_line(&cli.output()).starts_with(want),
-        "{}",
-        cli.output()
-    );
-    Ok(Played::new(Vec::new(), MustNot::Nothing).keep(srv))
+    }
 }
 
 pub(crate) fn clean_tls12(lab: &Lab) -> Result<Played> {
@@ -52,46 +81,54 @@ pub(crate) fn clean_tls13(lab: &Lab) -> Result<Played> {
 }
 
 /// Resumption straight to s_server: offered and accepted.
-pub(crate) fn clean_resume(lab: &Lab, method: &str, flags: &[&str]) -> Result<Played> {
+pub(crate) fn clean_resume(lab: &Lab, (method, flags): (&str, &[&str])) -> Result<Played> {
     let tls = lab.tls_cert(DEFAULT_CN)?;
     let mut args = vec!["-www".to_string()];
     args.extend(cert_args(&tls)?);
     let srv = lab.s_server(lab.server_ns(), 8443, &args)?;
     let www = s4(lab, 8443);
-    let sess = lab.dir().join(format!("clean-{method}.sess"));
-    let sess = path_str(&sess)?;
-    let mut first = flags.to_vec();
-    first.extend(["-sess_out", sess]);
-    let out = www_get(
-        lab,
-        &format!("s_client-{method}-full"),
-        &s_client_args(www, &tls.ca_cert, &first)?,
-    )?;
+    resume_accepted(lab, www, &tls.ca_cert, method, flags)?;
+    Ok(Played::new(Vec::new(), MustNot::Nothing).keep(srv))
+}
+
+/// Two HTTP exchanges with `www`, an s_server `-www`, with `flags`: a full handshake that
+/// saves its session to LAB_DIR/clean-METHOD.sess (s_client must say `New, `), then one
+/// that resumes it (s_client must say `Reused, `).
+pub fn resume_accepted(
+    lab: &Lab,
+    www: SocketAddr,
+    ca: &Path,
+    method: &str,
+    flags: &[&str],
+) -> Result<()> {
+    let stem = format!("clean-{method}");
+    let (out, resume) = save_session(lab, www, ca, (method, &stem), flags)?;
     ensure!(session_line(&out).starts_with("New, "), "{method}: {out}");
-    let mut second = flags.to_vec();
-    second.extend(["-sess_in", sess]);
-    let out = www_get(
-        lab,
-        &format!("s_client-{method}-resumed"),
-        &s_client_args(www, &tls.ca_cert, &second)?,
-    )?;
+    let out = www_get(lab, &format!("s_client-{method}-resumed"), &resume)?;
     ensure!(
         session_line(&out).starts_with("Reused, "),
         "{method}: not resumed:\n{out}"
     );
-    Ok(Played::new(Vec::new(), MustNot::Nothing).keep(srv))
+    Ok(())
 }
 
+/// The resumption methods of the clean controls: (name, s_client's flags).
+pub const RESUMPTIONS: [(&str, &[&str]); 3] = [
+    ("tls12_session_id", &["-tls1_2", "-no_ticket"]),
+    ("tls12_session_ticket", &["-tls1_2"]),
+    ("tls13_psk", &["-tls1_3"]),
+];
+
 pub(crate) fn clean_resume_tls12_id(lab: &Lab) -> Result<Played> {
-    clean_resume(lab, "tls12_session_id", &["-tls1_2", "-no_ticket"])
+    clean_resume(lab, RESUMPTIONS[0])
 }
 
 pub(crate) fn clean_resume_tls12_ticket(lab: &Lab) -> Result<Played> {
-    clean_resume(lab, "tls12_session_ticket", &["-tls1_2"])
+    clean_resume(lab, RESUMPTIONS[1])
 }
 
 pub(crate) fn clean_resume_tls13_psk(lab: &Lab) -> Result<Played> {
-    clean_resume(lab, "tls13_psk", &["-tls1_3"])
+    clean_resume(lab, RESUMPTIONS[2])
 }
 
 /// nginx 1.22 enables HTTP/2 per `listen`, which [`Lab::nginx`] writes itself: the h2
@@ -301,10 +338,8 @@ pub(crate) fn clean_http80(lab: &Lab) -> Result<Played> {
     let nginx = lab.nginx(
         lab.server_ns(),
         NginxSite {
-            tls: false,
-            port: 80,
             ipv6: true,
-            ..Default::default()
+            ..NginxSite::plain(80)
         },
     )?;
     for addr in lab.server_addrs() {

@@ -19,15 +19,7 @@ use super::{expect::*, runner::*, *};
 /// nginx closes it after `keepalive_timeout` of quiet (TLS 1.2: an encrypted alert record
 /// and FIN; TLS 1.3: a 19-byte application-data record, the close_notify, and FIN).
 pub(crate) fn idle_close_nginx(lab: &Lab, version: &str) -> Result<Played> {
-    let nginx = lab.nginx(
-        lab.server_ns(),
-        NginxSite {
-            tls: true,
-            tls_protocols: Some(NGINX_PROTOCOLS),
-            keepalive_timeout_s: Some(KEEPALIVE_TIMEOUT_S),
-            ..Default::default()
-        },
-    )?;
+    let nginx = keepalive_nginx(lab)?;
     let connect = s4(lab, 443);
     let cli = keepalive_request(lab, &nginx, version)?;
     wait_server_close(&cli)?;
@@ -80,4 +72,18 @@ pub(crate) fn idle_close_nginx_tls12(lab: &Lab) -> Result<Played> {
 
 pub(crate) fn idle_close_nginx_tls13(lab: &Lab) -> Result<Played> {
     idle_close_nginx(lab, "-tls1_3")
+}
+
+/// nginx over TLS 1.2 and 1.3 on the server's port 443, closing keep-alive connections
+/// after [`KEEPALIVE_TIMEOUT_S`] of quiet.
+pub(crate) fn keepalive_nginx(lab: &Lab) -> Result<Nginx> {
+    lab.nginx(
+        lab.server_ns(),
+        NginxSite {
+            tls: true,
+            tls_protocols: Some(NGINX_PROTOCOLS),
+            keepalive_timeout_s: Some(KEEPALIVE_TIMEOUT_S),
+            ..Default::default()
+        },
+    )
 }

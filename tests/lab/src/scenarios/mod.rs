@@ -14,16 +14,16 @@
 //! balancer: 350 s), and the agent's `--idle-threshold` is [`IDLE_THRESHOLD_S`] (2 s)
 //! accordingly.
 
-mod clean;
+pub mod clean;
 mod expect;
-mod handshake;
-mod keepalive;
-mod middlebox;
-mod plaintext;
-mod precision;
+pub mod handshake;
+pub mod keepalive;
+pub mod middlebox;
+pub mod plaintext;
+pub mod precision;
 mod registry;
-mod renegotiation;
-mod resumption;
+pub mod renegotiation;
+pub mod resumption;
 mod runner;
 #[cfg(test)]
 mod tests;

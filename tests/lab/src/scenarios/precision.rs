@@ -14,11 +14,11 @@ use crate::{
     idle_lab::forget_idle_flows,
     long_lived::{LongLived, Version},
     netns::Lab,
-    servers::{NginxSite, url},
+    servers::url,
     spoof::{Flood, route_answers_into_lab, spawn_flood},
 };
 
-use super::{expect::*, keepalive::*, middlebox::*, runner::*, *};
+use super::{expect::*, keepalive::*, middlebox::*, runner::*};
 
 /// Port of the long-lived connections' server.
 pub(crate) const LONG_LIVED_PORT: u16 = 443;
@@ -107,15 +107,7 @@ pub const FLOOD_SEGMENTS: u32 = 10 * FLOOD_FLOW_TABLE;
 /// idle keep-alive connection nginx closes (`idle_close`) must come out exactly as without
 /// the flood.
 pub(crate) fn flood_spoofed(lab: &Lab) -> Result<Played> {
-    let nginx = lab.nginx(
-        lab.server_ns(),
-        NginxSite {
-            tls: true,
-            tls_protocols: Some(NGINX_PROTOCOLS),
-            keepalive_timeout_s: Some(KEEPALIVE_TIMEOUT_S),
-            ..Default::default()
-        },
-    )?;
+    let nginx = keepalive_nginx(lab)?;
     route_answers_into_lab(lab)?;
     let connect = s4(lab, 443);
     let target = std::net::SocketAddrV4::new(lab.server_v4(), 443);

@@ -98,7 +98,9 @@ impl Scenario {
     }
 }
 
-/// Every scenario, in the order `--list` shows and a full run plays them.
+/// Every scenario, in the order `--list` shows and a full run plays them. Entries are alike
+/// by design (variants of one field case differ in a version or a method): a table of
+/// records, each readable on its own.
 pub const SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "reneg-tls12",

@@ -1,11 +1,11 @@
 //! Field case 2 of docs/field-cases.md: resumption rejected by an inline inspector.
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, path::Path};
 
 use anyhow::{Result, ensure};
 
 use crate::{
-    certs::{DEFAULT_CN, cert_args, path_str, s_client_args},
+    certs::{DEFAULT_CN, cert_args},
     clients::*,
     netns::Lab,
     relay::{Relay, Resumption, Verdict},
@@ -13,7 +13,7 @@ use crate::{
 
 use super::{expect::*, runner::*};
 
-/// The relay (`tests::relay`) plays the inspecting firewall in front of s_server: it listens
+/// The relay ([`crate::relay`]) plays the inspecting firewall in front of s_server: it listens
 /// on the server's address, port 443, and forwards to s_server on the server's loopback,
 /// so the router sees client ↔ inspector traffic like the field's capture points did. A
 /// full handshake first (forwarded, nothing to diagnose) saves the session; the second
@@ -29,22 +29,11 @@ pub(crate) fn resume_rejected(lab: &Lab, method: Resumption, flags: &[&str]) -> 
         listen,
         SocketAddr::from(([127, 0, 0, 1], 4433)),
     )?;
-    let sess = lab.dir().join(format!("{method}.sess"));
-    let sess = path_str(&sess)?;
-    let mut first = flags.to_vec();
-    first.extend(["-sess_out", sess]);
-    let out = www_get(
-        lab,
-        &format!("s_client-{method}-full"),
-        &s_client_args(listen, &tls.ca_cert, &first)?,
-    )?;
+    let (first, ok, text) = resume_offered(lab, listen, &tls.ca_cert, method, flags)?;
     ensure!(
-        session_line(&out).starts_with("New, "),
-        "{method}: first handshake: {out}"
+        session_line(&first).starts_with("New, "),
+        "{method}: first handshake: {first}"
     );
-    let mut second = flags.to_vec();
-    second.extend(["-sess_in", sess]);
-    let (ok, text) = run_text(lab, &s_client_args(listen, &tls.ca_cert, &second)?)?;
     ensure!(
         !ok && text.contains("alert handshake failure"),
         "{method}: the resuming client should have got the relay's alert:\n{text}"
@@ -72,4 +61,21 @@ pub(crate) fn resume_rejected_tls12_ticket(lab: &Lab) -> Result<Played> {
 
 pub(crate) fn resume_rejected_tls13_psk(lab: &Lab) -> Result<Played> {
     resume_rejected(lab, Resumption::Tls13Psk, &["-tls1_3"])
+}
+
+/// Two s_client connections to `server` (an s_server `-www`, or a relay in front of one)
+/// with `flags`: a full handshake that saves its session to LAB_DIR/METHOD.sess, then one
+/// that offers it. Returns the first's output, and whether the second succeeded with its
+/// output.
+pub fn resume_offered(
+    lab: &Lab,
+    server: SocketAddr,
+    ca: &Path,
+    method: Resumption,
+    flags: &[&str],
+) -> Result<(String, bool, String)> {
+    let method = method.as_str();
+    let (out, resume) = save_session(lab, server, ca, (method, method), flags)?;
+    let (ok, text) = run_text(lab, &resume)?;
+    Ok((out, ok, text))
 }
