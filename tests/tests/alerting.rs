@@ -16,7 +16,13 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail, ensure};
-use detector_lab::{Lab, NginxSite, agent::LiveAgent, in_netns, url};
+use detector_lab::{
+    Lab, NginxSite,
+    fixture::{RouterRun, Watch},
+    in_netns,
+    process::find_program,
+    url,
+};
 use serde_json::Value;
 
 /// The closed set of diagnosis kinds (`detector_diagnoses_total{kind}`).
@@ -100,13 +106,7 @@ fn dashboard_file() -> PathBuf {
 
 /// A program from Debian's `prometheus` package, or an error saying how to get it.
 fn prometheus_program(name: &str) -> Result<PathBuf> {
-    env::var_os("PATH")
-        .into_iter()
-        .flat_map(|p| env::split_paths(&p).collect::<Vec<_>>())
-        .chain(["/usr/bin".into(), "/usr/sbin".into()])
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
-        .with_context(|| {
+    find_program(name).with_context(|| {
             format!("`{name}` not found: install Debian's prometheus package (apt-get install -y prometheus)")
         })
 }
@@ -490,11 +490,10 @@ fn grafana_vars(expr: &str) -> String {
 fn prometheus_scrapes_the_agent() -> Result<()> {
     let started = Instant::now();
     let prometheus = prometheus_program("prometheus")?;
-    let lab = Lab::routed()?;
-    let router = lab.router_ns().context("routed lab has a router")?;
-    let rc = lab.router_client_if().context("router client side")?;
-    let rs = lab.router_server_if().context("router server side")?;
-    let agent = LiveAgent::start(&lab, router, &[rc, rs], &["--no-egress"])?;
+    let RouterRun {
+        lab, router, agent, ..
+    } = RouterRun::start(Watch::BothSides, &[])?;
+    let router = router.as_str();
 
     // A real Prometheus next to the agent, on a loopback port free in the router's namespace.
     let port = in_netns(router, || {

@@ -545,8 +545,9 @@ pub(crate) fn find_in_path(program: &str) -> Option<PathBuf> {
     which::which(program).ok()
 }
 
-/// `program` on PATH, else in /usr/sbin or /sbin (where root's tools live, not on every
-/// user's PATH).
+/// `program` on PATH, else in /usr/bin, /usr/sbin or /sbin (where packages install, not
+/// all on every user's PATH).
 pub fn find_program(program: &str) -> Option<PathBuf> {
-    find_in_path(program).or_else(|| which::which_in(program, Some("/usr/sbin:/sbin"), "/").ok())
+    find_in_path(program)
+        .or_else(|| which::which_in(program, Some("/usr/bin:/usr/sbin:/sbin"), "/").ok())
 }
