@@ -539,7 +539,7 @@ fn prometheus_scrapes_the_agent() -> Result<()> {
             )
         })?;
 
-    // Field case 3 three times: plaintext HTTP to nginx's TLS port.
+    // Field case 3 (docs/field-cases.md) three times: plaintext HTTP to nginx's TLS port.
     let _nginx = lab.nginx(
         lab.server_ns(),
         NginxSite {

@@ -1,9 +1,10 @@
-//! The lab as a regression suite: a quick subset of its scenarios (field cases 1 to 4 and
-//! two clean controls, `detector_lab::scenarios::QUICK`), played by the very code `cargo xtask
-//! lab` runs, then each capture replayed with `detector replay` at the scenario's idle
-//! threshold. The replayed diagnoses must be exactly the expected ones (every `must`, with
-//! the right kind, client IP, server, sender and gap; nothing else; nothing of `must_not`),
-//! and the live agent on the router must have found the same (kind, client, server) set.
+//! The lab as a regression suite: a quick subset of its scenarios (field cases 1 to 4
+//! (docs/field-cases.md) and two clean controls, `detector_lab::scenarios::QUICK`), played
+//! by the very code `cargo xtask lab` runs, then each capture replayed with `detector
+//! replay` at the scenario's idle threshold. The replayed diagnoses must be exactly the
+//! expected ones (every `must`, with the right kind, client IP, server, sender and gap;
+//! nothing else; nothing of `must_not`), and the live agent on the router must have found
+//! the same (kind, client, server) set.
 //!
 //! Scenarios in `KNOWN_FAILING` are played and reported but not asserted. Needs root, like
 //! the other live tests; skipped with a note otherwise.

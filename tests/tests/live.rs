@@ -14,7 +14,8 @@ use serde_json::Value;
 
 const T: Duration = Duration::from_secs(15);
 
-/// What the field-case-3 traffic must produce: (kind, client IP, server ip:port).
+/// What the field-case-3 (docs/field-cases.md) traffic must produce: (kind, client IP,
+/// server ip:port).
 struct Expected {
     kind: &'static str,
     client: IpAddr,

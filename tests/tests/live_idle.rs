@@ -1,7 +1,7 @@
-//! Idle gaps live (field cases 4 and 5 of BRIEF.md), with the field's timeouts scaled
-//! down to seconds: nginx closing idle keep-alive connections, a server resetting an idle
-//! flow, and a router whose connection tracking forgets idle flows and then drops their
-//! mid-stream packets, the way a load balancer does. The agent runs with
+//! Idle gaps live (field cases 4 and 5 of docs/field-cases.md), with the field's timeouts
+//! scaled down to seconds: nginx closing idle keep-alive connections, a server resetting an
+//! idle flow, and a router whose connection tracking forgets idle flows and then drops
+//! their mid-stream packets, the way a load balancer does. The agent runs with
 //! `--idle-threshold 1`. The captures are then replayed, as taken and stretched to the
 //! field's full length (120 s, 300 s and 350 s gaps) with `detector_lab::pcapfile`.
 
@@ -206,7 +206,7 @@ impl Drop for Evidence {
 }
 
 // ---------------------------------------------------------------------------------------
-// Field case 4: nginx closes idle keep-alive connections.
+// Field case 4 (docs/field-cases.md): nginx closes idle keep-alive connections.
 
 /// One keep-alive connection to nginx, then silence until nginx closes it.
 struct KeepaliveRun {
@@ -373,7 +373,7 @@ mod nginx_keepalive_close_is_idle_close {
     use super::*;
 
     /// TLS 1.2: nginx's close_notify is an encrypted alert record (type 21, 26 bytes with
-    /// AES-GCM), then FIN, as the WAF of field case 4 did.
+    /// AES-GCM), then FIN, as the WAF of field case 4 (docs/field-cases.md) did.
     #[test]
     fn tls12() {
         let mut ev = Evidence::new("nginx_keepalive_close_is_idle_close-tls12");
@@ -399,8 +399,9 @@ mod nginx_keepalive_close_is_idle_close {
     }
 }
 
-/// Field case 4 at full length: the TLS 1.2 capture with its keep-alive gap made 120 s,
-/// nginx/Tengine's default that the field's WAF had, replayed with the default threshold.
+/// Field case 4 (docs/field-cases.md) at full length: the TLS 1.2 capture with its
+/// keep-alive gap made 120 s, nginx/Tengine's default that the field's WAF had, replayed
+/// with the default threshold.
 #[test]
 fn stretched_replay_proxy_close_120s() {
     let mut ev = Evidence::new("stretched_replay_proxy_close_120s");
@@ -576,7 +577,7 @@ fn lone_reset_after_idle_infers_no_path_timeout() {
 }
 
 // ---------------------------------------------------------------------------------------
-// Field case 5: a router that forgets idle flows.
+// Field case 5 (docs/field-cases.md): a router that forgets idle flows.
 
 /// Two flows to one server through a router whose conntrack forgets flows idle for
 /// `CT_ESTABLISHED_S` and drops packets of flows it does not know: the first idles for
@@ -721,10 +722,10 @@ fn conntrack_timeout_drop_is_idle_timeout_drop() {
     assert!(within(gap(r), live_gap, 0.01), "replay {r}\nlive {d}");
 }
 
-/// Field case 5 at full length: the capture above with the survivor's gap made 300 s and
-/// the dropped flow's 350 s (AWS Gateway Load Balancer's idle timeout), replayed with
-/// the default threshold. The survivor comes first, so when the dropped flow is judged
-/// both gaps are known and bracket the timeout.
+/// Field case 5 (docs/field-cases.md) at full length: the capture above with the survivor's
+/// gap made 300 s and the dropped flow's 350 s (AWS Gateway Load Balancer's idle timeout),
+/// replayed with the default threshold. The survivor comes first, so when the dropped flow
+/// is judged both gaps are known and bracket the timeout.
 #[test]
 fn stretched_replay_load_balancer_350s() {
     let mut ev = Evidence::new("stretched_replay_load_balancer_350s");
@@ -770,7 +771,7 @@ fn stretched_replay_load_balancer_350s() {
 }
 
 // ---------------------------------------------------------------------------------------
-// The fix of field case 5: keep-alives shorter than the timeout.
+// The fix of field case 5 (docs/field-cases.md): keep-alives shorter than the timeout.
 
 #[test]
 fn keepalives_shorter_than_threshold_give_nothing() {

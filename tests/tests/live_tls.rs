@@ -1,8 +1,8 @@
-//! TLS field cases 1 and 2 (BRIEF.md) live, with real OpenSSL: server-initiated
+//! TLS field cases 1 and 2 (docs/field-cases.md) live, with real OpenSSL: server-initiated
 //! renegotiation, resumption attempts killed by an inline inspector (our own relay, see
-//! `detector_lab::relay`), plaintext handshake alerts, and clean sessions (renegotiation-free,
-//! resumed, bulk) that must give nothing. Every scenario also replays its capture through
-//! `detector replay`, which must agree with what the agent found live.
+//! `detector_lab::relay`), plaintext handshake alerts, and clean sessions
+//! (renegotiation-free, resumed, bulk) that must give nothing. Every scenario also replays
+//! its capture through `detector replay`, which must agree with what the agent found live.
 
 use std::{
     collections::BTreeSet,
@@ -51,12 +51,12 @@ fn history(d: &Value) -> &str {
     d["detail"]["ssl_history"].as_str().unwrap_or("")
 }
 
-/// Field case 1: OpenSSL's s_server renegotiates (command `r`, "Renegotiate the SSL
-/// session (TLSv1.2 and below only)" in OpenSSL 3's s_server; `R` also requests a client
-/// certificate) in the middle of a TLS 1.2 session with application data flowing both
-/// ways. After the handshake its HelloRequest is encrypted: what the router sees is a
-/// handshake record from the server after application data, then the client's (encrypted)
-/// renegotiation handshake. One session, one `server_hello_request`.
+/// Field case 1 (docs/field-cases.md): OpenSSL's s_server renegotiates (command `r`,
+/// "Renegotiate the SSL session (TLSv1.2 and below only)" in OpenSSL 3's s_server; `R` also
+/// requests a client certificate) in the middle of a TLS 1.2 session with application data
+/// flowing both ways. After the handshake its HelloRequest is encrypted: what the router
+/// sees is a handshake record from the server after application data, then the client's
+/// (encrypted) renegotiation handshake. One session, one `server_hello_request`.
 #[test]
 fn server_hello_request_from_openssl_renegotiation() -> Result<()> {
     let _serial = serial();
@@ -99,11 +99,12 @@ fn server_hello_request_from_openssl_renegotiation() -> Result<()> {
     Ok(())
 }
 
-/// Field case 2: an inline inspector without state for cached sessions (our relay on the
-/// router) kills every resumption attempt with a plaintext handshake_failure alert. The
-/// agent sits on the router's client-side veth only, where the relay's answers leave by
-/// egress, so it runs with TC egress. For each method, a full handshake first (through the
-/// relay, nothing to diagnose) saves the session, and a second connection offers it.
+/// Field case 2 (docs/field-cases.md): an inline inspector without state for cached
+/// sessions (our relay on the router) kills every resumption attempt with a plaintext
+/// handshake_failure alert. The agent sits on the router's client-side veth only, where the
+/// relay's answers leave by egress, so it runs with TC egress. For each method, a full
+/// handshake first (through the relay, nothing to diagnose) saves the session, and a second
+/// connection offers it.
 #[test]
 fn resumption_rejected_by_inspecting_relay() -> Result<()> {
     let _serial = serial();

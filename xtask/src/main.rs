@@ -147,8 +147,8 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// Programs the lab plays with (besides `nft` for field case 5 and `tshark` for
-/// `--compare`, which are installed when missing but optional).
+/// Programs the lab plays with (besides `nft` for field case 5 (docs/field-cases.md) and
+/// `tshark` for `--compare`, which are installed when missing but optional).
 const LAB_PROGRAMS: &[(&str, &str)] = &[
     ("ip", "iproute2"),
     ("ss", "iproute2"),

@@ -1,5 +1,6 @@
-//! Small TCP servers and clients of our own for the idle-gap tests (field cases 4 and 5),
-//! a router that forgets idle flows the way a load balancer does, and a scratch directory.
+//! Small TCP servers and clients of our own for the idle-gap tests (field cases 4 and 5
+//! (docs/field-cases.md)), a router that forgets idle flows the way a load balancer does,
+//! and a scratch directory.
 //!
 //! The idle logic is not TLS-specific, so these speak plain TCP. Sockets are made inside a
 //! lab namespace with [`in_netns`] and then used from ordinary threads; every blocking
@@ -168,10 +169,11 @@ pub fn close_cleanly(mut s: TcpStream) -> io::Result<()> {
 }
 
 /// Makes the router forget idle flows and refuse to pick them up again, as the load
-/// balancer of field case 5 does: conntrack's established timeout becomes
-/// `established_s` in `ns` (the sysctl is per network namespace), and forwarded packets
-/// of flows conntrack does not know (state new, or invalid when it refuses to pick them
-/// up) are dropped unless they are a SYN. Returns the rules as `nft list ruleset` shows.
+/// balancer of field case 5 (docs/field-cases.md) does: conntrack's established timeout
+/// becomes `established_s` in `ns` (the sysctl is per network namespace), and forwarded
+/// packets of flows conntrack does not know (state new, or invalid when it refuses to pick
+/// them up) are dropped unless they are a SYN. Returns the rules as `nft list ruleset`
+/// shows.
 pub fn forget_idle_flows(lab: &Lab, ns: &str, established_s: u32) -> Result<String> {
     const T: Duration = Duration::from_secs(10);
     let rules = "table inet dlab_idle {\n\

@@ -9,7 +9,8 @@
 //! `15 03 03 00 02 02 28` (handshake_failure) and closes. Everything else is forwarded
 //! byte for byte in both directions until either side closes.
 //!
-//! Resumption offered means (the same reading as the detector's, see BRIEF.md):
+//! Resumption offered means (the same reading as the detector's, see field case 2 of
+//! docs/field-cases.md):
 //! - TLS 1.3: a `pre_shared_key` extension (41);
 //! - TLS 1.2 ticket: a non-empty `session_ticket` extension (35);
 //! - TLS 1.2 session ID: a non-empty session ID when the ClientHello offers nothing above

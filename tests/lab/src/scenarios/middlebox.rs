@@ -18,10 +18,12 @@ use crate::{
 
 use super::{expect::*, runner::*, *};
 
-/// The router's conntrack timeout for established TCP flows in field case 5 (350 s, scaled).
+/// The router's conntrack timeout for established TCP flows in field case 5
+/// (docs/field-cases.md) (350 s, scaled).
 pub const CONNTRACK_TIMEOUT_S: u32 = 4;
 
-/// The nftables table the field-case-5 scenario installs on the router.
+/// The nftables table the field-case-5 (docs/field-cases.md) scenario installs on the
+/// router.
 pub(crate) const NFT_TABLE: &str = "dlab_idle_lb";
 
 /// Undoes the router's stateful firewall when dropped (the demo plays more scenarios in the

@@ -1,8 +1,8 @@
-//! The lab's scenarios: every field case of BRIEF.md (and handshake failures, and clean
-//! controls) played by real software in a fresh routed [`Lab`], with the agent running live
-//! on the router and tcpdump capturing there. Shared by `cargo xtask lab` (the `lab` binary),
-//! `cargo xtask demo` and the regression suite (`tests/lab_regression.rs`), so the three
-//! cannot drift apart.
+//! The lab's scenarios: every field case of docs/field-cases.md (and handshake failures,
+//! and clean controls) played by real software in a fresh routed [`Lab`], with the agent
+//! running live on the router and tcpdump capturing there. Shared by `cargo xtask lab` (the
+//! `lab` binary), `cargo xtask demo` and the regression suite (`tests/tests/lab_regression.rs`),
+//! so the three cannot drift apart.
 //!
 //! A scenario knows what must be diagnosed (an [`Expected`]: kind, client IP, server,
 //! sender, and for idle cases the gap with a tolerance) and what must not. [`run`] plays one
@@ -42,7 +42,8 @@ pub const IDLE_THRESHOLD_S: f64 = 2.0;
 /// The agent's `--correlation-window` in replay, as live (see [`LiveAgent`]).
 pub const CORRELATION_WINDOW_S: f64 = crate::agent::CORRELATION_WINDOW_S;
 
-/// nginx's `keepalive_timeout` in the field-case-4 scenarios (the field's 120 s, scaled).
+/// nginx's `keepalive_timeout` in the field-case-4 (docs/field-cases.md) scenarios (the
+/// field's 120 s, scaled).
 pub const KEEPALIVE_TIMEOUT_S: u32 = 3;
 
 /// `ssl_protocols` of every TLS nginx here: nginx 1.22 (Debian 12) leaves TLS 1.3 off

@@ -1,5 +1,5 @@
-//! The registry: every scenario with its field case (docs/field-cases.md), what it plays and
-//! how long it takes; the regression and demo subsets; look-up by name or prefix.
+//! The registry: every scenario with its field case (docs/field-cases.md), what it plays
+//! and how long it takes; the regression and demo subsets; look-up by name or prefix.
 
 use anyhow::{Context as _, Result, bail};
 
@@ -14,8 +14,8 @@ use super::{
 /// does not assert these; the lab still records the correct expectation for them.
 pub const KNOWN_FAILING: &[(&str, &str)] = &[];
 
-/// The regression suite's subset: field cases 1 to 4 and two clean controls, each a few
-/// seconds.
+/// The regression suite's subset: field cases 1 to 4 (docs/field-cases.md) and two clean
+/// controls, each a few seconds.
 pub const QUICK: &[&str] = &[
     "reneg-tls12",
     "resume-rejected-tls13-psk",
@@ -26,7 +26,7 @@ pub const QUICK: &[&str] = &[
 ];
 
 /// What `cargo xtask demo` plays into one lab: one scenario per field case (and a clean
-/// one), field case 5 last since it changes the router's firewall.
+/// one), field case 5 (docs/field-cases.md) last since it changes the router's firewall.
 pub const DEMO: &[&str] = &[
     "clean-keepalive",
     "reneg-tls12",
@@ -42,7 +42,8 @@ pub const DEMO: &[&str] = &[
 pub struct Scenario {
     /// Name: file stem of its outputs, and how it is picked on the command line.
     pub name: &'static str,
-    /// BRIEF.md field case it reproduces, `None` for handshake failures and controls.
+    /// Field case of docs/field-cases.md it reproduces, `None` for handshake failures and
+    /// controls.
     pub field_case: Option<u8>,
     /// What it plays, in a sentence.
     pub plays: &'static str,
