@@ -8,7 +8,11 @@ use std::{
 
 use anyhow::{Context, Result, ensure};
 
-use crate::{netns::*, process::*, util::*};
+use crate::{
+    netns::{LISTEN_TIMEOUT, Lab, SETUP_TIMEOUT},
+    process::{LabProcess, find_in_path},
+    util::{log, tail},
+};
 
 /// Bound for tcpdump to write out its buffer and exit after SIGINT.
 pub(crate) const CAPTURE_STOP_TIMEOUT: Duration = Duration::from_secs(5);

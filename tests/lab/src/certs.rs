@@ -11,7 +11,11 @@ use std::{
 
 use anyhow::{Context, Result, ensure};
 
-use crate::{netns::*, process::*, util::*};
+use crate::{
+    netns::Lab,
+    process::host_ok,
+    util::{lock, os, sanitize, write_file},
+};
 
 /// Common name of the certificate that [`Lab::nginx`] makes when the site brings none.
 pub const DEFAULT_CN: &str = "server.test";

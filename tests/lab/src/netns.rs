@@ -53,7 +53,7 @@ use std::{
 
 use anyhow::{Context, Result, ensure};
 
-use crate::{process::*, teardown::*};
+use crate::{process::host_ok, teardown::sweep_stale};
 
 /// Prefix of every namespace and temp dir a lab creates; [`sweep_stale`] touches nothing else.
 pub const NAME_PREFIX: &str = "dlab-";

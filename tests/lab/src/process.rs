@@ -15,7 +15,10 @@ use std::{
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
 
-use crate::{netns::*, util::*};
+use crate::{
+    netns::{Lab, PROXY_VARS, SETUP_TIMEOUT, STOP_GRACE, SharedChild},
+    util::{display_cmd, lock, read_lossy, sanitize, tail},
+};
 
 /// Bound for reading the rest of a pipe after its writer exited; only a grandchild that
 /// kept the pipe open can make this expire.

@@ -12,7 +12,12 @@ use std::{
 
 use anyhow::{Context, Result, ensure};
 
-use crate::{certs::*, netns::*, process::*, util::*};
+use crate::{
+    certs::{DEFAULT_CN, TlsFiles},
+    netns::{LISTEN_TIMEOUT, Lab},
+    process::LabProcess,
+    util::{os, read_lossy, tail, write_file},
+};
 
 /// What [`Lab::nginx`] serves. Build with struct update syntax over `Default::default()`.
 #[derive(Clone, Debug, Default)]

@@ -4,7 +4,11 @@ use std::{env, fs, io, process::Child, sync::Mutex, thread};
 
 use anyhow::{Context, Result, bail};
 
-use crate::{netns::*, process::*, util::*};
+use crate::{
+    netns::{Lab, NAME_PREFIX, NETNS_RUN_DIR, STOP_GRACE},
+    process::{Backoff, host_ok, terminate_all},
+    util::{lock, log},
+};
 
 impl Drop for Lab {
     fn drop(&mut self) {
