@@ -4,6 +4,9 @@
 //!
 //! Needs `promtool` and `prometheus` (Debian's `prometheus` package); the scrape test also
 //! needs root, nginx and curl like the other live tests.
+//!
+//! (Over 600 lines: the rules, the dashboard and the scrape are checked against one list
+//! of exported names, in one test binary.)
 
 use std::{
     collections::BTreeSet,

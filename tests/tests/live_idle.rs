@@ -4,6 +4,9 @@
 //! their mid-stream packets, the way a load balancer does. The agent runs with
 //! `--idle-threshold 1`. The captures are then replayed, as taken and stretched to the
 //! field's full length (120 s, 300 s and 350 s gaps) with `detector_lab::pcapfile`.
+//!
+//! (Over 600 lines: one file per test binary, and these tests share their recording and
+//! replay helpers; the lab parts they use live in `detector_lab::idle_lab`.)
 
 use std::{
     fs,

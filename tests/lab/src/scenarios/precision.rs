@@ -9,7 +9,7 @@ use std::{
 use anyhow::{Context as _, Result, ensure};
 
 use crate::{
-    certs::{DEFAULT_CN, cert_args, path_str, s_client_args},
+    certs::path_str,
     clients::*,
     idle_lab::forget_idle_flows,
     long_lived::{LongLived, Version},
@@ -18,7 +18,13 @@ use crate::{
     spoof::{Flood, route_answers_into_lab, spawn_flood},
 };
 
-use super::{expect::*, keepalive::*, middlebox::*, runner::*};
+use super::{
+    expect::*,
+    keepalive::*,
+    middlebox::*,
+    renegotiation::{after_second_handshake, tls12_session},
+    runner::*,
+};
 
 /// Port of the long-lived connections' server.
 pub(crate) const LONG_LIVED_PORT: u16 = 443;
@@ -166,22 +172,10 @@ pub(crate) fn flood_spoofed(lab: &Lab) -> Result<Played> {
 /// The client renegotiates on its own: s_client's `R` command, allowed by s_server's
 /// `-client_renegotiation` (OpenSSL 3 refuses client renegotiation by default).
 pub(crate) fn client_reneg_tls12(lab: &Lab) -> Result<Played> {
-    let tls = lab.tls_cert(DEFAULT_CN)?;
-    let mut args = vec!["-tls1_2".to_string(), "-client_renegotiation".to_string()];
-    args.extend(cert_args(&tls)?);
-    let mut srv = lab.s_server(lab.server_ns(), 443, &args)?;
-    let connect = s4(lab, 443);
-    let cli_args = s_client_args(connect, &tls.ca_cert, &["-tls1_2", "-msg"])?;
-    let mut cli = lab.spawn_with_stdin(lab.client_ns(), "s_client-client-reneg", &cli_args)?;
-    cli.write_stdin(b"hello from the client\n")?;
-    srv.wait_for_output("hello from the client", T)?;
-    srv.write_stdin(b"hello from the server\n")?;
-    cli.wait_for_output("hello from the server", T)?;
+    let (mut srv, mut cli, connect) =
+        tls12_session(lab, &["-client_renegotiation"], "s_client-client-reneg")?;
     cli.write_stdin(b"R\n")?;
-    wait_count(&cli, "], ClientHello\n", 2, T)?;
-    wait_count(&cli, "], ServerHello\n", 2, T)?;
-    cli.write_stdin(b"after renegotiation from the client\n")?;
-    srv.wait_for_output("after renegotiation from the client", T)?;
+    after_second_handshake(&mut srv, &mut cli)?;
     cli.close_stdin();
     cli.wait_timeout(T)?;
     Ok(Played::new(
