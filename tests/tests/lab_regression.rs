@@ -30,7 +30,7 @@ fn regress(name: &str) -> Result<()> {
     let problems = j.outcome.expected.check(&j.replayed);
     let agree = identities(&j.outcome.live) == identities(&j.replayed);
     println!(
-        "{name}: {:.1} s; expected {}; j.replayed {}; live {}",
+        "{name}: {:.1} s; expected {}; replayed {}; live {}",
         j.took.as_secs_f64(),
         j.outcome.expected.summary(),
         scenarios::summary_of(&j.replayed),

@@ -51,7 +51,7 @@ fn judge(name: &str) -> Result<Option<Outcome>> {
         return Ok(None);
     };
     println!(
-        "{name}: {:.1} s; expected {}; live {}; j.replayed {}",
+        "{name}: {:.1} s; expected {}; live {}; replayed {}",
         j.took.as_secs_f64(),
         j.outcome.expected.summary(),
         scenarios::summary_of(&j.outcome.live),

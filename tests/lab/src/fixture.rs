@@ -136,7 +136,10 @@ pub fn root(what: &str) -> bool {
     root
 }
 
-/// A scenario of the registry played in a lab of its own, and its capture replayed.
+/// A scenario of the registry played in a lab of its own, and its capture replayed. Holds
+/// the test's turn ([`serial`]) until dropped, so that what the test does with the files
+/// (checking, removing them and the shared output directory) is done before the next
+/// scenario starts.
 pub struct Judged {
     pub scenario: &'static Scenario,
     /// Wall time of the play and the replay.
@@ -146,16 +149,17 @@ pub struct Judged {
     pub replayed: Vec<Value>,
     /// Replay's summary (stderr).
     pub summary: String,
+    _turn: MutexGuard<'static, ()>,
 }
 
 /// Plays scenario `name` (writing its files into `out`) and replays its capture, one test
-/// at a time ([`serial`]); `None` when not root (`what` needs root) or a program the
-/// scenario needs is missing.
+/// at a time ([`serial`], held by the result); `None` when not root (`what` needs root) or
+/// a program the scenario needs is missing.
 pub fn play_and_replay(name: &str, out: &Path, what: &str) -> Result<Option<Judged>> {
     if !root(what) {
         return Ok(None);
     }
-    let _serial = serial();
+    let turn = serial();
     let started = Instant::now();
     let s = scenarios::find(name).with_context(|| format!("no scenario {name}"))?;
     let missing = s.missing_programs();
@@ -173,5 +177,6 @@ pub fn play_and_replay(name: &str, out: &Path, what: &str) -> Result<Option<Judg
         outcome,
         replayed,
         summary,
+        _turn: turn,
     }))
 }
