@@ -1,6 +1,6 @@
-//! Shared pieces of the detector's kernel tests: crafted frames for the kernel program, and
-//! the program under BPF_PROG_TEST_RUN. The lab of the live tests is crate `detector-lab`
-//! (tests/lab).
+//! Shared pieces of the detector's kernel tests: the program under BPF_PROG_TEST_RUN, and
+//! the crafted frames it runs on (kept in crate `detector-lab`, whose spoof flooder sends
+//! them too). The lab of the live tests is that crate (tests/lab).
 
-pub mod frames;
+pub use detector_lab::frames;
 pub mod harness;

@@ -23,6 +23,7 @@ pub mod capture;
 pub mod certs;
 pub mod clients;
 pub mod fixture;
+pub mod frames;
 pub mod idle_lab;
 pub mod long_lived;
 pub mod netns;
@@ -35,12 +36,6 @@ pub mod soak;
 pub mod spoof;
 pub mod teardown;
 mod util;
-
-// The crafted-frame builder of the kernel tests, compiled in here too for the spoofed
-// segments: it stays in tests/src (crate `tests`, which depends on this one).
-#[allow(dead_code)]
-#[path = "../../src/frames.rs"]
-mod frames;
 
 #[cfg(test)]
 mod lab_tests;

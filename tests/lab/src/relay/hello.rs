@@ -4,18 +4,20 @@ use std::fmt;
 
 use anyhow::Result;
 
+use detector_common::{
+    MAX_TLS_RECORD,
+    tls::{
+        content_type,
+        extension::{PRE_SHARED_KEY, SERVER_NAME, SESSION_TICKET, SUPPORTED_VERSIONS},
+        handshake as hs,
+        version::{TLS1_2, is_grease},
+    },
+};
+
 use super::MAX_HELLO_BYTES;
 
 /// Largest TLS record body (2^14 + 2048, the TLSCiphertext bound).
-pub(crate) const MAX_RECORD_LEN: usize = (1 << 14) + 2048;
-
-pub(crate) const EXT_SERVER_NAME: u16 = 0;
-
-pub(crate) const EXT_SESSION_TICKET: u16 = 35;
-
-pub(crate) const EXT_PRE_SHARED_KEY: u16 = 41;
-
-pub(crate) const EXT_SUPPORTED_VERSIONS: u16 = 43;
+const MAX_RECORD_LEN: usize = MAX_TLS_RECORD as usize;
 
 /// How a client offered to resume; names match the detector's `detail.method`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -64,7 +66,7 @@ impl ClientHelloInfo {
     pub fn offers_tls13(&self) -> bool {
         self.supported_versions
             .iter()
-            .any(|&v| v > 0x0303 && !is_grease(v))
+            .any(|&v| v > TLS1_2 && !is_grease(v))
     }
 
     /// The resumption this hello offers, if any (PSK first, then ticket, then session ID,
@@ -80,11 +82,6 @@ impl ClientHelloInfo {
             None
         }
     }
-}
-
-/// GREASE values (RFC 8701) are `0x?a?a`; clients may list them among the versions.
-pub(crate) fn is_grease(v: u16) -> bool {
-    v & 0x0f0f == 0x0a0a && (v >> 8) == (v & 0xff)
 }
 
 /// Result of looking at the first bytes a client sent.
@@ -109,7 +106,7 @@ pub fn parse_client_hello(buf: &[u8]) -> Hello {
     loop {
         // Is the handshake message complete?
         if handshake.len() >= 4 {
-            if handshake[0] != 1 {
+            if handshake[0] != hs::CLIENT_HELLO {
                 return Hello::NotClientHello(format!(
                     "handshake type {} where a ClientHello (1) was expected",
                     handshake[0]
@@ -132,7 +129,7 @@ pub fn parse_client_hello(buf: &[u8]) -> Hello {
         let Some(header) = buf.get(pos..pos + 5) else {
             return check_partial_header(&buf[pos..]);
         };
-        if header[0] != 22 {
+        if header[0] != content_type::HANDSHAKE {
             return Hello::NotClientHello(format!(
                 "record type {} where a handshake record (22) was expected; first bytes {:02x?}",
                 header[0],
@@ -240,10 +237,10 @@ pub(crate) fn parse_hello_body(body: &[u8]) -> Result<ClientHelloInfo, String> {
         let typ = ext.u16("extension type")?;
         let data = ext.vec16("extension data")?;
         match typ {
-            EXT_SERVER_NAME => info.sni = parse_sni(data)?,
-            EXT_SESSION_TICKET => info.session_ticket_len = Some(data.len()),
-            EXT_PRE_SHARED_KEY => info.psk = true,
-            EXT_SUPPORTED_VERSIONS => {
+            SERVER_NAME => info.sni = parse_sni(data)?,
+            SESSION_TICKET => info.session_ticket_len = Some(data.len()),
+            PRE_SHARED_KEY => info.psk = true,
+            SUPPORTED_VERSIONS => {
                 let mut v = Cursor { buf: data, pos: 0 };
                 let list = v.vec8("supported_versions")?;
                 info.supported_versions = list

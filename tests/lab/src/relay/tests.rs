@@ -7,6 +7,11 @@ use std::{
     time::{Duration, Instant},
 };
 
+use detector_common::tls::extension::{
+    PRE_SHARED_KEY as EXT_PRE_SHARED_KEY, SERVER_NAME as EXT_SERVER_NAME,
+    SESSION_TICKET as EXT_SESSION_TICKET, SUPPORTED_VERSIONS as EXT_SUPPORTED_VERSIONS,
+};
+
 use super::{hello::*, *};
 
 /// A ClientHello handshake message (type 1) with these fields.
