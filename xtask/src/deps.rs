@@ -7,8 +7,10 @@ use anyhow::{Context as _, bail};
 
 use crate::cmd::run;
 
-/// (program looked for on PATH, Debian package that provides it)
-pub const TEST_PROGRAMS: &[(&str, &str)] = &[
+/// Programs the lab plays with, as (program looked for on PATH, Debian package that
+/// provides it). `nft` (field case 5 of docs/field-cases.md) and `tshark` (for
+/// `lab --compare`) are installed when the lab needs them but are optional.
+pub const LAB_PROGRAMS: &[(&str, &str)] = &[
     ("ip", "iproute2"),
     ("ss", "iproute2"),
     ("openssl", "openssl"),
@@ -16,6 +18,10 @@ pub const TEST_PROGRAMS: &[(&str, &str)] = &[
     ("nginx", "nginx"),
     ("tcpdump", "tcpdump"),
     ("python3", "python3"),
+];
+
+/// What the tests need beyond the lab's programs.
+pub const MORE_TEST_PROGRAMS: &[(&str, &str)] = &[
     ("nft", "nftables"),
     ("prometheus", "prometheus"),
     ("promtool", "prometheus"),

@@ -147,18 +147,6 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// Programs the lab plays with (besides `nft` for field case 5 (docs/field-cases.md) and
-/// `tshark` for `--compare`, which are installed when missing but optional).
-const LAB_PROGRAMS: &[(&str, &str)] = &[
-    ("ip", "iproute2"),
-    ("ss", "iproute2"),
-    ("openssl", "openssl"),
-    ("curl", "curl"),
-    ("nginx", "nginx"),
-    ("tcpdump", "tcpdump"),
-    ("python3", "python3"),
-];
-
 fn compare_requested(args: &[OsString]) -> bool {
     args.iter().any(|a| a == "--compare")
 }
@@ -174,7 +162,7 @@ fn lab(args: &[OsString], needs_root: bool, compare: bool) -> anyhow::Result<()>
                  (`sudo -E cargo xtask ...`)"
             );
         }
-        deps::ensure(LAB_PROGRAMS)?;
+        deps::ensure(deps::LAB_PROGRAMS)?;
         if let Err(e) = deps::ensure(&[("nft", "nftables")]) {
             eprintln!("xtask: {e:#}; the field-case-5 scenario (nftables router) will be skipped");
         }
@@ -279,7 +267,7 @@ fn test(filter: Option<&str>) -> anyhow::Result<()> {
              (`sudo -E cargo xtask test`)"
         );
     }
-    deps::ensure(deps::TEST_PROGRAMS)?;
+    deps::ensure(&[deps::LAB_PROGRAMS, deps::MORE_TEST_PROGRAMS].concat())?;
     let path = toolchain::ensure()?;
     lint(&path)?;
     // The live and replay tests run the agent binary; `cargo test` does not build the
