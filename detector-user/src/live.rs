@@ -24,6 +24,7 @@ use crate::{
     },
     output::{http, metrics::Metrics},
     pipeline::Pipeline,
+    privilege,
 };
 
 pub struct RunOptions {
@@ -61,10 +62,17 @@ pub async fn run(opts: RunOptions, out: impl Write) -> anyhow::Result<()> {
     for name in &opts.ifaces {
         attach(&mut kernel, name, opts.xdp_mode, opts.egress)?;
     }
+    // Bound before privileges go, so a port below 1024 still works for root.
+    let listener = http::bind(opts.listen).await?;
+    let kept = privilege::drop_unneeded().context("dropping privileges after attaching")?;
+    log::info!(
+        "attached; capabilities kept: {}",
+        privilege::describe(&kept)
+    );
 
     let metrics = Arc::new(Metrics::new()?);
     let server = tokio::spawn(http::serve(
-        opts.listen,
+        listener,
         metrics.clone(),
         kernel.counters(),
         kernel.flow_table()?,
