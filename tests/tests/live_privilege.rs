@@ -1,6 +1,7 @@
-//! Least privilege, live: the agent as `nobody` holding only CAP_BPF, CAP_NET_ADMIN and
-//! CAP_PERFMON (as a systemd unit with `AmbientCapabilities=` would start it) attaches,
-//! keeps only the first two, and passes a field-case scenario; as root it gives up every
+//! Least privilege, live: the agent started as the shipped systemd unit starts it (a user
+//! of no privilege holding only the unit's `AmbientCapabilities=`, within its
+//! `CapabilityBoundingSet=`: CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON) attaches, keeps only
+//! CAP_BPF and CAP_NET_ADMIN, and passes a field-case scenario; as root it gives up every
 //! capability but those two once attached. What the agent holds is read from its
 //! `/proc/PID/status`.
 
@@ -35,10 +36,16 @@ impl Scratch {
         Ok(Scratch(dir))
     }
 
-    /// A script that runs the agent as `nobody` with exactly the three capabilities in
-    /// every set that passes them on (bounding, inheritable, ambient), and `exec`s so the
-    /// agent keeps the script's pid.
+    /// A script that runs the agent as `nobody` (the unit's `DynamicUser=` is a user of no
+    /// privilege too) with exactly the unit's capabilities in every set that passes them
+    /// on (bounding, inheritable, ambient), and `exec`s so the agent keeps the script's pid.
     fn unprivileged_agent(&self) -> Result<PathBuf> {
+        let unit = Unit::shipped()?;
+        assert_eq!(
+            unit.ambient, unit.bounding,
+            "the unit grants what it bounds"
+        );
+        let caps = setpriv_caps(&unit.ambient);
         let bin = self.0.join("detector");
         fs::copy(detector_bin()?, &bin).context("copying the agent binary")?;
         fs::set_permissions(&bin, fs::Permissions::from_mode(0o755))?;
@@ -47,15 +54,54 @@ impl Scratch {
             &script,
             format!(
                 "#!/bin/sh\nexec setpriv --reuid=nobody --regid=nogroup --clear-groups \
-                 --inh-caps=-all,+bpf,+net_admin,+perfmon \
-                 --ambient-caps=-all,+bpf,+net_admin,+perfmon \
-                 --bounding-set=-all,+bpf,+net_admin,+perfmon {} \"$@\"\n",
+                 --inh-caps={caps} --ambient-caps={caps} --bounding-set={caps} {} \"$@\"\n",
                 bin.display()
             ),
         )?;
         fs::set_permissions(&script, fs::Permissions::from_mode(0o755))?;
         Ok(script)
     }
+}
+
+/// The capabilities of deploy/systemd/detector.service.
+struct Unit {
+    ambient: Vec<String>,
+    bounding: Vec<String>,
+}
+
+impl Unit {
+    fn shipped() -> Result<Unit> {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/systemd/detector.service");
+        let text =
+            fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        let list = |key: &str| -> Result<Vec<String>> {
+            let line = text
+                .lines()
+                .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+                .with_context(|| format!("{} has no {key}=", path.display()))?;
+            let mut caps: Vec<String> = line.split_whitespace().map(str::to_string).collect();
+            caps.sort();
+            Ok(caps)
+        };
+        assert!(
+            text.lines().any(|l| l == "DynamicUser=yes"),
+            "the unit runs as no root"
+        );
+        Ok(Unit {
+            ambient: list("AmbientCapabilities")?,
+            bounding: list("CapabilityBoundingSet")?,
+        })
+    }
+}
+
+/// `CAP_BPF CAP_NET_ADMIN` as setpriv takes it: `-all,+bpf,+net_admin`.
+fn setpriv_caps(caps: &[String]) -> String {
+    let mut s = String::from("-all");
+    for c in caps {
+        s.push_str(",+");
+        s.push_str(&c.trim_start_matches("CAP_").to_lowercase());
+    }
+    s
 }
 
 impl Drop for Scratch {
@@ -139,7 +185,7 @@ fn root_gives_up_every_capability_but_two_once_attached() -> Result<()> {
 }
 
 #[test]
-fn nobody_with_three_capabilities_attaches_and_keeps_two() -> Result<()> {
+fn as_the_systemd_unit_starts_it_the_agent_keeps_two_capabilities() -> Result<()> {
     if !root("the privilege tests") {
         return Ok(());
     }
@@ -147,6 +193,11 @@ fn nobody_with_three_capabilities_attaches_and_keeps_two() -> Result<()> {
     let scratch = Scratch::new("attach")?;
     let p = attached_privileges(&scratch.unprivileged_agent()?)?;
     let nobody = 65534;
+    assert_eq!(
+        Unit::shipped()?.bounding,
+        ["CAP_BPF", "CAP_NET_ADMIN", "CAP_PERFMON"],
+        "the bits below"
+    );
     assert_eq!(
         p,
         Privileges {
@@ -167,7 +218,7 @@ fn nobody_with_three_capabilities_attaches_and_keeps_two() -> Result<()> {
 /// Field case 3 (HTTP sent to a TLS port) played by the lab with the agent as `nobody`:
 /// the live diagnoses must be exactly the expected ones.
 #[test]
-fn nobody_with_three_capabilities_passes_a_live_scenario() -> Result<()> {
+fn as_the_systemd_unit_starts_it_the_agent_passes_a_live_scenario() -> Result<()> {
     if !root("the privilege tests") {
         return Ok(());
     }

@@ -25,6 +25,7 @@ pub const MORE_TEST_PROGRAMS: &[(&str, &str)] = &[
     ("nft", "nftables"),
     ("prometheus", "prometheus"),
     ("promtool", "prometheus"),
+    ("systemd-analyze", "systemd"),
 ];
 
 pub fn is_root() -> bool {

@@ -3,6 +3,7 @@
 
 mod cmd;
 mod deps;
+mod install;
 mod toolchain;
 
 use std::{
@@ -32,6 +33,17 @@ enum Task {
         /// Arguments for the `detector` binary.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
+    },
+    /// Build, then install the agent, its systemd unit (deploy/systemd/detector.service) and
+    /// its settings (/etc/default/detector, kept when present); checks the unit with
+    /// `systemd-analyze verify`.
+    Install {
+        /// Where the binary goes (PREFIX/bin/detector); the unit names it there.
+        #[arg(long, value_name = "DIR", default_value = "/usr/local")]
+        prefix: PathBuf,
+        /// A staging root to install below instead of `/` (for packaging).
+        #[arg(long, value_name = "DIR", default_value = "/")]
+        destdir: PathBuf,
     },
     /// Everything CI runs: formatting, lints (userspace and eBPF), unit, kernel, live and
     /// replay tests. Needs root (BPF, network namespaces).
@@ -109,6 +121,22 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                 .status()
                 .with_context(|| format!("starting {}", bin.display()))?;
             std::process::exit(status.code().unwrap_or(1));
+        }
+        Task::Install { prefix, destdir } => {
+            let bin = build()?;
+            let layout = install::Layout { destdir, prefix };
+            for f in install::install(&bin, &layout)? {
+                eprintln!("xtask: installed {}", f.display());
+            }
+            if !install::verify(&layout)? {
+                eprintln!("xtask: systemd-analyze not found: the unit was not verified");
+            }
+            eprintln!(
+                "xtask: set the interfaces in {}, then `systemctl daemon-reload && \
+                 systemctl enable --now detector`",
+                layout.settings().display()
+            );
+            Ok(())
         }
         Task::Test { filter } => test(filter.as_deref()),
         Task::Bench => {
