@@ -261,3 +261,107 @@ fn without_capabilities_the_error_names_them() -> Result<()> {
     );
     Ok(())
 }
+
+/// Every system call the agent makes through a whole live scenario (load, attach, drop
+/// privileges, read events, serve a scrape, detach) is one the unit's `SystemCallFilter=`
+/// allows, with the unit's groups expanded by `systemd-analyze syscall-filter`. The agent
+/// runs under `strace -f -c`; a shell in front passes SIGTERM on to it (strace itself
+/// would detach and leave it running).
+#[test]
+fn the_agent_makes_only_system_calls_the_unit_allows() -> Result<()> {
+    if !root("the privilege tests") {
+        return Ok(());
+    }
+    let _turn = serial();
+    let scratch = Scratch::new("syscalls")?;
+    let table = scratch.0.join("strace.txt");
+    let traced = scratch.0.join("detector-traced");
+    fs::write(
+        &traced,
+        format!(
+            "#!/bin/sh\nstrace -f -c -o {} {} \"$@\" &\nstraced=$!\n\
+             trap 'kill -TERM $(pgrep -P $straced)' TERM\nwait $straced\nwait $straced\n",
+            table.display(),
+            detector_bin()?.display()
+        ),
+    )?;
+    fs::set_permissions(&traced, fs::Permissions::from_mode(0o755))?;
+    let s = scenarios::find("http-to-nginx-tls-v4").context("the scenario")?;
+    let outcome = scenarios::run(s, &scratch.0.join("out"), &traced)?;
+    assert!(
+        outcome.expected.check(&outcome.live).is_empty(),
+        "the traced agent must still diagnose: {:?}",
+        outcome.live
+    );
+    let made = strace_summary(&fs::read_to_string(&table)?);
+    assert!(made.contains("bpf"), "strace saw the agent: {made:?}");
+    let allowed = unit_syscalls()?;
+    assert!(
+        allowed.contains("bpf") && !allowed.contains("reboot") && !allowed.contains("mount"),
+        "the filter as parsed: {allowed:?}"
+    );
+    let refused: Vec<&String> = made.iter().filter(|c| !allowed.contains(*c)).collect();
+    assert!(
+        refused.is_empty(),
+        "the unit's SystemCallFilter= would refuse {refused:?}"
+    );
+    Ok(())
+}
+
+/// The system calls named in `strace -c`'s table.
+fn strace_summary(table: &str) -> std::collections::BTreeSet<String> {
+    table
+        .lines()
+        .filter(|l| !l.starts_with('%') && !l.starts_with('-'))
+        .filter_map(|l| l.split_whitespace().last())
+        .filter(|name| *name != "total")
+        .map(str::to_string)
+        .collect()
+}
+
+/// What the shipped unit's `SystemCallFilter=` allows, groups expanded.
+fn unit_syscalls() -> Result<std::collections::BTreeSet<String>> {
+    use std::collections::{BTreeMap, BTreeSet};
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/systemd/detector.service");
+    let unit = fs::read_to_string(&path)?;
+    let filter = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("SystemCallFilter="))
+        .context("the unit has a SystemCallFilter=")?;
+    assert!(!filter.starts_with('~'), "an allow-list");
+    let out = std::process::Command::new("systemd-analyze")
+        .arg("syscall-filter")
+        .output()
+        .context("running systemd-analyze (Debian package systemd)")?;
+    let mut groups: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut current: Option<String> = None;
+    for line in String::from_utf8(out.stdout)?.lines() {
+        if let Some(member) = line.strip_prefix("    ") {
+            if !member.starts_with('#')
+                && let Some(g) = &current
+            {
+                groups
+                    .entry(g.clone())
+                    .or_default()
+                    .push(member.trim().to_string());
+            }
+        } else if line.starts_with('@') {
+            current = Some(line.trim().to_string());
+        }
+    }
+    // systemd always allows @default alongside an allow-list.
+    let mut todo: Vec<String> = filter.split_whitespace().map(str::to_string).collect();
+    todo.push("@default".into());
+    let mut allowed = BTreeSet::new();
+    while let Some(name) = todo.pop() {
+        if name.starts_with('@') {
+            let members = groups
+                .get(&name)
+                .with_context(|| format!("systemd-analyze knows no group {name}"))?;
+            todo.extend(members.iter().cloned());
+        } else {
+            allowed.insert(name);
+        }
+    }
+    Ok(allowed)
+}

@@ -26,6 +26,7 @@ pub const MORE_TEST_PROGRAMS: &[(&str, &str)] = &[
     ("prometheus", "prometheus"),
     ("promtool", "prometheus"),
     ("systemd-analyze", "systemd"),
+    ("strace", "strace"),
 ];
 
 pub fn is_root() -> bool {
