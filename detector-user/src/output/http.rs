@@ -61,6 +61,7 @@ pub async fn serve(
             let request = String::from_utf8_lossy(&buf[..n]);
             let path = request.split_whitespace().nth(1).unwrap_or("");
             let response = if request.starts_with("GET ") && (path == "/metrics" || path == "/") {
+                metrics.refresh_top(time::OffsetDateTime::now_utc());
                 if let Ok(values) = counters.read() {
                     metrics.refresh_kernel(&values);
                     match flows.count() {

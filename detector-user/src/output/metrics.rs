@@ -1,9 +1,10 @@
 //! Prometheus metrics (served by [`super::http`]).
 //!
-//! Labels come only from closed sets (diagnosis kind, alert level/description, side), never
-//! from addresses or ports, so cardinality stays bounded however much traffic is seen.
+//! Labels come from closed sets (diagnosis kind, alert level/description, side); addresses
+//! and names appear only in views bounded by construction (the top endpoints per kind, the
+//! timeout estimates), so cardinality stays bounded however much traffic is seen.
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, sync::Mutex, time::Duration};
 
 use anyhow::Context as _;
 use detector_common::{Counter, EventKind, tls::alert};
@@ -12,8 +13,11 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use super::detail::TimeoutEstimate;
-use super::diagnosis::{Abstention, Diagnosis, Kind, side_name};
+use super::{
+    detail::TimeoutEstimate,
+    diagnosis::{Abstention, Diagnosis, Kind, side_name},
+    top::{Row, TopServers},
+};
 use crate::kernel::event::KernelEvent;
 
 pub struct Metrics {
@@ -31,7 +35,13 @@ pub struct Metrics {
     flows_evicted: IntCounter,
     unconfirmed_evicted: IntCounter,
     abstained: IntCounterVec,
+    top: Mutex<TopServers>,
+    top_gauge: IntGaugeVec,
 }
+
+/// Endpoints per kind in the top view, and its trailing window.
+pub const TOP_K: usize = 10;
+pub const TOP_WINDOW: Duration = Duration::from_secs(3600);
 
 /// Idle-gap buckets that resolve the timeouts that matter: 60 s, nginx's and WAFs' 120 s,
 /// 300 s, the AWS load balancers' 350 s, 600 s and an hour.
@@ -126,6 +136,19 @@ impl Metrics {
             abstained.with_label_values(&[r.as_str()]);
         }
         registry.register(Box::new(abstained.clone()))?;
+        let top_gauge = IntGaugeVec::new(
+            Opts::new(
+                "top_server_diagnoses",
+                format!(
+                    "Diagnoses in the last {} s by server endpoint and SNI: the {TOP_K} \
+                     endpoints with most per kind, and server=\"other\" for the rest; refreshed \
+                     at each scrape, so quiet endpoints drop out",
+                    TOP_WINDOW.as_secs()
+                ),
+            ),
+            &["kind", "server", "sni"],
+        )?;
+        registry.register(Box::new(top_gauge.clone()))?;
         let mut kernel = Vec::new();
         for c in Counter::ALL {
             let m = IntCounter::new(format!("{}_total", c.metric_name()), c.help())?;
@@ -161,6 +184,8 @@ impl Metrics {
             flows_evicted,
             unconfirmed_evicted,
             abstained,
+            top: Mutex::new(TopServers::new(TOP_K, TOP_WINDOW)),
+            top_gauge,
         })
     }
 
@@ -188,6 +213,10 @@ impl Metrics {
 
     pub fn on_diagnosis(&self, d: &Diagnosis) {
         self.diagnoses.with_label_values(&[d.kind.as_str()]).inc();
+        self.top
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .record(d.kind, d.server, d.sni.as_deref(), d.ts);
         if let Some(gap) = d.detail.gap_s() {
             self.idle_gaps
                 .with_label_values(&[d.kind.as_str()])
@@ -262,6 +291,29 @@ impl Metrics {
             .inc_by(evicted.saturating_sub(self.unconfirmed_evicted.get()));
     }
 
+    /// Replaces the exported top view with the one at `now`.
+    pub fn refresh_top(&self, now: time::OffsetDateTime) {
+        let rows = self
+            .top
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .view(now);
+        self.top_gauge.reset();
+        for Row {
+            kind,
+            server,
+            sni,
+            diagnoses,
+        } in rows
+        {
+            let server = server.map_or_else(|| "other".to_string(), |s| s.to_string());
+            let sni = sni.as_deref().map(escape_label).unwrap_or_default();
+            self.top_gauge
+                .with_label_values(&[kind.as_str(), server.as_str(), sni.as_str()])
+                .set(diagnoses as i64);
+        }
+    }
+
     /// The text exposition format.
     pub fn render(&self) -> anyhow::Result<String> {
         let mut buf = Vec::new();
@@ -272,9 +324,45 @@ impl Metrics {
     }
 }
 
+/// A label value from the wire (an SNI) with every byte that is not printable ASCII
+/// shown as `\xNN` (and `\` as `\\`), so no control, bidi or zero-width character
+/// reaches a dashboard.
+fn escape_label(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        match b {
+            b'\\' => out.push_str("\\\\"),
+            0x20..=0x7e => out.push(b as char),
+            _ => out.push_str(&format!("\\x{b:02x}")),
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn top_view_is_refreshed_bounded_and_escaped() {
+        let m = Metrics::new().unwrap();
+        let t0 = time::OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
+        let server: SocketAddr = "192.0.2.1:443".parse().unwrap();
+        {
+            let mut top = m.top.lock().unwrap();
+            // A right-to-left override and a zero-width space inside the name.
+            top.record(Kind::FatalAlert, server, Some("a\u{202e}b\u{200b}"), t0);
+            top.record(Kind::FatalAlert, server, Some("a\u{202e}b\u{200b}"), t0);
+        }
+        m.refresh_top(t0);
+        let text = m.render().unwrap();
+        let line = "detector_top_server_diagnoses{kind=\"fatal_alert\",server=\"192.0.2.1:443\",\
+                    sni=\"a\\\\xe2\\\\x80\\\\xaeb\\\\xe2\\\\x80\\\\x8b\"} 2";
+        assert!(text.contains(line), "{line} missing from\n{text}");
+        m.refresh_top(t0 + TOP_WINDOW + TOP_WINDOW);
+        let text = m.render().unwrap();
+        assert!(!text.contains("detector_top_server_diagnoses{"), "{text}");
+    }
 
     #[test]
     fn exposes_prefixed_names_and_zeroed_kinds() {
