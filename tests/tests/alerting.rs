@@ -44,7 +44,7 @@ const KINDS: [&str; 10] = [
 
 /// Every metric the agent exports (or is to export) under these exact names; rules and
 /// dashboard may use no other `detector_` name.
-const METRICS: [&str; 19] = [
+const METRICS: [&str; 20] = [
     "detector_diagnoses_total",
     "detector_abstained_total",
     "detector_kernel_unconfirmed_flows_created_total",
@@ -63,6 +63,7 @@ const METRICS: [&str; 19] = [
     "detector_inferred_idle_timeout_seconds",
     "detector_inferred_idle_timeout_flows",
     "detector_top_server_diagnoses",
+    "detector_tls_handshakes_total",
     "detector_build_info",
 ];
 

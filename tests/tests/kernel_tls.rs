@@ -398,3 +398,48 @@ fn client_hello_answered_by_plaintext_that_is_not_http() {
         assert_eq!(d[0].detail_json()["answer"], word);
     }
 }
+
+/// (started, completed, failed) handshakes as the kernel counts them.
+fn handshakes(h: &Harness) -> (u64, u64, u64) {
+    (
+        h.counter(Counter::HandshakesStarted),
+        h.counter(Counter::HandshakesCompleted),
+        h.counter(Counter::HandshakesFailed),
+    )
+}
+
+/// The handshake totals behind the failure ratio: one start per flow whose ClientHello was
+/// seen (a renegotiating ClientHello is not a second one), one completion or one failure
+/// each, and nothing for a flow picked up mid-stream.
+#[test]
+fn handshakes_are_counted_once_per_flow_by_result() {
+    let mut h = Harness::new();
+    let mut conv = Conversation::v4(443);
+    let mut f = tls12_session(&mut conv, &Hello::client("a"), &Hello::server());
+    // A client renegotiation in the clear after data: still the same handshake count.
+    f.push(conv.client(&frames::client_hello("a")));
+    f.push(conv.client_flags(ACK | FIN));
+    h.run_all(&f);
+    assert_eq!(
+        handshakes(&h),
+        (1, 1, 0),
+        "finished, then renegotiated, then closed"
+    );
+
+    // Refused by a fatal alert, then the RST after it: one failure.
+    let mut conv = Conversation::new(([10, 0, 0, 9].into(), 40_001), ([10, 0, 0, 2].into(), 443));
+    h.run_all(&[
+        conv.syn_ack(),
+        conv.client(&frames::client_hello("b")),
+        conv.server(&frames::alert(FATAL, HANDSHAKE_FAILURE)),
+        conv.server_flags(ACK | RST),
+    ]);
+    assert_eq!(handshakes(&h), (2, 1, 1));
+
+    // Ciphertext of a flow older than the detector: no handshake seen, none counted.
+    let mut conv = Conversation::v4(8443);
+    let mut two = sealed(APPDATA, 100);
+    two.extend(sealed(APPDATA, 50));
+    h.run_all(&[conv.server(&two), conv.client(&sealed(APPDATA, 80))]);
+    assert_eq!(handshakes(&h), (2, 1, 1));
+}

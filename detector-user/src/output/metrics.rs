@@ -37,6 +37,7 @@ pub struct Metrics {
     abstained: IntCounterVec,
     top: Mutex<TopServers>,
     top_gauge: IntGaugeVec,
+    handshakes: Vec<(Counter, IntCounter)>,
 }
 
 /// Endpoints per kind in the top view, and its trailing window.
@@ -149,8 +150,23 @@ impl Metrics {
             &["kind", "server", "sni"],
         )?;
         registry.register(Box::new(top_gauge.clone()))?;
+        let handshakes_vec = IntCounterVec::new(
+            Opts::new(
+                "tls_handshakes_total",
+                "TLS handshakes by result: started (a flow's first ClientHello seen), completed \
+                 (finished), failed (ended by a fatal alert, RST or FIN before finishing); \
+                 started minus the other two are still open or were never seen to end",
+            ),
+            &["result"],
+        )?;
+        registry.register(Box::new(handshakes_vec.clone()))?;
         let mut kernel = Vec::new();
+        let mut handshakes = Vec::new();
         for c in Counter::ALL {
+            if let Some(result) = c.handshake_result() {
+                handshakes.push((c, handshakes_vec.with_label_values(&[result])));
+                continue;
+            }
             let m = IntCounter::new(format!("{}_total", c.metric_name()), c.help())?;
             registry.register(Box::new(m.clone()))?;
             kernel.push((c, m));
@@ -186,6 +202,7 @@ impl Metrics {
             abstained,
             top: Mutex::new(TopServers::new(TOP_K, TOP_WINDOW)),
             top_gauge,
+            handshakes,
         })
     }
 
@@ -249,7 +266,7 @@ impl Metrics {
     /// Brings the kernel counters, and the abstentions the kernel counts, up to the
     /// values in the maps (they only grow).
     pub fn refresh_kernel(&self, values: &[u64; Counter::COUNT as usize]) {
-        for (c, m) in &self.kernel {
+        for (c, m) in self.kernel.iter().chain(&self.handshakes) {
             let v = values[*c as usize];
             m.inc_by(v.saturating_sub(m.get()));
         }
@@ -342,6 +359,26 @@ fn escape_label(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn handshake_counters_are_one_metric_by_result() {
+        let m = Metrics::new().unwrap();
+        let mut v = [0u64; Counter::COUNT as usize];
+        v[Counter::HandshakesStarted as usize] = 10;
+        v[Counter::HandshakesCompleted as usize] = 7;
+        v[Counter::HandshakesFailed as usize] = 2;
+        m.refresh_kernel(&v);
+        m.refresh_kernel(&v);
+        let text = m.render().unwrap();
+        for line in [
+            "detector_tls_handshakes_total{result=\"started\"} 10",
+            "detector_tls_handshakes_total{result=\"completed\"} 7",
+            "detector_tls_handshakes_total{result=\"failed\"} 2",
+        ] {
+            assert!(text.contains(line), "{line} missing from\n{text}");
+        }
+        assert!(!text.contains("detector_tls_handshakes_started"), "{text}");
+    }
 
     #[test]
     fn top_view_is_refreshed_bounded_and_escaped() {
