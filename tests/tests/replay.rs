@@ -108,3 +108,126 @@ fn not_a_capture_is_a_clear_error() {
         .unwrap();
     assert!(String::from_utf8_lossy(&missing.stderr).contains("/nonexistent/x.pcap"));
 }
+
+/// A host name no one should see as written: a right-to-left override (which shows
+/// `evil` as `live`), a C1 control both as UTF-8 and as a raw byte, a zero-width space,
+/// a byte-order mark, a backslash that could pose as an escape, and an ANSI colour.
+const HOSTILE_SNI: &[u8] =
+    b"a\xe2\x80\xaelive\xc2\x85\x9bb\xe2\x80\x8bc\xef\xbb\xbf\\x41\x1b[31m.test";
+/// How the agent must show it: printable ASCII, every other byte as `\xNN`.
+const HOSTILE_SNI_SHOWN: &str =
+    r"a\xe2\x80\xaelive\xc2\x85\x9bb\xe2\x80\x8bc\xef\xbb\xbf\\x41\x1b[31m.test";
+/// An HTTP request to port 443 whose path tries to end its quoted field in the evidence
+/// and write some of its own, with a bidi override inside the 16 bytes the kernel keeps.
+const FORGING_REQUEST: &[u8] = b"GET /\"; ok\xe2\x80\xaeb HTTP/1.1\r\nHost: x\r\n\r\n";
+
+/// A ClientHello carrying `name` as its SNI, byte for byte.
+fn client_hello_naming(name: &[u8]) -> Vec<u8> {
+    use detector_common::tls::{content_type, extension};
+    let mut sni = ((name.len() + 3) as u16).to_be_bytes().to_vec();
+    sni.push(extension::SERVER_NAME_HOST);
+    sni.extend_from_slice(&(name.len() as u16).to_be_bytes());
+    sni.extend_from_slice(name);
+    let mut hello = frames::Hello::client("x");
+    hello.extensions = vec![(extension::SERVER_NAME, sni)];
+    frames::tls10(frames::record(
+        content_type::HANDSHAKE,
+        &hello.client_hello(),
+    ))
+}
+
+/// Wire bytes reach stdout escaped, through the real kernel program: a hostile SNI (kept
+/// by the kernel in its SNI map) in a fatal-alert diagnosis, and a request forging
+/// evidence structure in an http_to_tls_port diagnosis.
+#[test]
+fn wire_bytes_come_out_escaped_and_quoted() {
+    let mut named = Conversation::new(
+        ("10.1.0.7".parse().unwrap(), 40_700),
+        ("10.2.0.7".parse().unwrap(), 443),
+    );
+    let mut forging = Conversation::new(
+        ("10.1.0.8".parse().unwrap(), 40_800),
+        ("10.2.0.8".parse().unwrap(), 443),
+    );
+    let frames = [
+        named.syn_ack(),
+        named.client(&client_hello_naming(HOSTILE_SNI)),
+        // handshake_failure, fatal.
+        named.server(&[0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x28]),
+        forging.syn_ack(),
+        forging.client(FORGING_REQUEST),
+    ];
+    let capture: Vec<(u64, Vec<u8>)> = frames
+        .iter()
+        .enumerate()
+        .map(|(i, f)| (T0 + i as u64 * 1_000_000, f.build()))
+        .collect();
+    let path = tmp("hostile.pcap");
+    pcapfile::write(&path, &capture).unwrap();
+    let out = Command::new(detector_bin().unwrap())
+        .arg("replay")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    // Not one byte a terminal could act on or render deceptively.
+    if let Some(b) = out
+        .stdout
+        .iter()
+        .find(|&&b| b != b'\n' && !(0x20..=0x7e).contains(&b))
+    {
+        panic!(
+            "byte {b:#04x} in stdout: {:?}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    let d = detector_lab::agent::parse_lines(&String::from_utf8_lossy(&out.stdout)).unwrap();
+    assert_eq!(d.len(), 2, "{d:#?}");
+    let of_kind = |k: &str| {
+        d.iter()
+            .find(|x| x["kind"] == k)
+            .unwrap_or_else(|| panic!("no {k} in {d:#?}"))
+    };
+
+    let alert = of_kind("fatal_alert");
+    assert_eq!(alert["sni"], HOSTILE_SNI_SHOWN, "{alert}");
+
+    let mismatch = of_kind("http_to_tls_port");
+    let evidence = mismatch["evidence"].as_str().unwrap();
+    // The request's 16 bytes, quoted, with its quote and its override escaped.
+    let quoted = r#""GET /\x22; ok\xe2\x80\xaeb H""#;
+    assert_eq!(
+        evidence_pieces(evidence),
+        [
+            format!("client's first payload {quoted}... is an HTTP request to TLS port 443"),
+            "no answer from the server seen".to_string(),
+        ],
+        "{evidence}"
+    );
+    // The hex in detail keeps every byte as sent.
+    assert_eq!(
+        mismatch["detail"]["client_bytes"],
+        "47 45 54 20 2f 22 3b 20 6f 6b e2 80 ae 62 20 48"
+    );
+}
+
+/// Evidence split into its sentences as a reader would: at "; " outside double quotes.
+fn evidence_pieces(evidence: &str) -> Vec<String> {
+    let mut pieces = vec![String::new()];
+    let mut quoted = false;
+    let mut chars = evidence.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '"' {
+            quoted = !quoted;
+        }
+        if c == ';' && !quoted && chars.peek() == Some(&' ') {
+            chars.next();
+            pieces.push(String::new());
+            continue;
+        }
+        pieces.last_mut().unwrap().push(c);
+    }
+    assert!(!quoted, "an unterminated quote in {evidence}");
+    pieces
+}

@@ -3,5 +3,6 @@
 pub mod community_id;
 pub mod detail;
 pub mod diagnosis;
+pub mod escape;
 pub mod http;
 pub mod metrics;
