@@ -231,3 +231,87 @@ fn evidence_pieces(evidence: &str) -> Vec<String> {
     assert!(!quoted, "an unterminated quote in {evidence}");
     pieces
 }
+
+/// A capture whose first records cannot start the clock (a runt, a record without a
+/// timestamp), then a flow first seen mid-stream that retransmits into silence, 0.6 s
+/// after the first real timestamp. The detector has then run for 0.6 s, far less than the
+/// idle threshold, so the flow cannot have been idle that long unseen: no diagnosis. A
+/// clock started at the epoch (by the zero timestamp) or never started (by the runt)
+/// would call it an idle_timeout_drop; the control, whose clock really started 40 s
+/// earlier, shows that it would be seen.
+#[test]
+fn records_that_cannot_start_the_clock_are_skipped_and_counted() {
+    use detector_common::tls::content_type;
+    let data = frames::record(content_type::APPLICATION_DATA, &[0x17; 100]);
+    let mut other = Conversation::new(
+        ("10.1.0.5".parse().unwrap(), 40_500),
+        ("10.2.0.5".parse().unwrap(), 443),
+    );
+    let mut late = Conversation::new(
+        ("10.1.0.9".parse().unwrap(), 50_000),
+        ("10.2.0.1".parse().unwrap(), 443),
+    );
+    let resume = late.client(&data).build();
+    let silence = [
+        (T0, resume.clone()),
+        (T0 + 200_000_000, resume.clone()),
+        (T0 + 600_000_000, resume),
+    ];
+    let run = |name: &str, head: Vec<(u64, Vec<u8>)>| {
+        let path = tmp(name);
+        pcapfile::write(&path, &[head, silence.to_vec()].concat()).unwrap();
+        replay(&path, &["--idle-threshold", "30"]).unwrap()
+    };
+
+    let unseen_start = other.client(&data).build();
+    let (d, summary) = run(
+        "no-clock.pcap",
+        vec![
+            (T0 - 3_600_000_000_000, vec![0; 10]),
+            (0, unseen_start.clone()),
+        ],
+    );
+    assert!(d.is_empty(), "{d:#?}");
+    assert!(
+        summary.contains(
+            "5 packets (3 frames, 2 skipped: 0 unsupported link type, 1 runt, 1 without timestamp)"
+        ),
+        "{summary}"
+    );
+
+    let (d, summary) = run("clock.pcap", vec![(T0 - 40_000_000_000, unseen_start)]);
+    let kinds: Vec<&str> = d.iter().map(|x| x["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["idle_timeout_drop"], "{d:#?}");
+    assert!(summary.contains("0 skipped"), "{summary}");
+}
+
+/// A record claiming more bytes than any snapshot length: an error naming the file, the
+/// offset and the limit, not an attempt to read 300 KB.
+#[test]
+fn oversized_record_is_a_clear_error() {
+    let path = tmp("oversized.pcap");
+    pcapfile::write(&path, &two_failures()[..1]).unwrap();
+    let mut bytes = std::fs::read(&path).unwrap();
+    let second = bytes.len();
+    for v in [1u32, 0, 300_000, 300_000] {
+        bytes.extend_from_slice(&v.to_le_bytes());
+    }
+    bytes.extend_from_slice(&[0; 1000]);
+    std::fs::write(&path, &bytes).unwrap();
+    let out = Command::new(detector_bin().unwrap())
+        .arg("replay")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    for part in [
+        path.display().to_string(),
+        format!("offset {second}"),
+        "300000 captured bytes".into(),
+        "262144".into(),
+    ] {
+        assert!(stderr.contains(&part), "{part:?} not in {stderr}");
+    }
+}
