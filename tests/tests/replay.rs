@@ -315,3 +315,55 @@ fn oversized_record_is_a_clear_error() {
         assert!(stderr.contains(&part), "{part:?} not in {stderr}");
     }
 }
+
+/// Values that make no sense are refused when the command line is read, before any
+/// file is opened or anything loaded, with the flag and its range.
+#[test]
+fn senseless_flag_values_are_refused_at_start() {
+    for (args, range) in [
+        (
+            &["replay", "/nonexistent/x.pcap", "--idle-threshold", "0"][..],
+            "0.1 to 604800",
+        ),
+        (
+            &["replay", "/nonexistent/x.pcap", "--idle-threshold", "NaN"],
+            "0.1 to 604800",
+        ),
+        (
+            &["replay", "/nonexistent/x.pcap", "--correlation-window", "0"],
+            "0.01 to 3600",
+        ),
+        (
+            &[
+                "replay",
+                "/nonexistent/x.pcap",
+                "--correlation-window",
+                "-1",
+            ],
+            "0.01 to 3600",
+        ),
+        (
+            &["run", "--iface", "lo", "--flow-table-size", "4000000000"],
+            "1 to 4194304",
+        ),
+        (
+            &["run", "--iface", "lo", "--flow-table-size", "0"],
+            "1 to 4194304",
+        ),
+        (
+            &["run", "--iface", "lo", "--unconfirmed-table-size", "0"],
+            "1 to 4194304",
+        ),
+    ] {
+        let out = Command::new(detector_bin().unwrap())
+            .args(args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        // clap's usage error.
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(args[args.len() - 2]), "{args:?}: {stderr}");
+        assert!(stderr.contains(range), "{args:?}: {stderr}");
+        assert!(!stderr.contains("/nonexistent"), "{args:?}: {stderr}");
+    }
+}
