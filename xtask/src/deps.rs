@@ -59,11 +59,7 @@ pub fn ensure(programs: &[(&str, &str)]) -> anyhow::Result<()> {
     // on :9090); the tests run their own on loopback and in namespaces. What was running
     // before is left running.
     let services: Vec<&str> = services_of(&missing);
-    let running_before: Vec<&str> = services
-        .iter()
-        .copied()
-        .filter(|s| service_running(s))
-        .collect();
+    let running_before = running(SERVICE, &services);
     eprintln!("xtask: installing {list}");
     run(Command::new("apt-get")
         .arg("update")
@@ -75,10 +71,13 @@ pub fn ensure(programs: &[(&str, &str)]) -> anyhow::Result<()> {
         .env("DEBIAN_FRONTEND", "noninteractive"))
     .with_context(|| format!("installing {list}"))?;
     for service in to_stop(&services, &running_before) {
-        stop_service(service);
+        stop_service(SERVICE, service);
     }
     Ok(())
 }
+
+/// The service front end Debian has with systemd and without it.
+const SERVICE: &str = "service";
 
 /// Daemons a package starts on installation, by package.
 const PACKAGE_SERVICES: &[(&str, &[&str])] = &[
@@ -108,8 +107,8 @@ fn to_stop<'a>(services: &[&'a str], running_before: &[&str]) -> Vec<&'a str> {
 /// scripts alike (containers without systemd); exit status 0 means running. No `service`
 /// program, or an unknown service, reads as not running, which is right for a package that
 /// is not installed yet.
-fn service_running(name: &str) -> bool {
-    Command::new("service")
+fn service_running(ctl: &str, name: &str) -> bool {
+    Command::new(ctl)
         .args([name, "status"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -117,8 +116,16 @@ fn service_running(name: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-fn stop_service(name: &str) {
-    let stopped = Command::new("service")
+fn running<'a>(ctl: &str, services: &[&'a str]) -> Vec<&'a str> {
+    services
+        .iter()
+        .copied()
+        .filter(|s| service_running(ctl, s))
+        .collect()
+}
+
+fn stop_service(ctl: &str, name: &str) {
+    let stopped = Command::new(ctl)
         .args([name, "stop"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -127,7 +134,7 @@ fn stop_service(name: &str) {
         Ok(s) if s.success() => eprintln!("xtask: stopped {name}, which its installation started"),
         // The package may ship no such service (node exporter is only recommended), or the
         // host may have no service manager at all: nothing was started, so nothing to stop.
-        _ if !service_running(name) => {}
+        _ if !service_running(ctl, name) => {}
         Ok(s) => {
             eprintln!("xtask: warning: {name} is running and `service {name} stop` failed ({s})")
         }
@@ -160,6 +167,51 @@ mod tests {
 
     #[test]
     fn an_unknown_service_is_not_running() {
-        assert!(!service_running("xtask-no-such-service-here"));
+        assert!(!service_running(SERVICE, "xtask-no-such-service-here"));
+        assert!(!service_running("/nonexistent/service", "nginx"));
+    }
+
+    /// Against a stand-in `service` that keeps its running set in a file: an nginx the
+    /// host ran before the install stays up, the Prometheus the install started is
+    /// stopped, and a service the package did not ship is left alone quietly.
+    #[test]
+    fn install_started_services_are_stopped_and_others_kept() {
+        use std::{fs, os::unix::fs::PermissionsExt as _};
+
+        let dir = std::env::temp_dir().join(format!("xtask-service-test-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let d = dir.display();
+        let ctl = dir.join("service");
+        fs::write(
+            &ctl,
+            format!(
+                "#!/bin/sh\n\
+                 case \"$2\" in\n\
+                 status) grep -qx \"$1\" {d}/running ;;\n\
+                 stop) grep -qx \"$1\" {d}/running || exit 1; echo \"$1\" >> {d}/stopped; \
+                 grep -vx \"$1\" {d}/running > {d}/left; mv {d}/left {d}/running ;;\n\
+                 *) exit 1 ;;\n\
+                 esac\n"
+            ),
+        )
+        .unwrap();
+        fs::set_permissions(&ctl, fs::Permissions::from_mode(0o755)).unwrap();
+        let ctl = ctl.to_str().unwrap();
+        fs::write(dir.join("running"), "nginx\n").unwrap();
+
+        let services = services_of(&["nginx", "prometheus"]);
+        let before = running(ctl, &services);
+        assert_eq!(before, ["nginx"]);
+        // The install starts Prometheus (the node exporter is not installed).
+        fs::write(dir.join("running"), "nginx\nprometheus\n").unwrap();
+        for s in to_stop(&services, &before) {
+            stop_service(ctl, s);
+        }
+        assert_eq!(
+            fs::read_to_string(dir.join("stopped")).unwrap(),
+            "prometheus\n"
+        );
+        assert_eq!(fs::read_to_string(dir.join("running")).unwrap(), "nginx\n");
+        fs::remove_dir_all(&dir).unwrap();
     }
 }
