@@ -324,7 +324,8 @@ impl Metrics {
         } in rows
         {
             let server = server.map_or_else(|| "other".to_string(), |s| s.to_string());
-            let sni = sni.as_deref().map(escape_label).unwrap_or_default();
+            // Already escaped where it was read (`output::escape`): printable ASCII only.
+            let sni = sni.unwrap_or_default();
             self.top_gauge
                 .with_label_values(&[kind.as_str(), server.as_str(), sni.as_str()])
                 .set(diagnoses as i64);
@@ -339,21 +340,6 @@ impl Metrics {
             .context("encoding metrics")?;
         Ok(String::from_utf8(buf)?)
     }
-}
-
-/// A label value from the wire (an SNI) with every byte that is not printable ASCII
-/// shown as `\xNN` (and `\` as `\\`), so no control, bidi or zero-width character
-/// reaches a dashboard.
-fn escape_label(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        match b {
-            b'\\' => out.push_str("\\\\"),
-            0x20..=0x7e => out.push(b as char),
-            _ => out.push_str(&format!("\\x{b:02x}")),
-        }
-    }
-    out
 }
 
 #[cfg(test)]
@@ -381,15 +367,17 @@ mod tests {
     }
 
     #[test]
-    fn top_view_is_refreshed_bounded_and_escaped() {
+    fn top_view_is_refreshed_and_bounded() {
         let m = Metrics::new().unwrap();
         let t0 = time::OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
         let server: SocketAddr = "192.0.2.1:443".parse().unwrap();
+        // A right-to-left override and a zero-width space inside the name, escaped as the
+        // kernel stage hands an SNI on.
+        let sni = crate::output::escape::escape("a\u{202e}b\u{200b}".as_bytes());
         {
             let mut top = m.top.lock().unwrap();
-            // A right-to-left override and a zero-width space inside the name.
-            top.record(Kind::FatalAlert, server, Some("a\u{202e}b\u{200b}"), t0);
-            top.record(Kind::FatalAlert, server, Some("a\u{202e}b\u{200b}"), t0);
+            top.record(Kind::FatalAlert, server, Some(&sni), t0);
+            top.record(Kind::FatalAlert, server, Some(&sni), t0);
         }
         m.refresh_top(t0);
         let text = m.render().unwrap();

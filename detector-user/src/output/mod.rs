@@ -4,6 +4,7 @@
 pub mod community_id;
 pub mod detail;
 pub mod diagnosis;
+pub mod escape;
 pub mod http;
 pub mod metrics;
 pub mod top;
