@@ -180,6 +180,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                 std::io::stdout().lock(),
             )?;
             eprintln!("{summary}");
+            eprint!("{}", summary.table());
             Ok(())
         }
     }

@@ -1,15 +1,22 @@
 //! `detector replay`: a capture file through the very same compiled XDP program, with the
 //! capture's timestamps as the program's clock.
 
-use std::{io::Write, path::Path, sync::Arc, time::Duration};
+use std::{
+    collections::BTreeMap,
+    io::{IsTerminal as _, Write},
+    path::Path,
+    sync::Arc,
+    time::Duration,
+};
 
 use anyhow::Context as _;
 use detector_common::Counter;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::{
     capture::{self, segment},
     kernel::{Kernel, Options, clock::Clock},
-    output::metrics::Metrics,
+    output::{diagnosis::Kind, metrics::Metrics},
     pipeline::Pipeline,
 };
 
@@ -26,6 +33,7 @@ pub struct Summary {
     pub events: u64,
     pub events_dropped: u64,
     pub diagnoses: u64,
+    pub by_kind: BTreeMap<Kind, u64>,
     /// Times the record walker lost its place, and reordering gaps it bridged: how well
     /// the capture could be followed.
     pub tls_sync_lost: u64,
@@ -73,6 +81,47 @@ impl std::fmt::Display for Summary {
     }
 }
 
+impl Summary {
+    /// The diagnoses by kind as an aligned table, most frequent first.
+    pub fn table(&self) -> String {
+        if self.by_kind.is_empty() {
+            return "no diagnoses\n".to_string();
+        }
+        let mut rows: Vec<(&Kind, &u64)> = self.by_kind.iter().collect();
+        rows.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+        let width = rows
+            .iter()
+            .map(|(k, _)| k.as_str().len())
+            .max()
+            .unwrap_or(0);
+        let mut t = format!("{:<width$}  diagnoses\n", "kind");
+        for (kind, n) in rows {
+            t.push_str(&format!("{:<width$}  {n:>9}\n", kind.as_str()));
+        }
+        t
+    }
+}
+
+/// A progress bar over the file's bytes, on stderr when it is a terminal; hidden
+/// otherwise (a pipe, a log, a test).
+fn progress(path: &Path) -> ProgressBar {
+    let len = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr());
+    if let Ok(style) = ProgressStyle::with_template(
+        "{spinner} {wide_bar} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}  {msg}",
+    ) {
+        bar.set_style(style);
+    }
+    bar
+}
+
+/// Packets between progress updates: the bar redraws on its own schedule, this only
+/// bounds how often the position is handed over.
+const PROGRESS_EVERY: u64 = 4096;
+
 /// The program's clock from the capture's timestamps. Zero means "no timestamp" in a
 /// capture (a simple packet block before any other, a writer that zeroed times) and
 /// "use the kernel's clock" to the program, so it is never handed over: a packet without
@@ -117,6 +166,7 @@ pub fn replay(
     );
     let mut summary = Summary::default();
     let mut clock = CaptureClock::default();
+    let bar = progress(path);
 
     let result = loop {
         let packet = match reader.next_packet() {
@@ -125,6 +175,10 @@ pub fn replay(
             Err(e) => break Err(anyhow::Error::new(e)),
         };
         summary.packets += 1;
+        if summary.packets % PROGRESS_EVERY == 0 {
+            bar.set_position(reader.offset());
+            bar.set_message(format!("{} diagnoses", pipeline.diagnoses()));
+        }
         if packet.frame.len() < MIN_FRAME {
             summary.skipped.runt += 1;
             continue;
@@ -153,8 +207,10 @@ pub fn replay(
         pipeline.tick(ts)?;
     };
 
+    bar.finish_and_clear();
     pipeline.finish()?;
     summary.skipped.link_type = reader.skipped();
+    summary.by_kind = pipeline.diagnoses_by_kind().clone();
     summary.events = pipeline.events();
     summary.diagnoses = pipeline.diagnoses();
     let counters = kernel.counters();
@@ -168,6 +224,27 @@ pub fn replay(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn table_lists_kinds_most_frequent_first() {
+        let s = Summary {
+            by_kind: [
+                (Kind::FatalAlert, 2),
+                (Kind::HttpToTlsPort, 12),
+                (Kind::IdleClose, 2),
+            ]
+            .into(),
+            ..Summary::default()
+        };
+        assert_eq!(
+            s.table(),
+            "kind              diagnoses\n\
+             http_to_tls_port         12\n\
+             fatal_alert               2\n\
+             idle_close                2\n"
+        );
+        assert_eq!(Summary::default().table(), "no diagnoses\n");
+    }
 
     #[test]
     fn capture_clock_starts_at_the_first_timestamp_and_fills_gaps() {
