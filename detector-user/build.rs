@@ -4,11 +4,7 @@
 //! (kernel 5.12+), for the atomic fetch-and-add the flow history needs. aya-build owns
 //! RUSTFLAGS and always asks for the generic (v1) CPU.
 
-use std::{
-    env, fs,
-    path::{Path, PathBuf},
-    process::Command,
-};
+use std::{env, fs, path::PathBuf, process::Command};
 
 use anyhow::{Context as _, anyhow, bail};
 
@@ -79,6 +75,5 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn on_path(program: &str) -> bool {
-    env::var_os("PATH")
-        .is_some_and(|p| env::split_paths(&p).any(|d| Path::new(&d).join(program).is_file()))
+    which::which(program).is_ok()
 }

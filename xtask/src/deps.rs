@@ -34,13 +34,9 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
+/// On PATH, or in the sbin directories a non-login root shell may leave out of it.
 fn on_path(program: &str) -> bool {
-    let Some(path) = std::env::var_os("PATH") else {
-        return false;
-    };
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin".into(), "/sbin".into()])
-        .any(|d| d.join(program).is_file())
+    which::which(program).is_ok() || which::which_in(program, Some("/usr/sbin:/sbin"), "/").is_ok()
 }
 
 /// Installs the Debian packages behind any missing program; says exactly what is missing

@@ -19,6 +19,7 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, PerCpuArray, ProgramArray, RingBuf},
     programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
+    util::KernelVersion,
 };
 use detector_common::{Config, names};
 pub use maps::{Counters, FlowTable, SniMap};
@@ -33,7 +34,7 @@ pub static BENCH_OBJECT: &[u8] =
 
 /// The oldest kernel we load on: bpf_xdp_load_bytes arrived in 5.18 (ring buffers in 5.8,
 /// BPF ISA v3 atomics in 5.12).
-const MIN_KERNEL: (u32, u32) = (5, 18);
+const MIN_KERNEL: (u8, u8) = (5, 18);
 
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -293,20 +294,12 @@ pub fn explain_privileges(e: anyhow::Error) -> anyhow::Error {
 }
 
 fn check_kernel_version() -> anyhow::Result<()> {
-    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .context("reading the kernel version from /proc/sys/kernel/osrelease")?;
-    let mut parts = release
-        .trim()
-        .split(|c: char| !c.is_ascii_digit())
-        .filter_map(|p| p.parse::<u32>().ok());
-    let version = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
-    if version < MIN_KERNEL {
-        bail!(
-            "kernel {} is too old: the detector needs Linux {}.{} or newer",
-            release.trim(),
-            MIN_KERNEL.0,
-            MIN_KERNEL.1
-        );
+    // aya reads it as the loader will see it (uname, and Ubuntu's and Debian's own version
+    // files where uname's patch level is not the real one).
+    let current = KernelVersion::current().context("reading the kernel version")?;
+    let (major, minor) = MIN_KERNEL;
+    if current < KernelVersion::new(major, minor, 0) {
+        bail!("kernel {current} is too old: the detector needs Linux {major}.{minor} or newer");
     }
     Ok(())
 }

@@ -9,78 +9,34 @@
 
 use std::net::IpAddr;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD;
-use sha1::{Digest as _, Sha1};
+/// TCP, the only protocol the detector tracks.
+const TCP: u8 = 6;
 
-/// Computes the Community ID v1 of a flow, e.g. `"1:LQU9qZlK+B5F3KDmev6m5PMibrg="`.
-///
-/// The result does not depend on which endpoint is passed as `src`: both
-/// directions of a connection must hash to the same ID, otherwise the ID could
-/// not be joined against tools that saw the flow from the other side.
-///
-/// `seed` must match the seed configured in the tools being correlated with
-/// (they all default to 0). The ports are hashed as given, which is right for
-/// TCP, UDP and SCTP; ICMP type/code mapping and port-less protocols are not
-/// this function's concern (the detector only tracks TCP).
-///
-/// Mixing an IPv4 and an IPv6 endpoint yields a well-defined but meaningless
-/// value; no other implementation would produce a matching one.
-pub fn community_id_v1(
+/// The Community ID v1 of a TCP connection, e.g. `"1:LQU9qZlK+B5F3KDmev6m5PMibrg="`, by
+/// the `community-id` crate (checked below against the spec's baseline). It does not
+/// depend on which endpoint is passed first, so it joins against tools that saw the flow
+/// from the other side. The seed is 0, every tool's default. `None` when the endpoints
+/// are of different address families, which no connection has.
+pub fn community_id(a: std::net::SocketAddr, b: std::net::SocketAddr) -> Option<String> {
+    community_id_v1(0, a.ip(), a.port(), b.ip(), b.port(), TCP).ok()
+}
+
+/// Any protocol and seed; for ICMP the "ports" are the type and code.
+fn community_id_v1(
     seed: u16,
     src: IpAddr,
     sport: u16,
     dst: IpAddr,
     dport: u16,
     proto: u8,
-) -> String {
-    let (src_buf, src_len) = octets(src);
-    let (dst_buf, dst_len) = octets(dst);
-    let (src_addr, dst_addr) = (&src_buf[..src_len], &dst_buf[..dst_len]);
-
-    // The spec orders the endpoints by their network-byte-order encoding,
-    // address first and port as tie-breaker. Byte-slice comparison of the
-    // packed address matches that exactly (and big-endian u16 order equals
-    // numeric order for the ports).
-    let (a, a_port, b, b_port) = if (src_addr, sport) <= (dst_addr, dport) {
-        (src_addr, sport, dst_addr, dport)
-    } else {
-        (dst_addr, dport, src_addr, sport)
-    };
-
-    let mut h = Sha1::new();
-    h.update(seed.to_be_bytes());
-    h.update(a);
-    h.update(b);
-    // One zero byte pads the protocol so the ports land on a 32-bit boundary.
-    h.update([proto, 0]);
-    h.update(a_port.to_be_bytes());
-    h.update(b_port.to_be_bytes());
-    format!("1:{}", STANDARD.encode(h.finalize()))
-}
-
-/// Packs an address into its wire form without allocating: 4 bytes for IPv4,
-/// 16 for IPv6 (an IPv4-mapped IPv6 address stays 16 bytes, as it would on
-/// the wire).
-fn octets(ip: IpAddr) -> ([u8; 16], usize) {
-    let mut buf = [0u8; 16];
-    match ip {
-        IpAddr::V4(v4) => {
-            buf[..4].copy_from_slice(&v4.octets());
-            (buf, 4)
-        }
-        IpAddr::V6(v6) => {
-            buf.copy_from_slice(&v6.octets());
-            (buf, 16)
-        }
-    }
+) -> Result<String, &'static str> {
+    community_id::calculate_community_id(seed, src, dst, Some(sport), Some(dport), proto, false)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const TCP: u8 = 6;
     const UDP: u8 = 17;
     const SCTP: u8 = 132;
 
@@ -153,19 +109,22 @@ mod tests {
             "1:MP2EtRCAUIZvTw6MxJHLV7N7JDs=",
             "1:5w3ZRjeKBzqT3zsaEECDGjUbYeg=",
         ),
-        // ICMPv6 neighbour solicitation/advertisement, already mapped to
-        // (type, counter-type) "ports" in the baseline; exercises 16-byte
-        // addresses that differ only late in the address.
-        (
-            58,
-            "fe80::200:86ff:fe05:80da",
-            135,
-            "fe80::260:97ff:fe07:69ea",
-            136,
-            "1:dGHyGvjMfljg6Bppwm3bg0LO8TY=",
-            "1:kHa1FhMYIT6Ym2Vm2AOtoOARDzY=",
-        ),
     ];
+
+    /// ICMPv6 neighbour solicitation (type 135, code 0) and its advertisement (136) the
+    /// other way: the same flow, once the crate maps type and code to the spec's "ports".
+    #[test]
+    fn matches_spec_baseline_for_icmpv6() {
+        let ns: IpAddr = "fe80::200:86ff:fe05:80da".parse().unwrap();
+        let na: IpAddr = "fe80::260:97ff:fe07:69ea".parse().unwrap();
+        for (seed, want) in [
+            (0, "1:dGHyGvjMfljg6Bppwm3bg0LO8TY="),
+            (1, "1:kHa1FhMYIT6Ym2Vm2AOtoOARDzY="),
+        ] {
+            assert_eq!(community_id_v1(seed, ns, 135, na, 0, 58).unwrap(), want);
+            assert_eq!(community_id_v1(seed, na, 136, ns, 0, 58).unwrap(), want);
+        }
+    }
 
     #[test]
     fn matches_spec_baseline_both_directions_and_seeds() {
@@ -174,12 +133,12 @@ mod tests {
             let dst: IpAddr = dst.parse().unwrap();
             for (seed, want) in [(0, seed0), (1, seed1)] {
                 assert_eq!(
-                    community_id_v1(seed, src, sport, dst, dport, proto),
+                    community_id_v1(seed, src, sport, dst, dport, proto).unwrap(),
                     want,
                     "{src}:{sport} -> {dst}:{dport} proto {proto} seed {seed}"
                 );
                 assert_eq!(
-                    community_id_v1(seed, dst, dport, src, sport, proto),
+                    community_id_v1(seed, dst, dport, src, sport, proto).unwrap(),
                     want,
                     "{dst}:{dport} -> {src}:{sport} proto {proto} seed {seed}"
                 );
@@ -189,19 +148,16 @@ mod tests {
 
     #[test]
     fn same_address_orders_by_port() {
-        let a: IpAddr = "10.0.0.1".parse().unwrap();
-        let x = community_id_v1(0, a, 1234, a, 80, TCP);
-        assert_eq!(x, community_id_v1(0, a, 80, a, 1234, TCP));
-        assert_ne!(x, community_id_v1(0, a, 1234, a, 81, TCP));
+        let a = |port| std::net::SocketAddr::new("10.0.0.1".parse().unwrap(), port);
+        let x = community_id(a(1234), a(80));
+        assert_eq!(x, community_id(a(80), a(1234)));
+        assert_ne!(x, community_id(a(1234), a(81)));
     }
 
     #[test]
-    fn protocol_and_seed_change_the_id() {
-        let a: IpAddr = "10.0.0.1".parse().unwrap();
-        let b: IpAddr = "127.0.0.1".parse().unwrap();
-        let tcp = community_id_v1(0, a, 1234, b, 80, TCP);
-        assert_ne!(tcp, community_id_v1(0, a, 1234, b, 80, UDP));
-        assert_ne!(tcp, community_id_v1(2, a, 1234, b, 80, TCP));
-        assert!(tcp.starts_with("1:") && tcp.len() == 2 + 28, "{tcp}");
+    fn mixed_families_have_none() {
+        let v4 = "10.0.0.1:443".parse().unwrap();
+        let v6 = "[2001:db8::1]:5000".parse().unwrap();
+        assert_eq!(community_id(v4, v6), None);
     }
 }

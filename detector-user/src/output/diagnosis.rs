@@ -8,7 +8,7 @@ use serde::{Serialize, Serializer};
 use serde_json::Value;
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 
-use super::{community_id::community_id_v1, detail::Detail};
+use super::{community_id::community_id, detail::Detail};
 
 /// The closed set of diagnosis kinds (docs/field-cases.md). Metric label values come from
 /// here, so cardinality stays bounded.
@@ -132,15 +132,8 @@ pub struct Diagnosis {
 }
 
 impl Diagnosis {
-    pub fn community_id(&self) -> String {
-        community_id_v1(
-            0,
-            self.client.ip(),
-            self.client.port(),
-            self.server.ip(),
-            self.server.port(),
-            6,
-        )
+    pub fn community_id(&self) -> Option<String> {
+        community_id(self.client, self.server)
     }
 
     /// The JSON line printed on stdout, as a value.
@@ -161,7 +154,8 @@ struct Line<'a> {
     kind: &'static str,
     client: String,
     server: String,
-    community_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    community_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     sni: Option<&'a str>,
     evidence: String,
