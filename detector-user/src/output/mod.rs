@@ -1,7 +1,10 @@
-//! The output stage: diagnoses as JSON lines, Prometheus metrics, the endpoint serving them.
+//! The output stage: diagnoses as JSON lines, Prometheus metrics, the endpoint serving them
+//! with the agent's health.
 
 pub mod community_id;
 pub mod detail;
 pub mod diagnosis;
+pub mod health;
 pub mod http;
 pub mod metrics;
+pub mod occupancy;
