@@ -41,10 +41,18 @@ pub enum Counter {
     /// again where one-size records put the next header (see the kernel's
     /// `bridge_by_length`).
     TlsBridgedByLength = 16,
+    /// TLS handshakes started: a flow's first ClientHello seen (flows picked up mid-stream
+    /// never count).
+    HandshakesStarted = 17,
+    /// Of those, handshakes that finished (see the kernel's `check_done`).
+    HandshakesCompleted = 18,
+    /// Of those, handshakes that ended before finishing: a fatal alert, a RST or a FIN,
+    /// once per flow (the `HandshakeAborted` event).
+    HandshakesFailed = 19,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 17;
+    pub const COUNT: u32 = 20;
     pub const ALL: [Counter; Counter::COUNT as usize] = [
         Counter::Packets,
         Counter::TcpPackets,
@@ -63,7 +71,21 @@ impl Counter {
         Counter::TlsReadAhead,
         Counter::UnseenBytes,
         Counter::TlsBridgedByLength,
+        Counter::HandshakesStarted,
+        Counter::HandshakesCompleted,
+        Counter::HandshakesFailed,
     ];
+
+    /// The counters exported together as `detector_tls_handshakes_total{result}` instead of
+    /// a metric each: this one's `result`.
+    pub const fn handshake_result(self) -> Option<&'static str> {
+        match self {
+            Counter::HandshakesStarted => Some("started"),
+            Counter::HandshakesCompleted => Some("completed"),
+            Counter::HandshakesFailed => Some("failed"),
+            _ => None,
+        }
+    }
 
     /// The counter's name in metrics (without prefix and `_total`).
     pub const fn metric_name(self) -> &'static str {
@@ -85,6 +107,9 @@ impl Counter {
             Counter::TlsReadAhead => "kernel_tls_read_ahead",
             Counter::UnseenBytes => "kernel_abstained_unseen_bytes",
             Counter::TlsBridgedByLength => "kernel_tls_bridged_by_length",
+            Counter::HandshakesStarted => "tls_handshakes_started",
+            Counter::HandshakesCompleted => "tls_handshakes_completed",
+            Counter::HandshakesFailed => "tls_handshakes_failed",
         }
     }
 
@@ -124,6 +149,11 @@ impl Counter {
             }
             Counter::TlsBridgedByLength => {
                 "Times the TLS record walker found its place again from one-size record lengths"
+            }
+            Counter::HandshakesStarted => "TLS handshakes started (first ClientHello of a flow)",
+            Counter::HandshakesCompleted => "TLS handshakes that finished",
+            Counter::HandshakesFailed => {
+                "TLS handshakes that ended before finishing (fatal alert, RST or FIN)"
             }
         }
     }

@@ -25,6 +25,7 @@ use crate::{
     },
     output::{health::Health, http, metrics::Metrics, occupancy},
     pipeline::Pipeline,
+    privilege,
 };
 
 pub struct RunOptions {
@@ -52,14 +53,8 @@ pub async fn run(opts: RunOptions, out: impl Write) -> anyhow::Result<()> {
         }
     }
     let mut kernel = Kernel::load(&opts.kernel)?;
-    let logger = match aya_log::EbpfLogger::init(&mut kernel.ebpf) {
-        Ok(l) => Some(l),
-        Err(e) => {
-            log::warn!("kernel program logs unavailable: {e}");
-            None
-        }
-    };
-    // Bound before attaching: a taken port must not attach anything, even briefly.
+    // Bound before attaching (a taken port must not attach anything, even briefly) and
+    // before privileges go (a port below 1024 still works for root).
     let listener = http::bind(opts.listen).await?;
     // Subscribed before attaching, so an interface deleted meanwhile is noticed.
     let links = LinkEvents::open()?;
@@ -67,6 +62,11 @@ pub async fn run(opts: RunOptions, out: impl Write) -> anyhow::Result<()> {
         Attachments::attach_all(&mut kernel, &opts.ifaces, opts.xdp_mode, opts.egress)?;
     let health = Arc::new(Health::new(&opts.ifaces));
     publish(&health, &attachments);
+    let kept = privilege::drop_unneeded().context("dropping privileges after attaching")?;
+    log::info!(
+        "attached; capabilities kept: {}",
+        privilege::describe(&kept)
+    );
 
     let metrics = Arc::new(Metrics::new()?);
     let server = tokio::spawn(http::serve(
@@ -93,11 +93,6 @@ pub async fn run(opts: RunOptions, out: impl Write) -> anyhow::Result<()> {
 
     let events = readable(kernel.events().as_raw_fd())
         .context("registering the event ring buffer with the reactor")?;
-    let mut logger = logger;
-    let logs = match &logger {
-        Some(l) => Some(readable(l.as_raw_fd()).context("registering the kernel log buffer")?),
-        None => None,
-    };
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut tick = tokio::time::interval(TICK);
@@ -115,13 +110,6 @@ pub async fn run(opts: RunOptions, out: impl Write) -> anyhow::Result<()> {
                 let mut guard = ready?;
                 for record in kernel.drain_events() {
                     pipeline.on_record(&record)?;
-                }
-                guard.clear_ready();
-            }
-            ready = async { logs.as_ref().expect("guarded by the condition").readable().await }, if logs.is_some() => {
-                let mut guard = ready?;
-                if let Some(l) = logger.as_mut() {
-                    l.flush();
                 }
                 guard.clear_ready();
             }
@@ -161,14 +149,14 @@ fn publish(health: &Health, attachments: &Attachments) {
     }
 }
 
-/// A borrowed fd for the reactor: the ring buffer and the logger own theirs.
+/// A borrowed fd for the reactor: the ring buffer owns it.
 struct RawFdHandle(RawFd);
 
 /// Registers a borrowed fd for readiness. Callers declare the result after the fd's owner,
 /// so it is dropped first.
 fn readable(fd: RawFd) -> std::io::Result<AsyncFd<RawFdHandle>> {
-    // SAFETY: `fd` belongs to the kernel program's ring buffer or its logger, both of which
-    // outlive the registration (see above) and never change their fd.
+    // SAFETY: `fd` belongs to the kernel program's ring buffer, which outlives the
+    // registration (see above) and never changes its fd.
     unsafe { AsyncFd::register_with_interest(RawFdHandle(fd), Interest::READABLE) }
         .map_err(|e| e.into_parts().1)
 }

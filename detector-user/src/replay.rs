@@ -21,8 +21,8 @@ pub struct Summary {
     pub packets: u64,
     /// Frames handed to the program (super-packets count once per segment).
     pub frames: u64,
-    /// Packets of link types we cannot turn into Ethernet, or runts.
-    pub skipped: u64,
+    /// Packets not handed to the program, by why.
+    pub skipped: Skipped,
     pub events: u64,
     pub events_dropped: u64,
     pub diagnoses: u64,
@@ -32,21 +32,65 @@ pub struct Summary {
     pub tls_read_ahead: u64,
 }
 
+/// Packets of a capture that never reach the program. Every packet read is either run
+/// (as one frame or several segments) or counted here.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Skipped {
+    /// Link types that cannot be presented as Ethernet (or raw IP of no known version).
+    pub link_type: u64,
+    /// Shorter than an Ethernet header.
+    pub runt: u64,
+    /// No timestamp (zero) before any packet that had one: the clock cannot start there.
+    pub no_timestamp: u64,
+}
+
+impl Skipped {
+    pub fn total(&self) -> u64 {
+        self.link_type + self.runt + self.no_timestamp
+    }
+}
+
 impl std::fmt::Display for Summary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = &self.skipped;
         write!(
             f,
-            "replayed {} packets ({} frames, {} skipped); kernel events: {} ({} dropped); \
-             diagnoses: {}; TLS sync lost: {} (reordering gaps bridged: {})",
+            "replayed {} packets ({} frames, {} skipped: {} unsupported link type, {} runt, \
+             {} without timestamp); kernel events: {} ({} dropped); diagnoses: {}; TLS sync \
+             lost: {} (reordering gaps bridged: {})",
             self.packets,
             self.frames,
-            self.skipped,
+            s.total(),
+            s.link_type,
+            s.runt,
+            s.no_timestamp,
             self.events,
             self.events_dropped,
             self.diagnoses,
             self.tls_sync_lost,
             self.tls_read_ahead
         )
+    }
+}
+
+/// The program's clock from the capture's timestamps. Zero means "no timestamp" in a
+/// capture (a simple packet block before any other, a writer that zeroed times) and
+/// "use the kernel's clock" to the program, so it is never handed over: a packet without
+/// a timestamp runs at the time of the packet before it, and one before any timestamped
+/// packet is skipped, since starting the clock at the epoch would make the first real
+/// timestamp look like decades of idleness.
+#[derive(Debug, Default)]
+struct CaptureClock {
+    last_ns: Option<u64>,
+}
+
+impl CaptureClock {
+    /// The time to run a packet at, and whether it is the first (the program's start).
+    fn at(&mut self, ts_ns: u64) -> Option<(u64, bool)> {
+        let first = self.last_ns.is_none();
+        let ts = if ts_ns == 0 { self.last_ns? } else { ts_ns };
+        self.last_ns = Some(ts);
+        Some((ts, first))
     }
 }
 
@@ -72,6 +116,7 @@ pub fn replay(
         out,
     );
     let mut summary = Summary::default();
+    let mut clock = CaptureClock::default();
 
     let result = loop {
         let packet = match reader.next_packet() {
@@ -81,12 +126,14 @@ pub fn replay(
         };
         summary.packets += 1;
         if packet.frame.len() < MIN_FRAME {
-            summary.skipped += 1;
+            summary.skipped.runt += 1;
             continue;
         }
-        // Zero would mean "kernel clock" to the program.
-        let ts = packet.ts_ns.max(1);
-        if summary.packets == 1 {
+        let Some((ts, first)) = clock.at(packet.ts_ns) else {
+            summary.skipped.no_timestamp += 1;
+            continue;
+        };
+        if first {
             kernel.set_started(ts)?;
         }
         kernel.set_clock(ts)?;
@@ -107,7 +154,7 @@ pub fn replay(
     };
 
     pipeline.finish()?;
-    summary.skipped += reader.skipped();
+    summary.skipped.link_type = reader.skipped();
     summary.events = pipeline.events();
     summary.diagnoses = pipeline.diagnoses();
     let counters = kernel.counters();
@@ -116,4 +163,45 @@ pub fn replay(
     summary.tls_read_ahead = counters.get(Counter::TlsReadAhead)?;
     result.with_context(|| format!("{}: replay stopped after {}", path.display(), summary))?;
     Ok(summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capture_clock_starts_at_the_first_timestamp_and_fills_gaps() {
+        let mut c = CaptureClock::default();
+        assert_eq!(c.at(0), None, "no clock to start from");
+        assert_eq!(c.at(0), None);
+        assert_eq!(c.at(5_000), Some((5_000, true)));
+        assert_eq!(
+            c.at(0),
+            Some((5_000, false)),
+            "the time of the packet before"
+        );
+        assert_eq!(c.at(7_000), Some((7_000, false)));
+    }
+
+    #[test]
+    fn summary_names_every_reason_for_a_skipped_packet() {
+        let s = Summary {
+            packets: 10,
+            frames: 7,
+            skipped: Skipped {
+                link_type: 1,
+                runt: 2,
+                no_timestamp: 3,
+            },
+            ..Summary::default()
+        };
+        let text = s.to_string();
+        assert!(
+            text.starts_with(
+                "replayed 10 packets (7 frames, 6 skipped: 1 unsupported link type, 2 runt, \
+                 3 without timestamp)"
+            ),
+            "{text}"
+        );
+    }
 }

@@ -44,7 +44,7 @@ const KINDS: [&str; 10] = [
 
 /// Every metric the agent exports (or is to export) under these exact names; rules and
 /// dashboard may use no other `detector_` name.
-const METRICS: [&str; 18] = [
+const METRICS: [&str; 20] = [
     "detector_diagnoses_total",
     "detector_abstained_total",
     "detector_kernel_unconfirmed_flows_created_total",
@@ -62,6 +62,8 @@ const METRICS: [&str; 18] = [
     "detector_idle_gap_seconds",
     "detector_inferred_idle_timeout_seconds",
     "detector_inferred_idle_timeout_flows",
+    "detector_top_server_diagnoses",
+    "detector_tls_handshakes_total",
     "detector_build_info",
 ];
 
@@ -588,6 +590,16 @@ fn prometheus_scrapes_the_agent() -> Result<()> {
         .filter_map(|s| s["metric"]["kind"].as_str().map(str::to_string))
         .collect();
     assert_eq!(kinds, KINDS.iter().map(|k| k.to_string()).collect());
+    // The top view names the server endpoint behind them.
+    let top = prom.wait_value(
+        &format!(
+            r#"detector_top_server_diagnoses{{kind="http_to_tls_port",server="{}:443"}}"#,
+            lab.server_v4()
+        ),
+        deadline,
+        |v| v >= N as f64,
+    )?;
+    assert_eq!(top, N as f64);
     // The recording rules run on what was scraped.
     prom.wait_value(
         r#"detector:diagnoses:rate5m{kind="http_to_tls_port"}"#,

@@ -205,6 +205,8 @@ fn scrapers_and_idle_connections_cost_no_events() -> Result<()> {
     }
     let played = http_to_tls_port(&lab, SESSIONS);
     let diagnosed = agent.collect(2 * SESSIONS, T);
+    // Idle blocking threads linger for seconds, so this sees what the scrapes needed.
+    let threads = threads_of(agent.process.pid());
     stop.store(true, Ordering::Relaxed);
     let load_took = started.elapsed();
     let idle = idle.join().expect("idle holder panicked");
@@ -224,10 +226,19 @@ fn scrapers_and_idle_connections_cost_no_events() -> Result<()> {
     for r in scraper_results {
         r?;
     }
+    let threads = threads?;
+    // The event loop, the occupancy counter and the renderer: not one per scraper (the
+    // systemd unit allows 64 tasks).
+    assert!(
+        threads.len() <= 3,
+        "{} threads under {SCRAPERS} scrapers: {threads:?}",
+        threads.len()
+    );
     let scrapes = scrapes.load(Ordering::Relaxed);
     eprintln!(
-        "under load for {load_took:?}: {scrapes} scrapes answered by {SCRAPERS} scrapers, {} \
-         idle connections opened, {} of them closed by the agent",
+        "under load for {load_took:?}: {scrapes} scrapes answered by {SCRAPERS} scrapers \
+         ({} agent threads), {} idle connections opened, {} of them closed by the agent",
+        threads.len(),
         idle_opened.load(Ordering::Relaxed),
         idle_closed_by_agent.load(Ordering::Relaxed)
     );
@@ -264,6 +275,17 @@ fn scrapers_and_idle_connections_cost_no_events() -> Result<()> {
     );
     agent.stop()?;
     Ok(())
+}
+
+/// Names of the threads of process `pid`, from /proc.
+fn threads_of(pid: u32) -> Result<Vec<String>> {
+    let mut names = Vec::new();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let comm = std::fs::read_to_string(t?.path().join("comm")).unwrap_or_default();
+        names.push(comm.trim().to_owned());
+    }
+    names.sort();
+    Ok(names)
 }
 
 /// Keeps [`IDLE`] connections open that never send a request, reopening those the agent

@@ -196,14 +196,20 @@ fn attach_tc(kernel: &mut Kernel, iface: &str) -> anyhow::Result<SchedClassifier
     let tcx = KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0));
     if tcx {
         // TCX lets several programs share a hook, so a second detector would not fail to
-        // attach there: look for ours first.
-        let (_, programs) = SchedClassifier::query_tcx(iface, TcAttachType::Egress)
-            .with_context(|| format!("listing the TCX egress programs on {iface}"))?;
-        if programs.iter().any(|p| p.name_as_str() == Some(tc_name())) {
-            bail!(
-                "{iface} already has a detector's TC egress program attached: is another \
-                 detector running on it? (`bpftool net show dev {iface}`)"
-            );
+        // attach there: look for ours first. Naming the programs found needs
+        // CAP_SYS_ADMIN, which an agent with only the capabilities it needs lacks (and
+        // which is gone after attaching); the XDP attachment, made first, refuses a second
+        // detector anyway.
+        match SchedClassifier::query_tcx(iface, TcAttachType::Egress) {
+            Ok((_, programs)) => {
+                if programs.iter().any(|p| p.name_as_str() == Some(tc_name())) {
+                    bail!(
+                        "{iface} already has a detector's TC egress program attached: is \
+                         another detector running on it? (`bpftool net show dev {iface}`)"
+                    );
+                }
+            }
+            Err(e) => log::debug!("not checking {iface}'s TCX egress programs: {e}"),
         }
     } else if let Err(e) = qdisc_add_clsact(iface) {
         // The netlink fallback needs the clsact qdisc; it may be there already.

@@ -14,6 +14,7 @@ use detector_common::{Counter, FlowKey, FlowState, Sni};
 pub struct SniMap(pub(super) HashMap<MapData, FlowKey, Sni>);
 
 impl SniMap {
+    /// The flow's host name, escaped for display (a ClientHello may carry any bytes in it).
     pub fn lookup(&self, client: SocketAddr, server: SocketAddr) -> Option<String> {
         let (key, _) = FlowKey::normalised(
             &super::event::addr(client.ip()),
@@ -23,7 +24,7 @@ impl SniMap {
         );
         let sni = self.0.get(&key, 0).ok()?;
         let name = &sni.name[..usize::from(sni.len).min(sni.name.len())];
-        Some(String::from_utf8_lossy(name).into_owned())
+        Some(crate::output::escape::escape(name))
     }
 }
 

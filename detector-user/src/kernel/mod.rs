@@ -74,6 +74,7 @@ pub struct Kernel {
 impl Kernel {
     pub fn load(opts: &Options) -> anyhow::Result<Kernel> {
         check_kernel_version()?;
+        crate::privilege::check()?;
         if opts.flow_table_size == 0 {
             bail!("the flow table needs at least one entry (--flow-table-size)");
         }
@@ -284,7 +285,8 @@ pub fn explain_privileges(e: anyhow::Error) -> anyhow::Error {
     if denied {
         e.context(
             "permission denied: run as root, or grant CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON \
-             (e.g. `sudo setcap cap_bpf,cap_net_admin,cap_perfmon+ep target/release/detector`)",
+             (e.g. `sudo setcap cap_bpf,cap_net_admin,cap_perfmon+ep target/release/detector`; \
+             see the README's section on privileges)",
         )
     } else {
         e

@@ -3,11 +3,11 @@
 //!
 //! Bounded in every resource: at most [`MAX_CONNECTIONS`] connections (when full, a new one
 //! displaces an idle one, first those that never sent a request, so idle or slow sockets
-//! cannot lock scrapers out); a connection must send a request within [`HEADER_TIMEOUT`] of connecting, and one
-//! kept alive is closed after [`IDLE_TIMEOUT`] without a request. A scrape reads the kernel
-//! counters and renders on a blocking thread, never on the event loop, and reads flow-table
-//! occupancy from what [`super::occupancy`] last counted, so its cost does not depend on the
-//! flow table's size.
+//! cannot lock scrapers out); a connection must send a request within [`HEADER_TIMEOUT`]
+//! of connecting, and one kept alive is closed after [`IDLE_TIMEOUT`] without a request. A
+//! scrape reads the kernel counters and renders on a thread of its own, never on the event
+//! loop, and reads flow-table occupancy from what [`super::occupancy`] last counted, so its
+//! cost does not depend on the flow table's size.
 
 use std::{
     collections::BTreeMap,
@@ -17,6 +17,7 @@ use std::{
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+        mpsc,
     },
     time::Duration,
 };
@@ -34,7 +35,7 @@ use hyper::{
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::{
     net::{TcpListener, TcpStream},
-    sync::{Notify, Semaphore},
+    sync::{Notify, Semaphore, oneshot},
     time::Instant,
 };
 
@@ -64,9 +65,31 @@ const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
 /// What a request may reach.
 #[derive(Clone)]
 struct State {
+    health: Arc<Health>,
+    /// Renders scrapes on a thread of its own: one thread however many scrapers (the
+    /// systemd unit allows 64 tasks), and never the event loop's.
+    renderer: mpsc::SyncSender<RenderJob>,
+}
+
+/// A scrape to render (gzip or not), and where its response goes.
+type RenderJob = (bool, oneshot::Sender<anyhow::Result<Response<Full<Bytes>>>>);
+
+/// Starts the render thread; it ends when every sender is gone.
+fn start_renderer(
     metrics: Arc<Metrics>,
     counters: Counters,
-    health: Arc<Health>,
+) -> anyhow::Result<mpsc::SyncSender<RenderJob>> {
+    // At most one job per open connection is ever waiting.
+    let (tx, rx) = mpsc::sync_channel::<RenderJob>(MAX_CONNECTIONS);
+    std::thread::Builder::new()
+        .name("metrics-render".into())
+        .spawn(move || {
+            for (gzip, reply) in rx {
+                let _ = reply.send(scrape(&metrics, &counters, gzip));
+            }
+        })
+        .context("starting the metrics render thread")?;
+    Ok(tx)
 }
 
 /// A connection as the acceptor sees it: whether it is serving a request, and how to ask
@@ -132,9 +155,8 @@ pub async fn serve(
     health: Arc<Health>,
 ) -> anyhow::Result<()> {
     let state = State {
-        metrics,
-        counters,
         health,
+        renderer: start_renderer(metrics, counters)?,
     };
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let conns = Arc::new(Conns::default());
@@ -270,17 +292,20 @@ async fn respond(req: &Request<Incoming>, state: &State) -> Response<Full<Bytes>
     match req.uri().path() {
         "/metrics" | "/" => {
             let gzip = accepts_gzip(req.headers().get_all(header::ACCEPT_ENCODING));
-            let state = state.clone();
-            match tokio::task::spawn_blocking(move || scrape(&state, gzip)).await {
+            let (reply, response) = oneshot::channel();
+            let rendered = match state.renderer.try_send((gzip, reply)) {
+                Ok(()) => response.await,
+                Err(_) => {
+                    return text(StatusCode::SERVICE_UNAVAILABLE, "metrics busy\n");
+                }
+            };
+            match rendered {
                 Ok(Ok(r)) => r,
                 Ok(Err(e)) => {
                     log::warn!("metrics: {e:#}");
                     text(StatusCode::INTERNAL_SERVER_ERROR, "metrics unavailable\n")
                 }
-                Err(e) => {
-                    log::warn!("metrics: scrape task failed: {e}");
-                    text(StatusCode::INTERNAL_SERVER_ERROR, "metrics unavailable\n")
-                }
+                Err(_) => text(StatusCode::INTERNAL_SERVER_ERROR, "metrics unavailable\n"),
             }
         }
         "/healthz" => text(StatusCode::OK, "ok\n"),
@@ -296,10 +321,15 @@ async fn respond(req: &Request<Incoming>, state: &State) -> Response<Full<Bytes>
 }
 
 /// Reads the kernel counters and renders every metric (blocking: map syscalls, encoding).
-fn scrape(state: &State, gzip: bool) -> anyhow::Result<Response<Full<Bytes>>> {
-    let values = state.counters.read()?;
-    state.metrics.refresh_kernel(&values);
-    let body = state.metrics.render()?;
+fn scrape(
+    metrics: &Metrics,
+    counters: &Counters,
+    gzip: bool,
+) -> anyhow::Result<Response<Full<Bytes>>> {
+    metrics.refresh_top(time::OffsetDateTime::now_utc());
+    let values = counters.read()?;
+    metrics.refresh_kernel(&values);
+    let body = metrics.render()?;
     let mut response = Response::builder()
         .status(StatusCode::OK)
         .header(header::CONTENT_TYPE, TEXT_FORMAT)
