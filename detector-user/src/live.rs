@@ -19,10 +19,11 @@ use tokio::{
 use crate::{
     kernel::{
         Kernel, Options,
-        attach::{XdpModeArg, attach},
+        attach::{Attachments, XdpModeArg},
         clock::{Clock, boottime_ns},
+        link_events::LinkEvents,
     },
-    output::{http, metrics::Metrics},
+    output::{health::Health, http, metrics::Metrics, occupancy},
     pipeline::Pipeline,
     privilege,
 };
@@ -52,11 +53,15 @@ pub async fn run(opts: RunOptions, out: impl Write) -> anyhow::Result<()> {
         }
     }
     let mut kernel = Kernel::load(&opts.kernel)?;
-    for name in &opts.ifaces {
-        attach(&mut kernel, name, opts.xdp_mode, opts.egress)?;
-    }
-    // Bound before privileges go, so a port below 1024 still works for root.
+    // Bound before attaching (a taken port must not attach anything, even briefly) and
+    // before privileges go (a port below 1024 still works for root).
     let listener = http::bind(opts.listen).await?;
+    // Subscribed before attaching, so an interface deleted meanwhile is noticed.
+    let links = LinkEvents::open()?;
+    let mut attachments =
+        Attachments::attach_all(&mut kernel, &opts.ifaces, opts.xdp_mode, opts.egress)?;
+    let health = Arc::new(Health::new(&opts.ifaces));
+    publish(&health, &attachments);
     let kept = privilege::drop_unneeded().context("dropping privileges after attaching")?;
     log::info!(
         "attached; capabilities kept: {}",
@@ -68,9 +73,14 @@ pub async fn run(opts: RunOptions, out: impl Write) -> anyhow::Result<()> {
         listener,
         metrics.clone(),
         kernel.counters(),
+        health.clone(),
+    ));
+    let _occupancy = occupancy::Sampler::start(
+        metrics.clone(),
+        kernel.counters(),
         kernel.flow_table()?,
         kernel.unconfirmed_table()?,
-    ));
+    )?;
     let sni = kernel.take_sni();
     let mut pipeline = Pipeline::new(
         Clock::boot(),
@@ -94,6 +104,7 @@ pub async fn run(opts: RunOptions, out: impl Write) -> anyhow::Result<()> {
         if opts.egress { "on" } else { "off" }
     );
     loop {
+        health.loop_turned();
         tokio::select! {
             ready = events.readable() => {
                 let mut guard = ready?;
@@ -103,6 +114,11 @@ pub async fn run(opts: RunOptions, out: impl Write) -> anyhow::Result<()> {
                 guard.clear_ready();
             }
             _ = tick.tick() => pipeline.tick(boottime_ns())?,
+            deleted = links.next() => {
+                if attachments.reconcile(&mut kernel, &deleted?) {
+                    publish(&health, &attachments);
+                }
+            }
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
             // The metrics listener only ends on error (e.g. its port is taken).
@@ -124,6 +140,13 @@ pub async fn run(opts: RunOptions, out: impl Write) -> anyhow::Result<()> {
     // Returning drops the reactor registrations, then (declared earlier, dropped later)
     // the programs, which detaches them from every interface.
     Ok(())
+}
+
+/// Tells `/readyz` which interfaces are attached.
+fn publish(health: &Health, attachments: &Attachments) {
+    for (iface, attached) in attachments.state() {
+        health.set_attached(iface, attached);
+    }
 }
 
 /// A borrowed fd for the reactor: the ring buffer owns it.

@@ -287,6 +287,9 @@ fn a_full_flow_table_counts_its_evictions() -> Result<()> {
         )?;
         assert_eq!(String::from_utf8_lossy(&out.stdout), "ok\n");
     }
+    // Occupancy is counted off the event loop once per period (a 4-entry table is walked
+    // in microseconds): two periods on, the last count saw every flow above.
+    std::thread::sleep(2 * detector_user::output::occupancy::MIN_PERIOD);
     let text = agent.metrics(&lab)?;
     let created = metric(&text, "detector_kernel_flows_created_total").unwrap_or(0.0);
     let evicted = metric(&text, "detector_kernel_flows_evicted_total").unwrap_or(-1.0);

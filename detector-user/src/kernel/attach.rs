@@ -1,10 +1,22 @@
 //! Attaching the loaded programs to interfaces: XDP on ingress (native where it helps),
-//! the TC classifier on egress.
+//! the TC classifier on egress; and keeping them attached when an interface goes away and
+//! comes back.
+//!
+//! Both attachments are kernel links owned by file descriptors (a bpf_link for XDP, TCX for
+//! TC from Linux 6.6), so the kernel detaches them when the process dies, however it dies.
+//! Before 6.6 TC falls back to a netlink `tc filter`, which outlives a killed process: a
+//! SIGKILLed agent there leaves its egress filter until `tc filter del dev DEV egress`.
 
 use std::path::Path;
 
-use anyhow::Context as _;
-use aya::programs::{TcAttachType, XdpMode};
+use anyhow::{Context as _, bail};
+use aya::programs::{
+    ProgramError, SchedClassifier, TcAttachType, TcError, XdpError, XdpMode,
+    tc::{SchedClassifierLinkId, qdisc_add_clsact},
+    xdp::XdpLinkId,
+};
+use aya::util::KernelVersion;
+use detector_common::names;
 
 use super::{Kernel, explain_privileges};
 
@@ -17,12 +29,115 @@ pub enum XdpModeArg {
     Skb,
 }
 
-pub fn attach(
+/// One interface's attachments.
+struct Attached {
+    ifindex: u32,
+    xdp: XdpLinkId,
+    tc: Option<SchedClassifierLinkId>,
+}
+
+struct Slot {
+    name: String,
+    attached: Option<Attached>,
+}
+
+/// The configured interfaces and what is attached to each now.
+pub struct Attachments {
+    mode: XdpModeArg,
+    egress: bool,
+    slots: Vec<Slot>,
+}
+
+impl Attachments {
+    /// Attaches to every interface; any failure is fatal (and detaches what was attached,
+    /// when the program is dropped).
+    pub fn attach_all(
+        kernel: &mut Kernel,
+        ifaces: &[String],
+        mode: XdpModeArg,
+        egress: bool,
+    ) -> anyhow::Result<Attachments> {
+        let mut a = Attachments {
+            mode,
+            egress,
+            slots: Vec::new(),
+        };
+        for name in ifaces {
+            let attached = attach(kernel, name, mode, egress)?;
+            a.slots.push(Slot {
+                name: name.clone(),
+                attached: Some(attached),
+            });
+        }
+        Ok(a)
+    }
+
+    /// Interfaces and whether each is attached now.
+    pub fn state(&self) -> impl Iterator<Item = (&str, bool)> {
+        self.slots
+            .iter()
+            .map(|s| (s.name.as_str(), s.attached.is_some()))
+    }
+
+    /// Brings the attachments in line with the interfaces that exist now: forgets those
+    /// whose interface is gone (the kernel detached them with it, as it did for those in
+    /// `deleted`, interface indexes reported deleted since the last call) and attaches to
+    /// configured interfaces that exist but are not attached. Returns whether anything
+    /// changed. Failures are logged, not fatal: the next link event retries.
+    pub fn reconcile(&mut self, kernel: &mut Kernel, deleted: &[u32]) -> bool {
+        let mut changed = false;
+        for slot in &mut self.slots {
+            let now = ifindex(&slot.name);
+            if let Some(a) = &slot.attached
+                && (now != Some(a.ifindex) || deleted.contains(&a.ifindex))
+            {
+                let a = slot.attached.take().expect("checked above");
+                log::warn!(
+                    "{} went away (index {}): detached until it comes back",
+                    slot.name,
+                    a.ifindex
+                );
+                // The kernel already released the links with the device; this only drops
+                // our handles on them.
+                if let Ok(xdp) = kernel.xdp() {
+                    let _ = xdp.detach(a.xdp);
+                }
+                if let (Some(tc), Ok(prog)) = (a.tc, kernel.tc()) {
+                    let _ = prog.detach(tc);
+                }
+                changed = true;
+            }
+            if slot.attached.is_none() && ifindex(&slot.name).is_some() {
+                match attach(kernel, &slot.name, self.mode, self.egress) {
+                    Ok(a) => {
+                        log::info!("{} is back (index {}): re-attached", slot.name, a.ifindex);
+                        slot.attached = Some(a);
+                        changed = true;
+                    }
+                    Err(e) => log::warn!("re-attaching to {}: {e:#}", slot.name),
+                }
+            }
+        }
+        changed
+    }
+}
+
+fn ifindex(name: &str) -> Option<u32> {
+    let c = std::ffi::CString::new(name).ok()?;
+    // SAFETY: a valid NUL-terminated string.
+    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    (i != 0).then_some(i)
+}
+
+fn attach(
     kernel: &mut Kernel,
     iface: &str,
     mode: XdpModeArg,
     egress: bool,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Attached> {
+    let Some(index) = ifindex(iface) else {
+        bail!("interface {iface} does not exist");
+    };
     let xdp = kernel.xdp()?;
     let chosen = match mode {
         XdpModeArg::Native => XdpMode::Driver,
@@ -35,30 +150,108 @@ pub fn attach(
         }
         XdpModeArg::Auto => XdpMode::Driver,
     };
-    match xdp.attach(iface, chosen) {
-        Ok(_) => log::info!("XDP attached to {iface} ({chosen:?} mode)"),
+    let xdp_link = match xdp.attach_to_if_index(index, chosen) {
+        Ok(l) => {
+            log::info!("XDP attached to {iface} ({chosen:?} mode)");
+            l
+        }
+        Err(e) if occupied(&e) => return Err(xdp_taken(iface, e)),
         Err(e) if mode == XdpModeArg::Auto && chosen == XdpMode::Driver => {
             log::info!("native XDP on {iface} failed ({e}); falling back to generic (skb) XDP");
-            xdp.attach(iface, XdpMode::Skb)
-                .map_err(anyhow::Error::from)
-                .map_err(explain_privileges)
-                .with_context(|| format!("attaching XDP to {iface}"))?;
+            match xdp.attach_to_if_index(index, XdpMode::Skb) {
+                Ok(l) => l,
+                Err(e) if occupied(&e) => return Err(xdp_taken(iface, e)),
+                Err(e) => {
+                    return Err(explain_privileges(e.into()))
+                        .with_context(|| format!("attaching XDP to {iface}"));
+                }
+            }
         }
         Err(e) => {
             return Err(explain_privileges(e.into()))
                 .with_context(|| format!("attaching XDP to {iface} in {chosen:?} mode"));
         }
+    };
+    let tc_link = if egress {
+        match attach_tc(kernel, iface) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                // Leave nothing half-attached.
+                let _ = kernel.xdp().map(|x| x.detach(xdp_link));
+                return Err(e);
+            }
+        }
+    } else {
+        None
+    };
+    Ok(Attached {
+        ifindex: index,
+        xdp: xdp_link,
+        tc: tc_link,
+    })
+}
+
+fn attach_tc(kernel: &mut Kernel, iface: &str) -> anyhow::Result<SchedClassifierLinkId> {
+    // The same test aya's `attach` makes to choose TCX over a netlink filter.
+    let tcx = KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0));
+    if tcx {
+        // TCX lets several programs share a hook, so a second detector would not fail to
+        // attach there: look for ours first. Naming the programs found needs
+        // CAP_SYS_ADMIN, which an agent with only the capabilities it needs lacks (and
+        // which is gone after attaching); the XDP attachment, made first, refuses a second
+        // detector anyway.
+        match SchedClassifier::query_tcx(iface, TcAttachType::Egress) {
+            Ok((_, programs)) => {
+                if programs.iter().any(|p| p.name_as_str() == Some(tc_name())) {
+                    bail!(
+                        "{iface} already has a detector's TC egress program attached: is \
+                         another detector running on it? (`bpftool net show dev {iface}`)"
+                    );
+                }
+            }
+            Err(e) => log::debug!("not checking {iface}'s TCX egress programs: {e}"),
+        }
+    } else if let Err(e) = qdisc_add_clsact(iface) {
+        // The netlink fallback needs the clsact qdisc; it may be there already.
+        if !matches!(&e, TcError::NetlinkError(n) if n.raw_os_error() == Some(libc::EEXIST)) {
+            return Err(explain_privileges(e.into()))
+                .with_context(|| format!("adding the clsact qdisc to {iface}"));
+        }
     }
-    if egress {
-        kernel
-            .tc()?
-            .attach(iface, TcAttachType::Egress)
-            .map_err(anyhow::Error::from)
-            .map_err(explain_privileges)
-            .with_context(|| format!("attaching the TC egress classifier to {iface}"))?;
-        log::info!("TC egress classifier attached to {iface}");
-    }
-    Ok(())
+    let link = kernel
+        .tc()?
+        .attach(iface, TcAttachType::Egress)
+        .map_err(anyhow::Error::from)
+        .map_err(explain_privileges)
+        .with_context(|| format!("attaching the TC egress classifier to {iface}"))?;
+    log::info!(
+        "TC egress classifier attached to {iface} ({})",
+        if tcx { "TCX link" } else { "netlink filter" }
+    );
+    Ok(link)
+}
+
+/// The kernel truncates program names to 15 bytes.
+fn tc_name() -> &'static str {
+    &names::TC_PROGRAM[..names::TC_PROGRAM.len().min(15)]
+}
+
+/// Whether attaching failed because the hook already holds another XDP program: a bpf_link
+/// refuses to replace one (EBUSY), and native and generic XDP cannot coexist (EEXIST).
+fn occupied(e: &ProgramError) -> bool {
+    let code = match e {
+        ProgramError::SyscallError(s) => s.io_error.raw_os_error(),
+        ProgramError::XdpError(XdpError::NetlinkError(n)) => n.raw_os_error(),
+        _ => None,
+    };
+    matches!(code, Some(libc::EBUSY) | Some(libc::EEXIST))
+}
+
+fn xdp_taken(iface: &str, e: ProgramError) -> anyhow::Error {
+    anyhow::Error::from(e).context(format!(
+        "{iface} already has an XDP program attached (another detector running on it?); \
+         it was left as it is. See `ip -d link show {iface}`"
+    ))
 }
 
 /// Virtual devices (veth, bridges, tunnels) live under /sys/devices/virtual.

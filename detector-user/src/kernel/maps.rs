@@ -29,14 +29,14 @@ impl SniMap {
 }
 
 /// A second handle on one of the kernel's flow tables (confirmed or unconfirmed), for the
-/// metrics endpoint: counting what is present tells, against what was created, what the
+/// eviction metrics: counting what is present tells, against what was created, what the
 /// LRU evicted.
 #[derive(Clone)]
 pub struct FlowTable(pub(super) Arc<Mutex<HashMap<MapData, FlowKey, FlowState>>>);
 
 impl FlowTable {
-    /// Entries present now. One syscall per entry: tens of milliseconds for a full
-    /// 65 536-entry table, paid per scrape.
+    /// Entries present now. One syscall per entry, so it is counted on a thread of its
+    /// own (`output::occupancy`), never per scrape or on the event loop.
     pub fn count(&self) -> anyhow::Result<u64> {
         let map = self
             .0

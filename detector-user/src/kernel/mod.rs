@@ -5,6 +5,7 @@
 pub mod attach;
 pub mod clock;
 pub mod event;
+pub mod link_events;
 pub mod maps;
 pub mod reader;
 

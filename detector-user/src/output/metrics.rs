@@ -117,13 +117,17 @@ impl Metrics {
         build.set(1);
         let flows_evicted = IntCounter::new(
             "kernel_flows_evicted_total",
-            "Flows the kernel's LRU flow table evicted to make room (created minus present)",
+            "Flows the kernel's LRU flow table evicted to make room (created minus present; \
+             present is counted off the event loop every second, or every 20 walks' time on \
+             big tables, and this lags by as much)",
         )?;
         registry.register(Box::new(flows_evicted.clone()))?;
         let unconfirmed_evicted = IntCounter::new(
             "kernel_unconfirmed_flows_evicted_total",
             "Flows seen from one side only that the kernel's unconfirmed table evicted to make \
-             room (created minus confirmed minus reset minus present)",
+             room (created minus confirmed minus reset minus present; present is counted \
+             off the event loop every second, or every 20 walks' time on big tables, and this \
+             lags by as much)",
         )?;
         registry.register(Box::new(unconfirmed_evicted.clone()))?;
         let abstained = IntCounterVec::new(
