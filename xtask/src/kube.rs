@@ -230,4 +230,42 @@ mod tests {
         )?;
         rejected(&d, "no schema for monitoring.coreos.com/v1 PodMonitors")
     }
+
+    /// The `- ITEM` lines right after the line `key:` in `yaml`.
+    fn list_after(yaml: &str, key: &str) -> Vec<String> {
+        yaml.lines()
+            .skip_while(|l| l.trim() != key)
+            .skip(1)
+            .map_while(|l| l.trim().strip_prefix("- ").map(str::to_owned))
+            .collect()
+    }
+
+    /// The DaemonSet grants exactly the capabilities the systemd unit grants (those the
+    /// agent needs to load, see detector-user's privilege module), and drops all others.
+    #[test]
+    fn daemonset_capabilities_are_the_units() -> anyhow::Result<()> {
+        let unit = include_str!("../../deploy/systemd/detector.service");
+        let ds = fs::read_to_string(manifests_dir().join("daemonset.yaml"))?;
+        let mut from_unit: Vec<String> = unit
+            .lines()
+            .find_map(|l| l.strip_prefix("AmbientCapabilities="))
+            .context("the unit has no AmbientCapabilities=")?
+            .split_whitespace()
+            .map(|c| c.trim_start_matches("CAP_").to_owned())
+            .collect();
+        let mut added = list_after(&ds, "add:");
+        from_unit.sort();
+        added.sort();
+        assert_eq!(added, from_unit);
+        assert_eq!(list_after(&ds, "drop:"), ["ALL"]);
+        for setting in [
+            "privileged: false",
+            "allowPrivilegeEscalation: false",
+            "readOnlyRootFilesystem: true",
+            "hostNetwork: true",
+        ] {
+            assert!(ds.contains(setting), "daemonset.yaml lacks {setting}");
+        }
+        Ok(())
+    }
 }
