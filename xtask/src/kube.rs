@@ -74,10 +74,7 @@ fn python() -> anyhow::Result<PathBuf> {
         REQUIREMENTS[0],
         venv.display()
     );
-    let _ = fs::remove_dir_all(&venv);
-    capture(Command::new("python3").args(["-m", "venv"]).arg(&venv)).context(
-        "creating the venv for kubernetes-validate (Debian: apt-get install python3-venv)",
-    )?;
+    make_venv(&venv)?;
     capture(
         Command::new(&python)
             .args(["-m", "pip", "install", "--quiet"])
@@ -87,6 +84,36 @@ fn python() -> anyhow::Result<PathBuf> {
     .context("installing kubernetes-validate and jsonschema from PyPI")?;
     fs::write(&complete, b"").with_context(|| format!("writing {}", complete.display()))?;
     Ok(python)
+}
+
+/// `python3 -m venv VENV`; on Debian, whose python3 leaves `venv`'s pip bootstrap to the
+/// package python3-venv, that package is installed when missing (as root).
+fn make_venv(venv: &Path) -> anyhow::Result<()> {
+    let attempt = || {
+        let _ = fs::remove_dir_all(venv);
+        capture(Command::new("python3").args(["-m", "venv"]).arg(venv))
+    };
+    let Err(first) = attempt() else {
+        return Ok(());
+    };
+    let ensurepip = Command::new("python3")
+        .args(["-c", "import ensurepip"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if ensurepip || !crate::deps::is_root() || !Path::new("/usr/bin/apt-get").is_file() {
+        return Err(first).context(
+            "creating the venv for kubernetes-validate (on Debian: apt-get install python3-venv)",
+        );
+    }
+    eprintln!("xtask: installing python3-venv");
+    crate::cmd::run(
+        Command::new("apt-get")
+            .args(["install", "-y", "--no-install-recommends", "python3-venv"])
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+    .context("installing python3-venv")?;
+    attempt().context("creating the venv for kubernetes-validate")?;
+    Ok(())
 }
 
 /// Validates the manifests in `dir` (a kustomize directory); returns one line per resource
