@@ -4,6 +4,7 @@
 mod cmd;
 mod deps;
 mod install;
+mod kube;
 mod toolchain;
 
 use std::{
@@ -45,6 +46,9 @@ enum Task {
         #[arg(long, value_name = "DIR", default_value = "/")]
         destdir: PathBuf,
     },
+    /// Validate the Kubernetes manifests (deploy/kubernetes) offline against the schemas
+    /// of Kubernetes 1.31 and of the Prometheus Operator's PodMonitor.
+    Manifests,
     /// Everything CI runs: formatting, lints (userspace and eBPF), unit, kernel, live and
     /// replay tests. Needs root (BPF, network namespaces).
     Test {
@@ -136,6 +140,12 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                  systemctl enable --now detector`",
                 layout.settings().display()
             );
+            Ok(())
+        }
+        Task::Manifests => {
+            for line in kube::validate(&kube::manifests_dir())? {
+                println!("{line}");
+            }
             Ok(())
         }
         Task::Test { filter } => test(filter.as_deref()),
