@@ -38,6 +38,11 @@ struct KernelArgs {
     /// after at least this gap are diagnosed (idle_close, rst_after_idle, idle_timeout_drop).
     #[arg(long, value_name = "SECONDS", default_value_t = 30.0)]
     idle_threshold: f64,
+    /// Bytes of the ring buffer the kernel sends events through: a power of two and a
+    /// multiple of the page size. Events that find it full are dropped and counted
+    /// (detector_kernel_events_dropped_total).
+    #[arg(long, value_name = "BYTES", default_value_t = detector_common::EVENT_RING_BYTES)]
+    ring_size: u32,
 }
 
 impl KernelArgs {
@@ -45,6 +50,7 @@ impl KernelArgs {
         let mut o = Options {
             flow_table_size: self.flow_table_size,
             unconfirmed_table_size: self.unconfirmed_table_size,
+            ring_size: self.ring_size,
             idle_threshold: Duration::try_from_secs_f64(self.idle_threshold)
                 .map_err(|e| anyhow::anyhow!("--idle-threshold {}: {e}", self.idle_threshold))?,
             ..Options::default()
@@ -168,5 +174,14 @@ mod tests {
             "99",
         ]);
         assert_eq!((o.flow_table_size, o.unconfirmed_table_size), (1024, 99));
+    }
+
+    #[test]
+    fn ring_size_defaults_and_can_be_set() {
+        assert_eq!(
+            kernel_args(&[]).ring_size,
+            detector_common::EVENT_RING_BYTES
+        );
+        assert_eq!(kernel_args(&["--ring-size", "8192"]).ring_size, 8192);
     }
 }
