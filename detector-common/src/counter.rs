@@ -41,25 +41,33 @@ pub enum Counter {
     /// again where one-size records put the next header (see the kernel's
     /// `bridge_by_length`).
     TlsBridgedByLength = 16,
+    /// TLS handshakes started: a flow's first ClientHello seen (flows picked up mid-stream
+    /// never count).
+    HandshakesStarted = 17,
+    /// Of those, handshakes that finished (see the kernel's `check_done`).
+    HandshakesCompleted = 18,
+    /// Of those, handshakes that ended before finishing: a fatal alert, a RST or a FIN,
+    /// once per flow (the `HandshakeAborted` event).
+    HandshakesFailed = 19,
     /// Ignored: a RST whose sequence number lies outside the receiver's window as the flow
     /// has seen it (RFC 5961 §3), or on a flow where no window was seen to place it in.
     /// A blind forger guesses; the real sender knows where the stream is.
-    RstOutsideWindow = 17,
+    RstOutsideWindow = 20,
     /// Ignored: a SYN-ACK with a new initial sequence number on a live flow that no new
     /// SYN preceded (a forgery, or a stray): it would restart the flow, swap its roles.
-    SynAckWithoutSyn = 18,
+    SynAckWithoutSyn = 21,
     /// Events the slow path found, before delivery: each is then emitted, or dropped for
     /// exactly one reason (`EventsDropped`, `EventsOverCap`).
-    EventsFound = 19,
+    EventsFound = 22,
     /// Found events beyond the per-packet cap (4), dropped.
-    EventsOverCap = 20,
+    EventsOverCap = 23,
     /// Packets sent to the slow path whose flow was gone from its table when it ran (the
     /// LRU evicted it in between): whatever events they held were never looked for.
-    SlowPathFlowGone = 21,
+    SlowPathFlowGone = 24,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 22;
+    pub const COUNT: u32 = 25;
     pub const ALL: [Counter; Counter::COUNT as usize] = [
         Counter::Packets,
         Counter::TcpPackets,
@@ -78,12 +86,26 @@ impl Counter {
         Counter::TlsReadAhead,
         Counter::UnseenBytes,
         Counter::TlsBridgedByLength,
+        Counter::HandshakesStarted,
+        Counter::HandshakesCompleted,
+        Counter::HandshakesFailed,
         Counter::RstOutsideWindow,
         Counter::SynAckWithoutSyn,
         Counter::EventsFound,
         Counter::EventsOverCap,
         Counter::SlowPathFlowGone,
     ];
+
+    /// The counters exported together as `detector_tls_handshakes_total{result}` instead of
+    /// a metric each: this one's `result`.
+    pub const fn handshake_result(self) -> Option<&'static str> {
+        match self {
+            Counter::HandshakesStarted => Some("started"),
+            Counter::HandshakesCompleted => Some("completed"),
+            Counter::HandshakesFailed => Some("failed"),
+            _ => None,
+        }
+    }
 
     /// The counter's name in metrics (without prefix and `_total`).
     pub const fn metric_name(self) -> &'static str {
@@ -105,6 +127,9 @@ impl Counter {
             Counter::TlsReadAhead => "kernel_tls_read_ahead",
             Counter::UnseenBytes => "kernel_abstained_unseen_bytes",
             Counter::TlsBridgedByLength => "kernel_tls_bridged_by_length",
+            Counter::HandshakesStarted => "tls_handshakes_started",
+            Counter::HandshakesCompleted => "tls_handshakes_completed",
+            Counter::HandshakesFailed => "tls_handshakes_failed",
             Counter::RstOutsideWindow => "kernel_ignored_rst_outside_window",
             Counter::SynAckWithoutSyn => "kernel_ignored_synack_without_syn",
             Counter::EventsFound => "kernel_events_found",
@@ -156,6 +181,11 @@ impl Counter {
             }
             Counter::TlsBridgedByLength => {
                 "Times the TLS record walker found its place again from one-size record lengths"
+            }
+            Counter::HandshakesStarted => "TLS handshakes started (first ClientHello of a flow)",
+            Counter::HandshakesCompleted => "TLS handshakes that finished",
+            Counter::HandshakesFailed => {
+                "TLS handshakes that ended before finishing (fatal alert, RST or FIN)"
             }
             Counter::RstOutsideWindow => {
                 "RSTs ignored: sequence number outside the receiver's window as seen (RFC 5961), \

@@ -4,7 +4,6 @@
 //! path, which it cannot afford. Events found along the way are emitted together at the
 //! end, from one place, for the same verifier reasons.
 
-use aya_log_ebpf::warn;
 use detector_common::{
     Counter, Direction, EventKind, FlowKey, FlowState, PayloadClass, Side, abort, dir_flags,
     flow_flags, tls::content_type,
@@ -71,19 +70,10 @@ pub fn run<P: Packet>(p: &P) {
         if flow.dir[side].first_class == PayloadClass::None as u8 {
             first_payload(&cx, flow, found);
         }
+        // A lost place is counted (kernel_tls_sync_lost), never logged: a sender can lose
+        // it at will, once per segment, and must not be able to flood the agent's log.
         if tls::wants_walk(flow, side, seg.end()) {
-            let synced = flow.dir[side].flags & dir_flags::SYNCED != 0;
             tls::walk(&cx, flow, found);
-            // Rare and worth a line in the agent's log (counted in the metrics too).
-            if synced && flow.dir[side].flags & dir_flags::SYNCED == 0 {
-                warn!(
-                    p.ctx(),
-                    "TLS record walker lost its place in a stream (seq {}, cursor {}, why {})",
-                    seg.seq,
-                    flow.dir[side].cursor,
-                    flow.dir[side].lost_why
-                );
-            }
         }
     }
     finish(&cx, flow, found);

@@ -5,7 +5,8 @@
 //! Stages, each depending only on those before it: [`capture`] (replay's packets),
 //! [`kernel`] (the program, its maps, its decoded events), [`correlate`] (sessions judged
 //! into diagnoses), [`output`] (JSON lines, metrics). [`pipeline`] wires them; [`live`] and
-//! [`replay`] drive the pipeline from interfaces or from a file.
+//! [`replay`] drive the pipeline from interfaces or from a file; [`privilege`] is what the
+//! agent needs of root and gives up once attached.
 
 pub mod capture;
 pub mod correlate;
@@ -13,4 +14,5 @@ pub mod kernel;
 pub mod live;
 pub mod output;
 pub mod pipeline;
+pub mod privilege;
 pub mod replay;

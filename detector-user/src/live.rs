@@ -24,6 +24,7 @@ use crate::{
     },
     output::{http, metrics::Metrics},
     pipeline::Pipeline,
+    privilege,
 };
 
 pub struct RunOptions {
@@ -51,20 +52,20 @@ pub async fn run(opts: RunOptions, out: impl Write) -> anyhow::Result<()> {
         }
     }
     let mut kernel = Kernel::load(&opts.kernel)?;
-    let logger = match aya_log::EbpfLogger::init(&mut kernel.ebpf) {
-        Ok(l) => Some(l),
-        Err(e) => {
-            log::warn!("kernel program logs unavailable: {e}");
-            None
-        }
-    };
     for name in &opts.ifaces {
         attach(&mut kernel, name, opts.xdp_mode, opts.egress)?;
     }
+    // Bound before privileges go, so a port below 1024 still works for root.
+    let listener = http::bind(opts.listen).await?;
+    let kept = privilege::drop_unneeded().context("dropping privileges after attaching")?;
+    log::info!(
+        "attached; capabilities kept: {}",
+        privilege::describe(&kept)
+    );
 
     let metrics = Arc::new(Metrics::new()?);
     let server = tokio::spawn(http::serve(
-        opts.listen,
+        listener,
         metrics.clone(),
         kernel.counters(),
         kernel.flow_table()?,
@@ -82,11 +83,6 @@ pub async fn run(opts: RunOptions, out: impl Write) -> anyhow::Result<()> {
 
     let events = readable(kernel.events().as_raw_fd())
         .context("registering the event ring buffer with the reactor")?;
-    let mut logger = logger;
-    let logs = match &logger {
-        Some(l) => Some(readable(l.as_raw_fd()).context("registering the kernel log buffer")?),
-        None => None,
-    };
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut tick = tokio::time::interval(TICK);
@@ -103,13 +99,6 @@ pub async fn run(opts: RunOptions, out: impl Write) -> anyhow::Result<()> {
                 let mut guard = ready?;
                 for record in kernel.drain_events() {
                     pipeline.on_record(&record)?;
-                }
-                guard.clear_ready();
-            }
-            ready = async { logs.as_ref().expect("guarded by the condition").readable().await }, if logs.is_some() => {
-                let mut guard = ready?;
-                if let Some(l) = logger.as_mut() {
-                    l.flush();
                 }
                 guard.clear_ready();
             }
@@ -137,14 +126,14 @@ pub async fn run(opts: RunOptions, out: impl Write) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A borrowed fd for the reactor: the ring buffer and the logger own theirs.
+/// A borrowed fd for the reactor: the ring buffer owns it.
 struct RawFdHandle(RawFd);
 
 /// Registers a borrowed fd for readiness. Callers declare the result after the fd's owner,
 /// so it is dropped first.
 fn readable(fd: RawFd) -> std::io::Result<AsyncFd<RawFdHandle>> {
-    // SAFETY: `fd` belongs to the kernel program's ring buffer or its logger, both of which
-    // outlive the registration (see above) and never change their fd.
+    // SAFETY: `fd` belongs to the kernel program's ring buffer, which outlives the
+    // registration (see above) and never changes its fd.
     unsafe { AsyncFd::register_with_interest(RawFdHandle(fd), Interest::READABLE) }
         .map_err(|e| e.into_parts().1)
 }

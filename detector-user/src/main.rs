@@ -24,46 +24,102 @@ struct KernelArgs {
     #[arg(long = "tls-port", value_name = "N")]
     tls_ports: Vec<u16>,
     /// Flows the kernel tracks at once; the least recently seen are evicted beyond it.
-    #[arg(long, value_name = "N", default_value_t = detector_common::DEFAULT_FLOW_TABLE_SIZE)]
+    /// 1 to 4194304; the kernel allocates all of it at start, about 0.5 KiB per entry.
+    #[arg(long, value_name = "N", default_value_t = detector_common::DEFAULT_FLOW_TABLE_SIZE,
+          value_parser = table_size, allow_negative_numbers = true)]
     flow_table_size: u32,
     /// Flows seen from one side only (no answer yet) the kernel tracks at once, in a table
     /// of their own so that floods of them (scans, spoofed segments) never evict confirmed
-    /// flows; the least recently seen are evicted beyond it.
-    #[arg(long, value_name = "N", default_value_t = detector_common::DEFAULT_UNCONFIRMED_TABLE_SIZE)]
+    /// flows; the least recently seen are evicted beyond it. 1 to 4194304, allocated at
+    /// start like the flow table.
+    #[arg(long, value_name = "N", default_value_t = detector_common::DEFAULT_UNCONFIRMED_TABLE_SIZE,
+          value_parser = table_size, allow_negative_numbers = true)]
     unconfirmed_table_size: u32,
-    /// Seconds a session must be quiet before its events are judged together.
-    #[arg(long, value_name = "SECONDS", default_value_t = pipeline::DEFAULT_WINDOW.as_secs_f64())]
+    /// Seconds a session must be quiet before its events are judged together; 0.01 to
+    /// 3600.
+    #[arg(long, value_name = "SECONDS", default_value_t = pipeline::DEFAULT_WINDOW.as_secs_f64(),
+          value_parser = correlation_window, allow_negative_numbers = true)]
     correlation_window: f64,
     /// Seconds of quiet after which a flow counts as idle: closes, resets and resumptions
-    /// after at least this gap are diagnosed (idle_close, rst_after_idle, idle_timeout_drop).
-    #[arg(long, value_name = "SECONDS", default_value_t = 30.0)]
+    /// after at least this gap are diagnosed (idle_close, rst_after_idle, idle_timeout_drop);
+    /// 0.1 to 604800 (a week).
+    #[arg(long, value_name = "SECONDS", default_value_t = 30.0, value_parser = idle_threshold,
+          allow_negative_numbers = true)]
     idle_threshold: f64,
     /// Bytes of the ring buffer the kernel sends events through: a power of two and a
     /// multiple of the page size. Events that find it full are dropped and counted
     /// (detector_kernel_events_dropped_total).
-    #[arg(long, value_name = "BYTES", default_value_t = detector_common::EVENT_RING_BYTES)]
+    #[arg(long, value_name = "BYTES", default_value_t = detector_common::EVENT_RING_BYTES,
+          value_parser = ring_size, allow_negative_numbers = true)]
     ring_size: u32,
 }
 
+/// Kernel flow tables are preallocated when the program loads (LRU hash maps), so a size
+/// costs its memory up front: the bound keeps a typo from asking for gigabytes.
+const MAX_TABLE_SIZE: u32 = 4 << 20;
+/// Shorter than a round trip, every pause would be idle.
+const IDLE_THRESHOLD_S: (f64, f64) = (0.1, 7.0 * 86_400.0);
+/// Sessions wait this long in memory before they are judged.
+const CORRELATION_WINDOW_S: (f64, f64) = (0.01, 3_600.0);
+
+fn table_size(s: &str) -> Result<u32, String> {
+    let n: u64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a whole number of entries"))?;
+    if !(1..=u64::from(MAX_TABLE_SIZE)).contains(&n) {
+        return Err(format!("{n} entries: a table holds 1 to {MAX_TABLE_SIZE}"));
+    }
+    Ok(n as u32)
+}
+
+fn ring_size(s: &str) -> Result<u32, String> {
+    let n: u32 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a whole number of bytes"))?;
+    detector_user::kernel::check_ring_size(n).map_err(|e| format!("{e:#}"))?;
+    Ok(n)
+}
+
+fn idle_threshold(s: &str) -> Result<f64, String> {
+    seconds_within(s, IDLE_THRESHOLD_S)
+}
+
+fn correlation_window(s: &str) -> Result<f64, String> {
+    seconds_within(s, CORRELATION_WINDOW_S)
+}
+
+/// A number of seconds inside `(min, max)`; NaN and infinities are not numbers of seconds.
+fn seconds_within(s: &str, (min, max): (f64, f64)) -> Result<f64, String> {
+    let v: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    if !v.is_finite() || v < min || v > max {
+        return Err(format!("{s} s is out of range: {min} to {max} seconds"));
+    }
+    Ok(v)
+}
+
 impl KernelArgs {
-    fn options(&self) -> anyhow::Result<Options> {
+    fn options(&self) -> Options {
         let mut o = Options {
             flow_table_size: self.flow_table_size,
             unconfirmed_table_size: self.unconfirmed_table_size,
             ring_size: self.ring_size,
-            idle_threshold: Duration::try_from_secs_f64(self.idle_threshold)
-                .map_err(|e| anyhow::anyhow!("--idle-threshold {}: {e}", self.idle_threshold))?,
+            // In range: checked by the parser.
+            idle_threshold: Duration::from_secs_f64(self.idle_threshold),
             ..Options::default()
         };
         if !self.tls_ports.is_empty() {
             o.tls_ports = self.tls_ports.clone();
         }
-        Ok(o)
+        o
     }
 
-    fn window(&self) -> anyhow::Result<Duration> {
-        Duration::try_from_secs_f64(self.correlation_window)
-            .map_err(|e| anyhow::anyhow!("--correlation-window {}: {e}", self.correlation_window))
+    fn window(&self) -> Duration {
+        Duration::from_secs_f64(self.correlation_window)
     }
 }
 
@@ -122,8 +178,8 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                 xdp_mode,
                 egress: !no_egress,
                 listen,
-                window: kernel.window()?,
-                kernel: kernel.options()?,
+                window: kernel.window(),
+                kernel: kernel.options(),
             };
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -134,12 +190,13 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             let metrics = Arc::new(Metrics::new()?);
             let summary = replay::replay(
                 &file,
-                &kernel.options()?,
-                kernel.window()?,
+                &kernel.options(),
+                kernel.window(),
                 metrics,
                 std::io::stdout().lock(),
             )?;
             eprintln!("{summary}");
+            eprint!("{}", summary.table());
             Ok(())
         }
     }
@@ -156,7 +213,71 @@ mod tests {
         let Command::Replay { kernel, .. } = cli.command else {
             unreachable!("parsed as replay");
         };
-        kernel.options().unwrap()
+        kernel.options()
+    }
+
+    fn parse_error(args: &[&str]) -> String {
+        match Cli::try_parse_from([&["detector", "replay", "x.pcap"], args].concat()) {
+            Ok(_) => panic!("{args:?} accepted"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn senseless_values_are_refused_with_the_flag_and_the_range() {
+        for (args, says) in [
+            (&["--idle-threshold", "0"][..], "0.1 to 604800"),
+            (&["--idle-threshold", "-5"], "0.1 to 604800"),
+            (&["--idle-threshold", "NaN"], "0.1 to 604800"),
+            (&["--idle-threshold", "inf"], "0.1 to 604800"),
+            (&["--idle-threshold", "1e300"], "0.1 to 604800"),
+            (&["--idle-threshold", "soon"], "not a number of seconds"),
+            (&["--correlation-window", "0"], "0.01 to 3600"),
+            (&["--correlation-window", "-0.5"], "0.01 to 3600"),
+            (&["--correlation-window", "86400"], "0.01 to 3600"),
+            (&["--flow-table-size", "0"], "1 to 4194304"),
+            (&["--flow-table-size", "4000000000"], "1 to 4194304"),
+            (&["--flow-table-size", "99999999999999"], "1 to 4194304"),
+            (&["--flow-table-size", "-1"], "not a whole number"),
+            (&["--unconfirmed-table-size", "0"], "1 to 4194304"),
+            (&["--unconfirmed-table-size", "4194305"], "1 to 4194304"),
+        ] {
+            let e = parse_error(args);
+            assert!(e.contains(args[0]), "{args:?}: {e}");
+            assert!(e.contains(says), "{args:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn values_at_the_bounds_are_taken() {
+        let o = kernel_args(&[
+            "--idle-threshold",
+            "0.1",
+            "--flow-table-size",
+            "4194304",
+            "--unconfirmed-table-size",
+            "1",
+        ]);
+        assert_eq!(o.idle_threshold, Duration::from_millis(100));
+        assert_eq!((o.flow_table_size, o.unconfirmed_table_size), (4 << 20, 1));
+        let cli = Cli::try_parse_from([
+            "detector",
+            "replay",
+            "x.pcap",
+            "--correlation-window",
+            "3600",
+            "--idle-threshold",
+            "604800",
+        ])
+        .unwrap();
+        let Command::Replay { kernel, .. } = cli.command else {
+            unreachable!("parsed as replay");
+        };
+        assert_eq!(kernel.window(), Duration::from_secs(3600));
+        assert_eq!(
+            kernel.options().idle_threshold,
+            Duration::from_secs(604_800)
+        );
     }
 
     #[test]
@@ -183,5 +304,10 @@ mod tests {
             detector_common::EVENT_RING_BYTES
         );
         assert_eq!(kernel_args(&["--ring-size", "8192"]).ring_size, 8192);
+        for bad in ["5000", "0", "-4096", "lots"] {
+            let e = parse_error(&["--ring-size", bad]);
+            assert!(e.contains("--ring-size"), "{bad}: {e}");
+        }
+        assert!(parse_error(&["--ring-size", "6144"]).contains("power of two"));
     }
 }

@@ -2,7 +2,7 @@
 //! print what the correlator concludes. Live and replay share this path, so they print the
 //! same lines for the same packets.
 
-use std::{io::Write, sync::Arc, time::Duration};
+use std::{collections::BTreeMap, io::Write, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 
@@ -14,7 +14,7 @@ use crate::{
         reader::{EventReader, Sighting},
     },
     output::{
-        diagnosis::{Abstention, Diagnosis},
+        diagnosis::{Abstention, Diagnosis, Kind},
         metrics::Metrics,
     },
 };
@@ -35,6 +35,7 @@ pub struct Pipeline<W: Write> {
     out: W,
     events: u64,
     diagnoses: u64,
+    by_kind: BTreeMap<Kind, u64>,
 }
 
 impl<W: Write> Pipeline<W> {
@@ -54,6 +55,7 @@ impl<W: Write> Pipeline<W> {
             out,
             events: 0,
             diagnoses: 0,
+            by_kind: BTreeMap::new(),
         }
     }
 
@@ -63,6 +65,11 @@ impl<W: Write> Pipeline<W> {
 
     pub fn diagnoses(&self) -> u64 {
         self.diagnoses
+    }
+
+    /// Diagnoses written so far, by kind.
+    pub fn diagnoses_by_kind(&self) -> &BTreeMap<Kind, u64> {
+        &self.by_kind
     }
 
     pub fn on_record(&mut self, bytes: &[u8]) -> anyhow::Result<()> {
@@ -98,6 +105,7 @@ impl<W: Write> Pipeline<W> {
         for d in diagnoses {
             self.metrics.on_diagnosis(&d);
             self.diagnoses += 1;
+            *self.by_kind.entry(d.kind).or_default() += 1;
             serde_json::to_writer(&mut self.out, &d).context("writing a diagnosis")?;
             self.out.write_all(b"\n").context("writing a diagnosis")?;
         }

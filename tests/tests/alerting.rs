@@ -11,19 +11,18 @@
 use std::{
     collections::BTreeSet,
     env, fs,
-    net::{IpAddr, TcpListener},
+    net::IpAddr,
     path::{Path, PathBuf},
     process::Command,
     thread,
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result, bail, ensure};
+use anyhow::{Context as _, Result, ensure};
 use detector_lab::{
-    Lab, NginxSite,
+    NginxSite,
     fixture::{RouterRun, Watch},
-    in_netns,
-    process::find_program,
+    prometheus::{self, Prometheus},
     url,
 };
 use serde_json::Value;
@@ -44,7 +43,7 @@ const KINDS: [&str; 10] = [
 
 /// Every metric the agent exports (or is to export) under these exact names; rules and
 /// dashboard may use no other `detector_` name.
-const METRICS: [&str; 18] = [
+const METRICS: [&str; 20] = [
     "detector_diagnoses_total",
     "detector_abstained_total",
     "detector_kernel_unconfirmed_flows_created_total",
@@ -62,6 +61,8 @@ const METRICS: [&str; 18] = [
     "detector_idle_gap_seconds",
     "detector_inferred_idle_timeout_seconds",
     "detector_inferred_idle_timeout_flows",
+    "detector_top_server_diagnoses",
+    "detector_tls_handshakes_total",
     "detector_build_info",
 ];
 
@@ -105,13 +106,6 @@ fn rules_file() -> PathBuf {
 
 fn dashboard_file() -> PathBuf {
     deploy_dir().join("grafana/detector-dashboard.json")
-}
-
-/// A program from Debian's `prometheus` package, or an error saying how to get it.
-fn prometheus_program(name: &str) -> Result<PathBuf> {
-    find_program(name).with_context(|| {
-            format!("`{name}` not found: install Debian's prometheus package (apt-get install -y prometheus)")
-        })
 }
 
 /// Every identifier in a PromQL expression that starts with `detector_` (metric names;
@@ -178,7 +172,7 @@ fn rule_exprs(yaml: &str) -> Vec<String> {
 }
 
 fn run_promtool(args: &[&str]) -> Result<String> {
-    let promtool = prometheus_program("promtool")?;
+    let promtool = prometheus::program("promtool")?;
     let out = Command::new(&promtool)
         .args(args)
         .current_dir(deploy_dir().join("prometheus"))
@@ -204,6 +198,21 @@ fn promtool_rules_check_and_unit_tests() -> Result<()> {
     assert!(check.contains("SUCCESS"), "{check}");
     let test = run_promtool(&["test", "rules", "detector.rules.test.yml"])?;
     assert!(test.contains("SUCCESS"), "{test}");
+    // The fleet rules too (fleet.rs runs them on a global server).
+    let check = run_promtool(&["check", "rules", "detector.fleet.rules.yml"])?;
+    assert!(check.contains("SUCCESS"), "{check}");
+    let test = run_promtool(&["test", "rules", "detector.fleet.rules.test.yml"])?;
+    assert!(test.contains("SUCCESS"), "{test}");
+    let fleet = fs::read_to_string(deploy_dir().join("prometheus/detector.fleet.rules.yml"))?;
+    let unknown: BTreeSet<String> = rule_exprs(&fleet)
+        .iter()
+        .flat_map(|e| metric_names(e))
+        .filter(|n| !exported(n))
+        .collect();
+    assert!(
+        unknown.is_empty(),
+        "fleet rules use unknown metrics {unknown:?}"
+    );
 
     // The rules' expressions name only metrics the agent exports.
     let rules = fs::read_to_string(rules_file())?;
@@ -222,6 +231,7 @@ fn promtool_rules_check_and_unit_tests() -> Result<()> {
     // Every alert of the brief is there, with a severity and both annotations.
     for alert in [
         "DetectorDecryptFailureSpike",
+        "DetectorHandshakeFailureRatio",
         "DetectorIdleTimeoutDrops",
         "DetectorKernelEventsDropped",
         "DetectorDown",
@@ -426,60 +436,6 @@ const T: Duration = Duration::from_secs(15);
 const QUERY_BUDGET: Duration = Duration::from_secs(30);
 const POLL: Duration = Duration::from_millis(500);
 
-/// A Prometheus server inside a lab namespace, reached with curl from that namespace.
-struct Prom<'a> {
-    lab: &'a Lab,
-    ns: &'a str,
-    port: u16,
-}
-
-impl Prom<'_> {
-    fn get(&self, path: &str, query: Option<&str>) -> Result<Value> {
-        let url = format!("http://127.0.0.1:{}{path}", self.port);
-        let q = query.map(|expr| format!("query={expr}"));
-        let mut args = vec!["curl", "-sS", "--max-time", "5", "-G"];
-        if let Some(q) = &q {
-            args.extend(["--data-urlencode", q]);
-        }
-        args.push(&url);
-        let body = self.lab.run_ok(self.ns, &args, T)?;
-        let v: Value =
-            serde_json::from_str(&body).with_context(|| format!("{path}: not JSON: {body}"))?;
-        ensure!(v["status"] == "success", "{path} {query:?}: {body}");
-        Ok(v["data"].clone())
-    }
-
-    /// The instant vector of `expr`.
-    fn query(&self, expr: &str) -> Result<Vec<Value>> {
-        let data = self.get("/api/v1/query", Some(expr))?;
-        Ok(data["result"].as_array().cloned().unwrap_or_default())
-    }
-
-    /// The value of `expr` when it is a single sample.
-    fn value(&self, expr: &str) -> Result<Option<f64>> {
-        let result = self.query(expr)?;
-        match result.as_slice() {
-            [] => Ok(None),
-            [one] => Ok(one["value"][1].as_str().and_then(|s| s.parse().ok())),
-            _ => bail!("`{expr}` has {} series: {result:?}", result.len()),
-        }
-    }
-
-    /// Polls until `ok` holds for the value of `expr` (bounded by `deadline`).
-    fn wait_value(&self, expr: &str, deadline: Instant, ok: impl Fn(f64) -> bool) -> Result<f64> {
-        loop {
-            let v = self.value(expr)?;
-            if let Some(v) = v.filter(|&v| ok(v)) {
-                return Ok(v);
-            }
-            if Instant::now() + POLL > deadline {
-                bail!("`{expr}` is {v:?} at the deadline");
-            }
-            thread::sleep(POLL);
-        }
-    }
-}
-
 /// What Grafana substitutes in the dashboard's queries, for running them directly.
 fn grafana_vars(expr: &str) -> String {
     expr.replace("$__rate_interval", "1m")
@@ -492,46 +448,20 @@ fn grafana_vars(expr: &str) -> String {
 #[test]
 fn prometheus_scrapes_the_agent() -> Result<()> {
     let started = Instant::now();
-    let prometheus = prometheus_program("prometheus")?;
     let RouterRun {
         lab, router, agent, ..
     } = RouterRun::start(Watch::BothSides, &[])?;
     let router = router.as_str();
 
-    // A real Prometheus next to the agent, on a loopback port free in the router's namespace.
-    let port = in_netns(router, || {
-        TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr())
-    })??
-    .port();
+    // A real Prometheus next to the agent, with the rules loaded.
     let rules = fs::canonicalize(rules_file())?;
-    let config = lab.dir().join("prometheus.yml");
-    fs::write(
-        &config,
-        format!(
-            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
-             rule_files:\n  - {rules:?}\n\
-             scrape_configs:\n  - job_name: detector\n    static_configs:\n      - targets: [\"127.0.0.1:9863\"]\n"
-        ),
-    )?;
-    let tsdb = lab.dir().join("prometheus-data");
-    let server = lab.spawn(
-        router,
-        "prometheus",
-        &[
-            prometheus.into_os_string(),
-            format!("--config.file={}", config.display()).into(),
-            format!("--storage.tsdb.path={}", tsdb.display()).into(),
-            format!("--web.listen-address=127.0.0.1:{port}").into(),
-        ],
-    )?;
-    server
-        .wait_for_output("Server is ready to receive web requests", T)
-        .context("Prometheus did not start")?;
-    let prom = Prom {
-        lab: &lab,
-        ns: router,
-        port,
-    };
+    let config = format!(
+        "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
+         rule_files:\n  - {rules:?}\n\
+         scrape_configs:\n  - job_name: detector\n    static_configs:\n      - targets: [\"127.0.0.1:9863\"]\n"
+    );
+    let prom = Prometheus::start(&lab, router, "prometheus", "127.0.0.1", &config, &[])?;
+    let server = &prom.process;
     // The first scrape, before any traffic: counters must be seen at 0 and then rise, or
     // rate() has nothing to work with.
     prom.wait_value(r#"up{job="detector"}"#, Instant::now() + T, |v| v == 1.0)
@@ -588,6 +518,16 @@ fn prometheus_scrapes_the_agent() -> Result<()> {
         .filter_map(|s| s["metric"]["kind"].as_str().map(str::to_string))
         .collect();
     assert_eq!(kinds, KINDS.iter().map(|k| k.to_string()).collect());
+    // The top view names the server endpoint behind them.
+    let top = prom.wait_value(
+        &format!(
+            r#"detector_top_server_diagnoses{{kind="http_to_tls_port",server="{}:443"}}"#,
+            lab.server_v4()
+        ),
+        deadline,
+        |v| v >= N as f64,
+    )?;
+    assert_eq!(top, N as f64);
     // The recording rules run on what was scraped.
     prom.wait_value(
         r#"detector:diagnoses:rate5m{kind="http_to_tls_port"}"#,

@@ -6,7 +6,7 @@ use std::time::Duration;
 use detector_common::{
     Counter, EventKind, Side, flow_flags,
     tls::{
-        content_type::{ALERT, APPLICATION_DATA as APPDATA, CHANGE_CIPHER_SPEC, HANDSHAKE},
+        content_type::{ALERT, APPLICATION_DATA as APPDATA, HANDSHAKE},
         handshake::CERTIFICATE,
     },
 };
@@ -17,19 +17,16 @@ use detector_user::{
 use tests::{
     frames::{self, ACK, Conversation, FIN, Hello, RST, handshake, record},
     harness::{Harness, diagnose_idle},
+    sessions::{ccs, sealed},
 };
 
 const IDLE: Duration = Duration::from_secs(30);
-
-fn sealed(t: u8, len: usize) -> Vec<u8> {
-    record(t, &vec![0xa5; len])
-}
 
 /// A TLS 1.2 session that has exchanged application data.
 fn established(h: &mut Harness, conv: &mut Conversation) -> Vec<KernelEvent> {
     let mut flight = record(HANDSHAKE, &Hello::server().server_hello());
     flight.extend(record(HANDSHAKE, &handshake(CERTIFICATE, &[0x30; 300])));
-    let mut cfin = record(CHANGE_CIPHER_SPEC, &[1]);
+    let mut cfin = ccs();
     cfin.extend(sealed(HANDSHAKE, 40));
     let frames = vec![
         conv.syn_ack(),

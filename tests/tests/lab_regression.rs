@@ -13,6 +13,7 @@ use std::{fs, path::PathBuf};
 
 use anyhow::Result;
 use detector_lab::{
+    agent::metric,
     fixture::play_and_replay,
     scenarios::{self, QUICK, identities, known_failing, short_diagnosis},
 };
@@ -22,10 +23,11 @@ fn out_dir() -> PathBuf {
     std::env::temp_dir().join(format!("lab-regression-{}", std::process::id()))
 }
 
-fn regress(name: &str) -> Result<()> {
+/// Plays and checks `name`; returns the live agent's metrics (None when skipped).
+fn regress(name: &str) -> Result<Option<String>> {
     let out = out_dir();
     let Some(j) = play_and_replay(name, &out, "the lab regression suite")? else {
-        return Ok(());
+        return Ok(None);
     };
     let problems = j.outcome.expected.check(&j.replayed);
     let agree = identities(&j.outcome.live) == identities(&j.replayed);
@@ -38,7 +40,7 @@ fn regress(name: &str) -> Result<()> {
     );
     if let Some(why) = known_failing(name) {
         println!("{name} is known to fail ({why}); now: {problems:?}, live agrees: {agree}");
-        return Ok(());
+        return Ok(Some(j.outcome.metrics));
     }
     let show = |v: &[serde_json::Value]| {
         v.iter()
@@ -70,6 +72,25 @@ fn regress(name: &str) -> Result<()> {
         let _ = fs::remove_file(f);
     }
     let _ = fs::remove_dir(&out);
+    Ok(Some(j.outcome.metrics))
+}
+
+/// A clean scenario's handshakes as the live agent counted them: every one started
+/// completed, none failed.
+fn all_handshakes_completed(name: &str) -> Result<()> {
+    let Some(metrics) = regress(name)? else {
+        return Ok(());
+    };
+    let count = |result: &str| {
+        metric(
+            &metrics,
+            &format!("detector_tls_handshakes_total{{result=\"{result}\"}}"),
+        )
+    };
+    let started = count("started").unwrap_or_default();
+    assert!(started >= 1.0, "{name}: no handshake counted:\n{metrics}");
+    assert_eq!(count("completed"), Some(started), "{name}:\n{metrics}");
+    assert_eq!(count("failed"), Some(0.0), "{name}:\n{metrics}");
     Ok(())
 }
 
@@ -98,30 +119,30 @@ fn quick_subset_is_what_this_file_runs() {
 
 #[test]
 fn field_case_1_renegotiation() -> Result<()> {
-    regress("reneg-tls12")
+    regress("reneg-tls12").map(drop)
 }
 
 #[test]
 fn field_case_2_resumption_rejected() -> Result<()> {
-    regress("resume-rejected-tls13-psk")
+    regress("resume-rejected-tls13-psk").map(drop)
 }
 
 #[test]
 fn field_case_3_http_to_tls_port() -> Result<()> {
-    regress("http-to-nginx-tls-v4")
+    regress("http-to-nginx-tls-v4").map(drop)
 }
 
 #[test]
 fn field_case_4_idle_close() -> Result<()> {
-    regress("idle-close-nginx-tls12")
+    regress("idle-close-nginx-tls12").map(drop)
 }
 
 #[test]
 fn clean_tls13() -> Result<()> {
-    regress("clean-tls13")
+    all_handshakes_completed("clean-tls13")
 }
 
 #[test]
 fn clean_resumption_by_ticket() -> Result<()> {
-    regress("clean-resume-tls12-ticket")
+    all_handshakes_completed("clean-resume-tls12-ticket")
 }

@@ -108,3 +108,262 @@ fn not_a_capture_is_a_clear_error() {
         .unwrap();
     assert!(String::from_utf8_lossy(&missing.stderr).contains("/nonexistent/x.pcap"));
 }
+
+/// A host name no one should see as written: a right-to-left override (which shows
+/// `evil` as `live`), a C1 control both as UTF-8 and as a raw byte, a zero-width space,
+/// a byte-order mark, a backslash that could pose as an escape, and an ANSI colour.
+const HOSTILE_SNI: &[u8] =
+    b"a\xe2\x80\xaelive\xc2\x85\x9bb\xe2\x80\x8bc\xef\xbb\xbf\\x41\x1b[31m.test";
+/// How the agent must show it: printable ASCII, every other byte as `\xNN`.
+const HOSTILE_SNI_SHOWN: &str =
+    r"a\xe2\x80\xaelive\xc2\x85\x9bb\xe2\x80\x8bc\xef\xbb\xbf\\x41\x1b[31m.test";
+/// An HTTP request to port 443 whose path tries to end its quoted field in the evidence
+/// and write some of its own, with a bidi override inside the 16 bytes the kernel keeps.
+const FORGING_REQUEST: &[u8] = b"GET /\"; ok\xe2\x80\xaeb HTTP/1.1\r\nHost: x\r\n\r\n";
+
+/// A ClientHello carrying `name` as its SNI, byte for byte.
+fn client_hello_naming(name: &[u8]) -> Vec<u8> {
+    use detector_common::tls::{content_type, extension};
+    let mut sni = ((name.len() + 3) as u16).to_be_bytes().to_vec();
+    sni.push(extension::SERVER_NAME_HOST);
+    sni.extend_from_slice(&(name.len() as u16).to_be_bytes());
+    sni.extend_from_slice(name);
+    let mut hello = frames::Hello::client("x");
+    hello.extensions = vec![(extension::SERVER_NAME, sni)];
+    frames::tls10(frames::record(
+        content_type::HANDSHAKE,
+        &hello.client_hello(),
+    ))
+}
+
+/// Wire bytes reach stdout escaped, through the real kernel program: a hostile SNI (kept
+/// by the kernel in its SNI map) in a fatal-alert diagnosis, and a request forging
+/// evidence structure in an http_to_tls_port diagnosis.
+#[test]
+fn wire_bytes_come_out_escaped_and_quoted() {
+    let mut named = Conversation::new(
+        ("10.1.0.7".parse().unwrap(), 40_700),
+        ("10.2.0.7".parse().unwrap(), 443),
+    );
+    let mut forging = Conversation::new(
+        ("10.1.0.8".parse().unwrap(), 40_800),
+        ("10.2.0.8".parse().unwrap(), 443),
+    );
+    let frames = [
+        named.syn_ack(),
+        named.client(&client_hello_naming(HOSTILE_SNI)),
+        // handshake_failure, fatal.
+        named.server(&[0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x28]),
+        forging.syn_ack(),
+        forging.client(FORGING_REQUEST),
+    ];
+    let capture: Vec<(u64, Vec<u8>)> = frames
+        .iter()
+        .enumerate()
+        .map(|(i, f)| (T0 + i as u64 * 1_000_000, f.build()))
+        .collect();
+    let path = tmp("hostile.pcap");
+    pcapfile::write(&path, &capture).unwrap();
+    let out = Command::new(detector_bin().unwrap())
+        .arg("replay")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    // Not one byte a terminal could act on or render deceptively.
+    if let Some(b) = out
+        .stdout
+        .iter()
+        .find(|&&b| b != b'\n' && !(0x20..=0x7e).contains(&b))
+    {
+        panic!(
+            "byte {b:#04x} in stdout: {:?}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    let d = detector_lab::agent::parse_lines(&String::from_utf8_lossy(&out.stdout)).unwrap();
+    assert_eq!(d.len(), 2, "{d:#?}");
+    let of_kind = |k: &str| {
+        d.iter()
+            .find(|x| x["kind"] == k)
+            .unwrap_or_else(|| panic!("no {k} in {d:#?}"))
+    };
+
+    let alert = of_kind("fatal_alert");
+    assert_eq!(alert["sni"], HOSTILE_SNI_SHOWN, "{alert}");
+
+    let mismatch = of_kind("http_to_tls_port");
+    let evidence = mismatch["evidence"].as_str().unwrap();
+    // The request's 16 bytes, quoted, with its quote and its override escaped.
+    let quoted = r#""GET /\x22; ok\xe2\x80\xaeb H""#;
+    assert_eq!(
+        evidence_pieces(evidence),
+        [
+            format!("client's first payload {quoted}... is an HTTP request to TLS port 443"),
+            "no answer from the server seen".to_string(),
+        ],
+        "{evidence}"
+    );
+    // The hex in detail keeps every byte as sent.
+    assert_eq!(
+        mismatch["detail"]["client_bytes"],
+        "47 45 54 20 2f 22 3b 20 6f 6b e2 80 ae 62 20 48"
+    );
+}
+
+/// Evidence split into its sentences as a reader would: at "; " outside double quotes.
+fn evidence_pieces(evidence: &str) -> Vec<String> {
+    let mut pieces = vec![String::new()];
+    let mut quoted = false;
+    let mut chars = evidence.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '"' {
+            quoted = !quoted;
+        }
+        if c == ';' && !quoted && chars.peek() == Some(&' ') {
+            chars.next();
+            pieces.push(String::new());
+            continue;
+        }
+        pieces.last_mut().unwrap().push(c);
+    }
+    assert!(!quoted, "an unterminated quote in {evidence}");
+    pieces
+}
+
+/// A capture whose first records cannot start the clock (a runt, a record without a
+/// timestamp), then a flow first seen mid-stream that retransmits into silence, 0.6 s
+/// after the first real timestamp. The detector has then run for 0.6 s, far less than the
+/// idle threshold, so the flow cannot have been idle that long unseen: no diagnosis. A
+/// clock started at the epoch (by the zero timestamp) or never started (by the runt)
+/// would call it an idle_timeout_drop; the control, whose clock really started 40 s
+/// earlier, shows that it would be seen.
+#[test]
+fn records_that_cannot_start_the_clock_are_skipped_and_counted() {
+    use detector_common::tls::content_type;
+    let data = frames::record(content_type::APPLICATION_DATA, &[0x17; 100]);
+    let mut other = Conversation::new(
+        ("10.1.0.5".parse().unwrap(), 40_500),
+        ("10.2.0.5".parse().unwrap(), 443),
+    );
+    let mut late = Conversation::new(
+        ("10.1.0.9".parse().unwrap(), 50_000),
+        ("10.2.0.1".parse().unwrap(), 443),
+    );
+    let resume = late.client(&data).build();
+    let silence = [
+        (T0, resume.clone()),
+        (T0 + 200_000_000, resume.clone()),
+        (T0 + 600_000_000, resume),
+    ];
+    let run = |name: &str, head: Vec<(u64, Vec<u8>)>| {
+        let path = tmp(name);
+        pcapfile::write(&path, &[head, silence.to_vec()].concat()).unwrap();
+        replay(&path, &["--idle-threshold", "30"]).unwrap()
+    };
+
+    let unseen_start = other.client(&data).build();
+    let (d, summary) = run(
+        "no-clock.pcap",
+        vec![
+            (T0 - 3_600_000_000_000, vec![0; 10]),
+            (0, unseen_start.clone()),
+        ],
+    );
+    assert!(d.is_empty(), "{d:#?}");
+    assert!(
+        summary.contains(
+            "5 packets (3 frames, 2 skipped: 0 unsupported link type, 1 runt, 1 without timestamp)"
+        ),
+        "{summary}"
+    );
+
+    let (d, summary) = run("clock.pcap", vec![(T0 - 40_000_000_000, unseen_start)]);
+    let kinds: Vec<&str> = d.iter().map(|x| x["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["idle_timeout_drop"], "{d:#?}");
+    assert!(summary.contains("0 skipped"), "{summary}");
+}
+
+/// A record claiming more bytes than any snapshot length: an error naming the file, the
+/// offset and the limit, not an attempt to read 300 KB.
+#[test]
+fn oversized_record_is_a_clear_error() {
+    let path = tmp("oversized.pcap");
+    pcapfile::write(&path, &two_failures()[..1]).unwrap();
+    let mut bytes = std::fs::read(&path).unwrap();
+    let second = bytes.len();
+    for v in [1u32, 0, 300_000, 300_000] {
+        bytes.extend_from_slice(&v.to_le_bytes());
+    }
+    bytes.extend_from_slice(&[0; 1000]);
+    std::fs::write(&path, &bytes).unwrap();
+    let out = Command::new(detector_bin().unwrap())
+        .arg("replay")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    for part in [
+        path.display().to_string(),
+        format!("offset {second}"),
+        "300000 captured bytes".into(),
+        "262144".into(),
+    ] {
+        assert!(stderr.contains(&part), "{part:?} not in {stderr}");
+    }
+}
+
+/// Values that make no sense are refused when the command line is read, before any
+/// file is opened or anything loaded, with the flag and its range.
+#[test]
+fn senseless_flag_values_are_refused_at_start() {
+    for (args, range) in [
+        (
+            &["replay", "/nonexistent/x.pcap", "--idle-threshold", "0"][..],
+            "0.1 to 604800",
+        ),
+        (
+            &["replay", "/nonexistent/x.pcap", "--idle-threshold", "NaN"],
+            "0.1 to 604800",
+        ),
+        (
+            &["replay", "/nonexistent/x.pcap", "--correlation-window", "0"],
+            "0.01 to 3600",
+        ),
+        (
+            &[
+                "replay",
+                "/nonexistent/x.pcap",
+                "--correlation-window",
+                "-1",
+            ],
+            "0.01 to 3600",
+        ),
+        (
+            &["run", "--iface", "lo", "--flow-table-size", "4000000000"],
+            "1 to 4194304",
+        ),
+        (
+            &["run", "--iface", "lo", "--flow-table-size", "0"],
+            "1 to 4194304",
+        ),
+        (
+            &["run", "--iface", "lo", "--unconfirmed-table-size", "0"],
+            "1 to 4194304",
+        ),
+    ] {
+        let out = Command::new(detector_bin().unwrap())
+            .args(args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        // clap's usage error.
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(args[args.len() - 2]), "{args:?}: {stderr}");
+        assert!(stderr.contains(range), "{args:?}: {stderr}");
+        assert!(!stderr.contains("/nonexistent"), "{args:?}: {stderr}");
+    }
+}

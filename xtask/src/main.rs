@@ -3,6 +3,7 @@
 
 mod cmd;
 mod deps;
+mod install;
 mod toolchain;
 
 use std::{
@@ -32,6 +33,17 @@ enum Task {
         /// Arguments for the `detector` binary.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
+    },
+    /// Build, then install the agent, its systemd unit (deploy/systemd/detector.service) and
+    /// its settings (/etc/default/detector, kept when present); checks the unit with
+    /// `systemd-analyze verify`.
+    Install {
+        /// Where the binary goes (PREFIX/bin/detector); the unit names it there.
+        #[arg(long, value_name = "DIR", default_value = "/usr/local")]
+        prefix: PathBuf,
+        /// A staging root to install below instead of `/` (for packaging).
+        #[arg(long, value_name = "DIR", default_value = "/")]
+        destdir: PathBuf,
     },
     /// Everything CI runs: formatting, lints (userspace and eBPF), unit, kernel, live and
     /// replay tests. Needs root (BPF, network namespaces).
@@ -110,6 +122,22 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                 .with_context(|| format!("starting {}", bin.display()))?;
             std::process::exit(status.code().unwrap_or(1));
         }
+        Task::Install { prefix, destdir } => {
+            let bin = build()?;
+            let layout = install::Layout { destdir, prefix };
+            for f in install::install(&bin, &layout)? {
+                eprintln!("xtask: installed {}", f.display());
+            }
+            if !install::verify(&layout)? {
+                eprintln!("xtask: systemd-analyze not found: the unit was not verified");
+            }
+            eprintln!(
+                "xtask: set the interfaces in {}, then `systemctl daemon-reload && \
+                 systemctl enable --now detector`",
+                layout.settings().display()
+            );
+            Ok(())
+        }
         Task::Test { filter } => test(filter.as_deref()),
         Task::Bench => {
             if !deps::is_root() {
@@ -147,18 +175,6 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// Programs the lab plays with (besides `nft` for field case 5 (docs/field-cases.md) and
-/// `tshark` for `--compare`, which are installed when missing but optional).
-const LAB_PROGRAMS: &[(&str, &str)] = &[
-    ("ip", "iproute2"),
-    ("ss", "iproute2"),
-    ("openssl", "openssl"),
-    ("curl", "curl"),
-    ("nginx", "nginx"),
-    ("tcpdump", "tcpdump"),
-    ("python3", "python3"),
-];
-
 fn compare_requested(args: &[OsString]) -> bool {
     args.iter().any(|a| a == "--compare")
 }
@@ -174,7 +190,7 @@ fn lab(args: &[OsString], needs_root: bool, compare: bool) -> anyhow::Result<()>
                  (`sudo -E cargo xtask ...`)"
             );
         }
-        deps::ensure(LAB_PROGRAMS)?;
+        deps::ensure(deps::LAB_PROGRAMS)?;
         if let Err(e) = deps::ensure(&[("nft", "nftables")]) {
             eprintln!("xtask: {e:#}; the field-case-5 scenario (nftables router) will be skipped");
         }
@@ -279,7 +295,7 @@ fn test(filter: Option<&str>) -> anyhow::Result<()> {
              (`sudo -E cargo xtask test`)"
         );
     }
-    deps::ensure(deps::TEST_PROGRAMS)?;
+    deps::ensure(&[deps::LAB_PROGRAMS, deps::MORE_TEST_PROGRAMS].concat())?;
     let path = toolchain::ensure()?;
     lint(&path)?;
     // The live and replay tests run the agent binary; `cargo test` does not build the

@@ -194,6 +194,9 @@ fn handshake_header<P: Packet>(cx: &Cx<P>, flow: &mut FlowState, value: u64, fou
             after_message(flow, side);
         }
         (hs::CLIENT_HELLO, Side::Client) | (hs::SERVER_HELLO, Side::Server) => {
+            if htype == hs::CLIENT_HELLO && flags & dir_flags::HELLO == 0 {
+                counters::inc(Counter::HandshakesStarted);
+            }
             if htype == hs::CLIENT_HELLO
                 && flags & (dir_flags::HELLO | dir_flags::RENEGOTIATED) == dir_flags::HELLO
                 && (flow.dir[0].flags | flow.dir[1].flags) & dir_flags::APPDATA != 0
@@ -469,6 +472,10 @@ fn check_done(flow: &mut FlowState) {
         || (both & dir_flags::FINISHED != 0
             && !version::is_tls13_family(flow.tls.negotiated_version));
     if done {
+        // Counted once, and only for handshakes whose start was seen (as started ones are).
+        if flow.tls.flags & tls_flags::HANDSHAKE_DONE == 0 && c & dir_flags::HELLO != 0 {
+            counters::inc(Counter::HandshakesCompleted);
+        }
         flow.tls.flags |= tls_flags::HANDSHAKE_DONE;
     }
 }
@@ -485,6 +492,7 @@ pub fn handshake_aborted(flow: &mut FlowState, how: u8, alert: Option<(u8, u8)>)
         return None;
     }
     flow.flags |= flow_flags::ABORT_REPORTED;
+    counters::inc(Counter::HandshakesFailed);
     Some(Extra {
         alert,
         detail: how,

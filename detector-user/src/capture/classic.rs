@@ -39,7 +39,10 @@ impl PcapState {
         if incl_len > MAX_RECORD_LEN {
             return Err(corrupt(
                 start,
-                format!("packet record claims {incl_len} captured bytes"),
+                format!(
+                    "packet record claims {incl_len} captured bytes, more than the \
+                     {MAX_RECORD_LEN} any snapshot length allows"
+                ),
             ));
         }
         input.read_body(buf, incl_len, start, WHAT)?;

@@ -5,7 +5,7 @@ use std::io::Read;
 
 use super::{
     input::{Endian, Input},
-    reader::{MAX_RECORD_LEN, PcapError, RawPacket, corrupt},
+    reader::{MAX_BLOCK_LEN, MAX_RECORD_LEN, PcapError, RawPacket, corrupt},
 };
 
 /// The section header block type reads the same in both byte orders, which is
@@ -18,6 +18,10 @@ pub(super) const NG_SPB: u32 = 0x0000_0003;
 pub(super) const NG_EPB: u32 = 0x0000_0006;
 /// Block type, block length and trailing block length.
 pub(super) const NG_BLOCK_OVERHEAD: u32 = 12;
+/// Interfaces one section may describe. Real captures have a handful (tshark on
+/// every interface of a big router, a few hundred); the bound keeps a crafted
+/// file from growing the list with every 20-byte block.
+pub(super) const MAX_INTERFACES: usize = 4096;
 
 pub(super) const OPT_ENDOFOPT: u16 = 0;
 pub(super) const OPT_IF_TSRESOL: u16 = 9;
@@ -113,15 +117,26 @@ impl NgState {
             }
             let block_type = self.endian.u32(&hdr[0..4]);
             let what = ng_block_name(block_type);
-            let total_len = check_block_len(self.endian.u32(&hdr[4..8]), start)?;
+            let held = matches!(block_type, NG_IDB | NG_EPB | NG_SPB | NG_OPB);
+            let total_len = check_block_len(self.endian.u32(&hdr[4..8]), start, held)?;
             let body_len = total_len - NG_BLOCK_OVERHEAD;
-            match block_type {
-                NG_IDB | NG_EPB | NG_SPB | NG_OPB => input.read_body(buf, body_len, start, what)?,
-                _ => input.skip(body_len, start, what)?,
+            if held {
+                input.read_body(buf, body_len, start, what)?;
+            } else {
+                input.skip(body_len, start, what)?;
             }
             self.check_trailer(input, total_len, start, what)?;
             let packet = match block_type {
                 NG_IDB => {
+                    if self.interfaces.len() == MAX_INTERFACES {
+                        return Err(corrupt(
+                            start,
+                            format!(
+                                "more than {MAX_INTERFACES} interfaces in one section, \
+                                 the most replay reads"
+                            ),
+                        ));
+                    }
                     self.interfaces.push(parse_idb(self.endian, buf, start)?);
                     continue;
                 }
@@ -160,7 +175,7 @@ impl NgState {
                 ),
             ));
         };
-        let total_len = check_block_len(endian.u32(&hdr[4..8]), start)?;
+        let total_len = check_block_len(endian.u32(&hdr[4..8]), start, true)?;
         // Fixed part: byte-order magic, version, section length.
         if total_len < NG_BLOCK_OVERHEAD + 16 {
             return Err(corrupt(
@@ -245,6 +260,15 @@ impl NgState {
         let ticks = (u64::from(e.u32(&body[4..8])) << 32) | u64::from(e.u32(&body[8..12]));
         let cap_len = e.u32(&body[12..16]);
         let orig_len = e.u32(&body[16..20]);
+        if cap_len > MAX_RECORD_LEN {
+            return Err(corrupt(
+                start,
+                format!(
+                    "{name} claims {cap_len} captured bytes, more than the {MAX_RECORD_LEN} \
+                     any snapshot length allows"
+                ),
+            ));
+        }
         if cap_len as usize > body.len() - FIXED {
             return Err(corrupt(
                 start,
@@ -285,9 +309,17 @@ impl NgState {
     }
 }
 
-pub(super) fn check_block_len(len: u32, start: u64) -> Result<u32, PcapError> {
-    if len < NG_BLOCK_OVERHEAD || !len.is_multiple_of(4) || len > MAX_RECORD_LEN {
+/// A block's length, checked; `held` blocks are read into memory, so they are bounded by
+/// [`MAX_BLOCK_LEN`].
+pub(super) fn check_block_len(len: u32, start: u64, held: bool) -> Result<u32, PcapError> {
+    if len < NG_BLOCK_OVERHEAD || !len.is_multiple_of(4) {
         return Err(corrupt(start, format!("invalid pcapng block length {len}")));
+    }
+    if held && len > MAX_BLOCK_LEN {
+        return Err(corrupt(
+            start,
+            format!("pcapng block length {len} is more than the {MAX_BLOCK_LEN} a packet needs"),
+        ));
     }
     Ok(len)
 }
@@ -531,7 +563,7 @@ mod tests {
         let at = w.out.len() as u64;
         let prefix = w.out.clone();
 
-        for bad_len in [8u32, 30, MAX_RECORD_LEN + 4] {
+        for bad_len in [8u32, 30, MAX_BLOCK_LEN + 4] {
             let mut w = W::new(false);
             w.bytes(&prefix).u32(NG_EPB).u32(bad_len).bytes(&[0; 64]);
             let (_, res, _) = read_all(&w.out);
@@ -554,6 +586,55 @@ mod tests {
         ng_block(&mut w, NG_EPB, &b.out);
         let (_, res, _) = read_all(&w.out);
         assert_corrupt(res, at);
+    }
+
+    #[test]
+    fn pcapng_interface_list_is_bounded() {
+        let mut w = W::new(false);
+        ng_shb(&mut w);
+        for _ in 0..MAX_INTERFACES {
+            ng_idb(&mut w, 1, 0, &[]);
+        }
+        let f = eth_frame(ETHERTYPE_IPV4, IPV4_STUB);
+        ng_epb(&mut w, (MAX_INTERFACES - 1) as u32, 1, &f, 60);
+        let full = w.out.clone();
+        assert_eq!(read_ok(&full).len(), 1, "the last allowed interface works");
+        let one_more = w.out.len() as u64;
+        ng_idb(&mut w, 1, 0, &[]);
+        let (pkts, res, _) = read_all(&w.out);
+        assert_eq!(pkts.len(), 1);
+        let reason = assert_corrupt(res, one_more);
+        assert!(reason.contains("4096 interfaces"), "{reason}");
+
+        // A new section starts a new list.
+        let mut w = W::new(false);
+        w.bytes(&full);
+        ng_shb(&mut w);
+        ng_idb(&mut w, 1, 0, &[]);
+        ng_epb(&mut w, 0, 2, &f, 60);
+        assert_eq!(read_ok(&w.out).len(), 2);
+    }
+
+    #[test]
+    fn pcapng_packet_sizes_are_capped_at_the_snaplen_limit() {
+        let big = vec![0u8; MAX_RECORD_LEN as usize];
+        let mut w = W::new(false);
+        ng_shb(&mut w);
+        ng_idb(&mut w, 1, 0, &[]);
+        ng_epb(&mut w, 0, 1, &big, MAX_RECORD_LEN);
+        // A block the reader has no use for is skipped, not held, whatever its size.
+        ng_block(&mut w, 0x0000_0bad, &vec![0; 2 * MAX_BLOCK_LEN as usize]);
+        let at = w.out.len() as u64;
+        let pkts = read_ok(&w.out);
+        assert_eq!(pkts.len(), 1);
+        assert_eq!(pkts[0].frame.len(), MAX_RECORD_LEN as usize);
+        // One byte more than the limit, in a block that fits: corrupt, at its offset.
+        let bigger = vec![0u8; MAX_RECORD_LEN as usize + 1];
+        ng_epb(&mut w, 0, 2, &bigger, MAX_RECORD_LEN + 1);
+        let (pkts, res, _) = read_all(&w.out);
+        assert_eq!(pkts.len(), 1);
+        let reason = assert_corrupt(res, at);
+        assert!(reason.contains("262145 captured bytes"), "{reason}");
     }
 
     #[test]

@@ -28,11 +28,15 @@ use super::{
     pcapng::{NG_SHB, NgState},
 };
 
-/// Largest record we are willing to buffer. Real link layers top out around
-/// 256 KiB (libpcap's own maximum snaplen); anything claiming more than this is
-/// a corrupt length field, and trusting it would mean a huge allocation or a
-/// long pointless read.
-pub(super) const MAX_RECORD_LEN: u32 = 256 * 1024 * 1024;
+/// Most captured bytes a packet record may hold: 256 KiB, libpcap's maximum
+/// snapshot length for the link types replay reads (tcpdump's default `-s`).
+/// A record claiming more is a corrupt length field, and trusting it would mean
+/// a huge allocation or a long pointless read.
+pub(super) const MAX_RECORD_LEN: u32 = 256 * 1024;
+/// Largest pcapng block read into memory: a packet of [`MAX_RECORD_LEN`] bytes
+/// plus its block's fixed fields and room for options. Blocks replay has no use
+/// for are skipped without being held, whatever their length.
+pub(super) const MAX_BLOCK_LEN: u32 = MAX_RECORD_LEN + 64 * 1024;
 
 /// One captured packet, already converted to Ethernet framing.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -395,6 +399,25 @@ mod tests {
         let (pkts, res, _) = read_all(&w.out);
         assert_eq!(pkts.len(), 1);
         assert_corrupt(res, second as u64);
+    }
+
+    #[test]
+    fn pcap_record_length_cap_is_the_snaplen_limit() {
+        let mut w = pcap_header(false, false, LINKTYPE_ETHERNET);
+        let big = vec![0u8; MAX_RECORD_LEN as usize];
+        pcap_record(&mut w, 1, 0, &big, MAX_RECORD_LEN);
+        let second = w.out.len();
+        w.u32(2)
+            .u32(0)
+            .u32(MAX_RECORD_LEN + 1)
+            .u32(MAX_RECORD_LEN + 1);
+        w.bytes(&[0; 64]);
+        let (pkts, res, _) = read_all(&w.out);
+        assert_eq!(pkts.len(), 1);
+        assert_eq!(pkts[0].frame.len(), 256 * 1024);
+        let reason = assert_corrupt(res, second as u64);
+        assert!(reason.contains("262145"), "{reason}");
+        assert!(reason.contains("262144"), "{reason}");
     }
 
     #[test]

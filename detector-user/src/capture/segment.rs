@@ -14,7 +14,8 @@ pub const SEGMENT_PAYLOAD: usize = 1_448;
 
 /// Splits `frame` into frames of at most [`MAX_FRAME`] bytes when it is a TCP super-packet;
 /// otherwise returns it as the only element. A frame that is too large but cannot be
-/// parsed is cut to [`MAX_FRAME`] (the program sees its headers and first bytes).
+/// parsed is cut to [`MAX_FRAME`] (the program sees its headers and first bytes). Never
+/// empty: every frame reaches the program in some form.
 pub fn split(frame: &[u8]) -> Vec<Vec<u8>> {
     if frame.len() <= MAX_FRAME {
         return vec![frame.to_vec()];
@@ -84,7 +85,13 @@ fn resegment(f: &[u8], l: &Layout) -> Vec<Vec<u8>> {
     let payload = &f[l.payload..l.end];
     let seq = u32::from_be_bytes(f[l.l4 + 4..l.l4 + 8].try_into().expect("4 bytes"));
     let flags = f[l.l4 + 13];
-    let chunks: Vec<&[u8]> = payload.chunks(SEGMENT_PAYLOAD).collect();
+    // No payload (the frame's length is trailing bytes past the IP packet's end): the
+    // headers alone, which still carry the segment's flags, sequence and ACK numbers.
+    let chunks: Vec<&[u8]> = if payload.is_empty() {
+        vec![payload]
+    } else {
+        payload.chunks(SEGMENT_PAYLOAD).collect()
+    };
     let last = chunks.len().saturating_sub(1);
     chunks
         .iter()
@@ -131,6 +138,28 @@ mod tests {
     fn small_frames_pass_whole() {
         let f = ipv4_tcp(100, 0x18);
         assert_eq!(split(&f), vec![f]);
+    }
+
+    #[test]
+    fn oversized_frame_without_payload_goes_as_its_headers() {
+        // A RST whose frame carries 5000 bytes past the IP packet's end (trailer, padding).
+        let mut f = ipv4_tcp(0, 0x14);
+        let headers = f.clone();
+        f.resize(f.len() + 5_000, 0xee);
+        assert_eq!(split(&f), vec![headers]);
+    }
+
+    #[test]
+    fn no_frame_splits_into_nothing() {
+        for len in [0usize, 1, 13, 14, 60, MAX_FRAME, MAX_FRAME + 1, 70_000] {
+            let junk = vec![0x45u8; len];
+            assert!(!split(&junk).is_empty(), "{len} bytes of junk");
+        }
+        for payload in [0usize, 1, SEGMENT_PAYLOAD, 5_000, 65_000] {
+            let mut f = ipv4_tcp(payload, 0x10);
+            f.resize(f.len().max(MAX_FRAME + 1), 0);
+            assert!(!split(&f).is_empty(), "{payload} bytes of payload");
+        }
     }
 
     #[test]

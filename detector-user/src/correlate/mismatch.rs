@@ -11,7 +11,8 @@ use super::{
 };
 use crate::output::{
     detail::{KindDetail, MismatchDetail, PlaintextAnswer, ServerAnswer},
-    diagnosis::{Kind, hex},
+    diagnosis::Kind,
+    escape::hex,
 };
 
 /// Field case 3: plaintext HTTP where TLS is expected, or a ClientHello to a plaintext

@@ -5,10 +5,7 @@ use detector_common::{EventKind, PayloadClass, Side, dir_flags};
 
 use crate::{
     kernel::event::{Abort, Alert, KernelEvent, TlsFacts},
-    output::{
-        detail::IdleDropHow,
-        diagnosis::{Abstention, show_bytes},
-    },
+    output::{detail::IdleDropHow, diagnosis::Abstention, escape::show_bytes},
 };
 
 /// Alerts (plaintext, and encrypted) kept per session; the rest are only counted, so that

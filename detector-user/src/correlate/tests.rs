@@ -5,7 +5,7 @@ use detector_common::{PayloadClass, Side, dir_flags, tls_flags};
 use super::*;
 use crate::{
     kernel::event::{Abort, Alert, TlsFacts},
-    output::diagnosis::hex,
+    output::escape::hex,
 };
 
 fn event(kind: EventKind, sender: Side) -> KernelEvent {
@@ -71,7 +71,7 @@ fn http_request_and_server_alert_make_one_diagnosis() {
     assert_eq!(d[0].kind, Kind::HttpToTlsPort);
     assert_eq!(d[0].detail_json()["server_answer"], "tls_alert");
     let ev = d[0].evidence.join("; ");
-    assert!(ev.contains("'GET / HTTP/1.1'..."), "{ev}");
+    assert!(ev.contains("\"GET / HTTP/1.1\"..."), "{ev}");
     assert!(ev.contains("fatal unexpected_message"), "{ev}");
     assert_eq!(c.open_sessions(), 0);
 }

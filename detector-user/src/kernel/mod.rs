@@ -76,6 +76,7 @@ pub struct Kernel {
 impl Kernel {
     pub fn load(opts: &Options) -> anyhow::Result<Kernel> {
         check_kernel_version()?;
+        crate::privilege::check()?;
         if opts.flow_table_size == 0 {
             bail!("the flow table needs at least one entry (--flow-table-size)");
         }
@@ -89,7 +90,7 @@ impl Kernel {
                 detector_common::MAX_TLS_PORTS
             );
         }
-        check_ring_size(opts.ring_size, page_size()?)?;
+        check_ring_size(opts.ring_size)?;
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(names::EVENTS, opts.ring_size)
             .map_max_entries(names::FLOWS, opts.flow_table_size)
@@ -288,7 +289,8 @@ pub fn explain_privileges(e: anyhow::Error) -> anyhow::Error {
     if denied {
         e.context(
             "permission denied: run as root, or grant CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON \
-             (e.g. `sudo setcap cap_bpf,cap_net_admin,cap_perfmon+ep target/release/detector`)",
+             (e.g. `sudo setcap cap_bpf,cap_net_admin,cap_perfmon+ep target/release/detector`; \
+             see the README's section on privileges)",
         )
     } else {
         e
@@ -306,7 +308,11 @@ fn page_size() -> anyhow::Result<u32> {
 
 /// The kernel takes a ring of a power-of-two number of pages and nothing else; say so
 /// before it answers EINVAL.
-fn check_ring_size(bytes: u32, page: u32) -> anyhow::Result<()> {
+pub fn check_ring_size(bytes: u32) -> anyhow::Result<()> {
+    ring_size_for_page(bytes, page_size()?)
+}
+
+fn ring_size_for_page(bytes: u32, page: u32) -> anyhow::Result<()> {
     if bytes < page || !bytes.is_power_of_two() || !bytes.is_multiple_of(page) {
         bail!(
             "--ring-size {bytes}: the event ring must be a power of two and a multiple of the \
@@ -344,15 +350,15 @@ mod tests {
     #[test]
     fn ring_sizes_the_kernel_takes() {
         for ok in [4096, 8192, 1 << 20, 1 << 30] {
-            check_ring_size(ok, 4096).unwrap();
+            ring_size_for_page(ok, 4096).unwrap();
         }
         for bad in [0, 1, 2048, 4095, 6144, 4096 * 3, (1 << 20) + 4096] {
-            let e = check_ring_size(bad, 4096).expect_err("an impossible ring size passed");
+            let e = ring_size_for_page(bad, 4096).expect_err("an impossible ring size passed");
             let msg = format!("{e:#}");
             assert!(msg.contains("--ring-size") && msg.contains("4096"), "{msg}");
         }
         // A 64 KiB-page kernel refuses 4 KiB rings.
-        assert!(check_ring_size(4096, 65536).is_err());
+        assert!(ring_size_for_page(4096, 65536).is_err());
     }
 
     #[test]

@@ -13,6 +13,7 @@ use super::{
 #[derive(Clone, Debug)]
 pub struct Sighting {
     pub event: KernelEvent,
+    /// Escaped for display ([`crate::output::escape`]): the name is a peer's bytes.
     pub sni: Option<String>,
 }
 

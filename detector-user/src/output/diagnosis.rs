@@ -191,27 +191,6 @@ pub fn side_name(s: Side) -> &'static str {
     }
 }
 
-/// Payload bytes as a reader would want them: printable ASCII quoted, else hex.
-pub fn show_bytes(b: &[u8]) -> String {
-    let printable = b
-        .iter()
-        .take_while(|c| c.is_ascii_graphic() || **c == b' ')
-        .count();
-    if printable >= 4 {
-        let text: String = b[..printable].iter().map(|&c| c as char).collect();
-        format!("'{}'", text.trim_end())
-    } else {
-        hex(b)
-    }
-}
-
-pub fn hex(b: &[u8]) -> String {
-    b.iter()
-        .map(|x| format!("{x:02x}"))
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -259,14 +238,5 @@ mod tests {
             r#"{"sender":"server","level":"fatal","description":"unknown_ca","code":48,"during_handshake":true,"alerts":[{"sender":"server","level":"fatal","description":"unknown_ca","code":48}],"ssl_history":"CsL"}"#
         );
         assert_eq!(serde_json::to_string(&d).unwrap(), v.to_string());
-    }
-
-    #[test]
-    fn bytes_shown_as_text_or_hex() {
-        assert_eq!(show_bytes(b"GET / HTTP/1.1\r\n"), "'GET / HTTP/1.1'");
-        assert_eq!(
-            show_bytes(&[0x15, 3, 1, 0, 2, 2, 10]),
-            "15 03 01 00 02 02 0a"
-        );
     }
 }

@@ -17,19 +17,24 @@ use crate::kernel::{Counters, FlowTable};
 /// private unless the operator opens it.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9863";
 
-/// Serves `GET /metrics` on `addr` until the task is dropped. Kernel counters are read at
-/// scrape time, so they are never staler than the scrape.
+/// The endpoint's listening socket.
+pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("listening for metrics scrapes on {addr}"))?;
+    log::info!("metrics on http://{addr}/metrics");
+    Ok(listener)
+}
+
+/// Serves `GET /metrics` on `listener` until the task is dropped. Kernel counters are read
+/// at scrape time, so they are never staler than the scrape.
 pub async fn serve(
-    addr: SocketAddr,
+    listener: TcpListener,
     metrics: Arc<Metrics>,
     counters: Counters,
     flows: FlowTable,
     unconfirmed: FlowTable,
 ) -> anyhow::Result<()> {
-    let listener = TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("listening for metrics scrapes on {addr}"))?;
-    log::info!("metrics on http://{addr}/metrics");
     loop {
         let (mut sock, peer) = match listener.accept().await {
             Ok(x) => x,
@@ -56,6 +61,7 @@ pub async fn serve(
             let request = String::from_utf8_lossy(&buf[..n]);
             let path = request.split_whitespace().nth(1).unwrap_or("");
             let response = if request.starts_with("GET ") && (path == "/metrics" || path == "/") {
+                metrics.refresh_top(time::OffsetDateTime::now_utc());
                 if let Ok(values) = counters.read() {
                     metrics.refresh_kernel(&values);
                     match flows.count() {

@@ -1,9 +1,10 @@
 //! Prometheus metrics (served by [`super::http`]).
 //!
-//! Labels come only from closed sets (diagnosis kind, alert level/description, side), never
-//! from addresses or ports, so cardinality stays bounded however much traffic is seen.
+//! Labels come from closed sets (diagnosis kind, alert level/description, side); addresses
+//! and names appear only in views bounded by construction (the top endpoints per kind, the
+//! timeout estimates), so cardinality stays bounded however much traffic is seen.
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, sync::Mutex, time::Duration};
 
 use anyhow::Context as _;
 use detector_common::{Counter, EventKind, tls::alert};
@@ -12,8 +13,11 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use super::detail::TimeoutEstimate;
-use super::diagnosis::{Abstention, Diagnosis, Kind, side_name};
+use super::{
+    detail::TimeoutEstimate,
+    diagnosis::{Abstention, Diagnosis, Kind, side_name},
+    top::{Row, TopServers},
+};
 use crate::kernel::event::KernelEvent;
 
 pub struct Metrics {
@@ -31,7 +35,14 @@ pub struct Metrics {
     flows_evicted: IntCounter,
     unconfirmed_evicted: IntCounter,
     abstained: IntCounterVec,
+    top: Mutex<TopServers>,
+    top_gauge: IntGaugeVec,
+    handshakes: Vec<(Counter, IntCounter)>,
 }
+
+/// Endpoints per kind in the top view, and its trailing window.
+pub const TOP_K: usize = 10;
+pub const TOP_WINDOW: Duration = Duration::from_secs(3600);
 
 /// Idle-gap buckets that resolve the timeouts that matter: 60 s, nginx's and WAFs' 120 s,
 /// 300 s, the AWS load balancers' 350 s, 600 s and an hour.
@@ -126,8 +137,36 @@ impl Metrics {
             abstained.with_label_values(&[r.as_str()]);
         }
         registry.register(Box::new(abstained.clone()))?;
+        let top_gauge = IntGaugeVec::new(
+            Opts::new(
+                "top_server_diagnoses",
+                format!(
+                    "Diagnoses in the last {} s by server endpoint and SNI: the {TOP_K} \
+                     endpoints with most per kind, and server=\"other\" for the rest; refreshed \
+                     at each scrape, so quiet endpoints drop out",
+                    TOP_WINDOW.as_secs()
+                ),
+            ),
+            &["kind", "server", "sni"],
+        )?;
+        registry.register(Box::new(top_gauge.clone()))?;
+        let handshakes_vec = IntCounterVec::new(
+            Opts::new(
+                "tls_handshakes_total",
+                "TLS handshakes by result: started (a flow's first ClientHello seen), completed \
+                 (finished), failed (ended by a fatal alert, RST or FIN before finishing); \
+                 started minus the other two are still open or were never seen to end",
+            ),
+            &["result"],
+        )?;
+        registry.register(Box::new(handshakes_vec.clone()))?;
         let mut kernel = Vec::new();
+        let mut handshakes = Vec::new();
         for c in Counter::ALL {
+            if let Some(result) = c.handshake_result() {
+                handshakes.push((c, handshakes_vec.with_label_values(&[result])));
+                continue;
+            }
             let m = IntCounter::new(format!("{}_total", c.metric_name()), c.help())?;
             registry.register(Box::new(m.clone()))?;
             kernel.push((c, m));
@@ -161,6 +200,9 @@ impl Metrics {
             flows_evicted,
             unconfirmed_evicted,
             abstained,
+            top: Mutex::new(TopServers::new(TOP_K, TOP_WINDOW)),
+            top_gauge,
+            handshakes,
         })
     }
 
@@ -188,6 +230,10 @@ impl Metrics {
 
     pub fn on_diagnosis(&self, d: &Diagnosis) {
         self.diagnoses.with_label_values(&[d.kind.as_str()]).inc();
+        self.top
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .record(d.kind, d.server, d.sni.as_deref(), d.ts);
         if let Some(gap) = d.detail.gap_s() {
             self.idle_gaps
                 .with_label_values(&[d.kind.as_str()])
@@ -220,7 +266,7 @@ impl Metrics {
     /// Brings the kernel counters, and the abstentions the kernel counts, up to the
     /// values in the maps (they only grow).
     pub fn refresh_kernel(&self, values: &[u64; Counter::COUNT as usize]) {
-        for (c, m) in &self.kernel {
+        for (c, m) in self.kernel.iter().chain(&self.handshakes) {
             let v = values[*c as usize];
             m.inc_by(v.saturating_sub(m.get()));
         }
@@ -262,6 +308,30 @@ impl Metrics {
             .inc_by(evicted.saturating_sub(self.unconfirmed_evicted.get()));
     }
 
+    /// Replaces the exported top view with the one at `now`.
+    pub fn refresh_top(&self, now: time::OffsetDateTime) {
+        let rows = self
+            .top
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .view(now);
+        self.top_gauge.reset();
+        for Row {
+            kind,
+            server,
+            sni,
+            diagnoses,
+        } in rows
+        {
+            let server = server.map_or_else(|| "other".to_string(), |s| s.to_string());
+            // Already escaped where it was read (`output::escape`): printable ASCII only.
+            let sni = sni.unwrap_or_default();
+            self.top_gauge
+                .with_label_values(&[kind.as_str(), server.as_str(), sni.as_str()])
+                .set(diagnoses as i64);
+        }
+    }
+
     /// The text exposition format.
     pub fn render(&self) -> anyhow::Result<String> {
         let mut buf = Vec::new();
@@ -275,6 +345,49 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn handshake_counters_are_one_metric_by_result() {
+        let m = Metrics::new().unwrap();
+        let mut v = [0u64; Counter::COUNT as usize];
+        v[Counter::HandshakesStarted as usize] = 10;
+        v[Counter::HandshakesCompleted as usize] = 7;
+        v[Counter::HandshakesFailed as usize] = 2;
+        m.refresh_kernel(&v);
+        m.refresh_kernel(&v);
+        let text = m.render().unwrap();
+        for line in [
+            "detector_tls_handshakes_total{result=\"started\"} 10",
+            "detector_tls_handshakes_total{result=\"completed\"} 7",
+            "detector_tls_handshakes_total{result=\"failed\"} 2",
+        ] {
+            assert!(text.contains(line), "{line} missing from\n{text}");
+        }
+        assert!(!text.contains("detector_tls_handshakes_started"), "{text}");
+    }
+
+    #[test]
+    fn top_view_is_refreshed_and_bounded() {
+        let m = Metrics::new().unwrap();
+        let t0 = time::OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
+        let server: SocketAddr = "192.0.2.1:443".parse().unwrap();
+        // A right-to-left override and a zero-width space inside the name, escaped as the
+        // kernel stage hands an SNI on.
+        let sni = crate::output::escape::escape("a\u{202e}b\u{200b}".as_bytes());
+        {
+            let mut top = m.top.lock().unwrap();
+            top.record(Kind::FatalAlert, server, Some(&sni), t0);
+            top.record(Kind::FatalAlert, server, Some(&sni), t0);
+        }
+        m.refresh_top(t0);
+        let text = m.render().unwrap();
+        let line = "detector_top_server_diagnoses{kind=\"fatal_alert\",server=\"192.0.2.1:443\",\
+                    sni=\"a\\\\xe2\\\\x80\\\\xaeb\\\\xe2\\\\x80\\\\x8b\"} 2";
+        assert!(text.contains(line), "{line} missing from\n{text}");
+        m.refresh_top(t0 + TOP_WINDOW + TOP_WINDOW);
+        let text = m.render().unwrap();
+        assert!(!text.contains("detector_top_server_diagnoses{"), "{text}");
+    }
 
     #[test]
     fn exposes_prefixed_names_and_zeroed_kinds() {
@@ -326,7 +439,11 @@ mod tests {
     #[test]
     fn every_kernel_counter_is_exported_with_its_help() {
         let text = Metrics::new().unwrap().render().unwrap();
-        for c in Counter::ALL {
+        // The handshake counters are one metric with a label (`detector_tls_handshakes_total`).
+        for c in Counter::ALL
+            .iter()
+            .filter(|c| c.handshake_result().is_none())
+        {
             let help = format!("# HELP detector_{}_total {}", c.metric_name(), c.help());
             assert!(text.contains(&help), "{help} missing from\n{text}");
         }

@@ -1,7 +1,10 @@
-//! The output stage: diagnoses as JSON lines, Prometheus metrics, the endpoint serving them.
+//! The output stage: diagnoses as JSON lines, Prometheus metrics (with the endpoints that
+//! fail most), the endpoint serving them.
 
 pub mod community_id;
 pub mod detail;
 pub mod diagnosis;
+pub mod escape;
 pub mod http;
 pub mod metrics;
+pub mod top;

@@ -67,7 +67,20 @@ impl LiveAgent {
         ifaces: &[&str],
         extra: &[&str],
     ) -> Result<LiveAgent> {
-        let listen = "127.0.0.1:9863".to_string();
+        LiveAgent::start_listening(bin, lab, ns, ifaces, extra, "127.0.0.1:9863")
+    }
+
+    /// The same with the metrics endpoint on `listen` (an address other namespaces reach,
+    /// for a Prometheus elsewhere in the lab).
+    pub fn start_listening(
+        bin: &Path,
+        lab: &Lab,
+        ns: &str,
+        ifaces: &[&str],
+        extra: &[&str],
+        listen: &str,
+    ) -> Result<LiveAgent> {
+        let listen = listen.to_string();
         let mut args: Vec<String> = vec![bin.display().to_string(), "run".into()];
         for i in ifaces {
             args.extend(["--iface".into(), i.to_string()]);

@@ -9,6 +9,7 @@
 //! - [`process`]: supervised processes inside a lab, commands under a time bound, PATH
 //!   look-ups; [`clients`]: openssl and curl clients and waiting on their output;
 //! - [`capture`]: tcpdump captures; [`pcapfile`]: reading, writing and re-timing them;
+//! - [`prometheus`]: real Prometheus servers in lab namespaces and queries of their API;
 //! - [`certs`]: a lab CA and server certificates; [`servers`]: nginx and s_server;
 //! - [`agent`]: the `detector` binary, live in a namespace or replaying a capture;
 //!   [`fixture`]: the lab + router + capture + agent set-up of the live tests;
@@ -29,6 +30,7 @@ pub mod long_lived;
 pub mod netns;
 pub mod pcapfile;
 pub mod process;
+pub mod prometheus;
 pub mod relay;
 pub mod scenarios;
 pub mod servers;

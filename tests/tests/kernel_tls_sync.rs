@@ -1,0 +1,273 @@
+//! The kernel's TLS record walker keeping its place in a stream, through
+//! BPF_PROG_TEST_RUN: retransmission, reordering (body segments, header segments, bulk
+//! transfer reordered across CPUs), mid-stream pickup, bytes that went by unseen, and gaps
+//! bridged by record lengths only where the header chain proves them.
+
+use detector_common::{
+    Counter, EventKind, Side,
+    tls::{
+        alert::{FATAL, HANDSHAKE_FAILURE},
+        content_type::{ALERT, APPLICATION_DATA as APPDATA, HANDSHAKE},
+        extension::SUPPORTED_VERSIONS,
+        version::TLS1_3,
+    },
+};
+use detector_user::kernel::event::KernelEvent;
+use tests::{
+    frames::{self, ACK, Conversation, FIN, Hello, RST, record, record_header, versions_ext},
+    harness::Harness,
+    sessions::{sealed, tls12_session},
+};
+
+#[test]
+fn retransmissions_change_nothing() {
+    let mut h = Harness::new();
+    let mut conv = Conversation::v4(443);
+    let syn_ack = conv.syn_ack();
+    let hello = conv.client(&frames::client_hello("a.example"));
+    let answer = conv.server(&frames::alert(FATAL, HANDSHAKE_FAILURE));
+    let events = h.run_all(&[
+        syn_ack,
+        hello.clone(),
+        hello.clone(),
+        answer.clone(),
+        answer,
+        hello,
+    ]);
+    assert_eq!(events.len(), 2, "one alert, one abort: {events:?}");
+    let flow = h.flow(conv.client_addr(), conv.server_addr());
+    assert_eq!(flow.tls.history_len, 2, "no letter twice");
+}
+
+#[test]
+fn reordered_body_segments_keep_sync() {
+    let mut h = Harness::new();
+    let mut conv = Conversation::v4(443);
+    let mut f = tls12_session(&mut conv, &Hello::client("a"), &Hello::server());
+    // A 3000-byte record in three segments, then an encrypted alert in its own segment;
+    // the record's middle segment arrives last.
+    let mut segs = conv.server_segments(&sealed(APPDATA, 3000), &[1000, 1000]);
+    let alert = conv.server(&sealed(ALERT, 26));
+    segs.swap(1, 2);
+    f.extend(segs);
+    f.push(alert);
+    let events = h.run_all(&f);
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].kind, EventKind::EncryptedAlert);
+    assert_eq!(events[0].sender, Side::Server);
+    assert_eq!(events[0].record_len, 26);
+    assert_eq!(h.counter(Counter::TlsSyncLost), 0);
+}
+
+#[test]
+fn reordered_header_segment_loses_sync_instead_of_guessing() {
+    let mut h = Harness::new();
+    let mut conv = Conversation::v4(443);
+    let mut f = tls12_session(&mut conv, &Hello::client("a"), &Hello::server());
+    // Record A ends inside segment 2, where record B (an encrypted alert) starts; segment
+    // 2 arrives before segment 1, so B's header goes by before the walker knows where it is.
+    let mut data = sealed(APPDATA, 1600);
+    data.extend(sealed(ALERT, 26));
+    let mut segs = conv.server_segments(&data, &[1000]);
+    segs.swap(0, 1);
+    f.extend(segs);
+    let events = h.run_all(&f);
+    assert!(events.is_empty(), "nothing may be guessed: {events:?}");
+    assert_eq!(h.counter(Counter::TlsSyncLost), 1);
+}
+
+#[test]
+fn mid_stream_pickup_resyncs_only_on_evidence() {
+    let mut h = Harness::new();
+    let mut conv = Conversation::v4(443);
+    // No handshake seen. Ciphertext that happens to start like a header is not enough...
+    let mut noise = record_header(APPDATA, 256);
+    noise.extend(vec![0x5a; 700]);
+    assert!(h.run(&conv.server(&noise)).is_empty());
+    assert_eq!(h.counter(Counter::TlsResynced), 0);
+    // ...two whole records filling a segment exactly are.
+    let mut two = sealed(APPDATA, 100);
+    two.extend(sealed(APPDATA, 50));
+    assert!(h.run(&conv.server(&two)).is_empty());
+    assert_eq!(h.counter(Counter::TlsResynced), 1);
+    let events = h.run(&conv.server(&sealed(ALERT, 26)));
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].kind, EventKind::EncryptedAlert);
+    assert!(events[0].midstream_tls);
+}
+
+/// Records counted by the walker for the `tls12_session` alone.
+fn session_records() -> u64 {
+    let mut h = Harness::new();
+    let mut conv = Conversation::v4(443);
+    h.run_all(&tls12_session(
+        &mut conv,
+        &Hello::client("a"),
+        &Hello::server(),
+    ));
+    h.counter(Counter::TlsRecords)
+}
+
+/// A TLS 1.2 session, then the server's bulk data: one record that sets the size the
+/// read-ahead expects, twelve more of that size and an encrypted alert, cut into segments
+/// of `sizes` and delivered in `order`. Returns the harness and the events.
+fn reordered_bulk(sizes: &[usize], order: &[usize]) -> (Harness, Vec<KernelEvent>) {
+    const LEN: usize = 1_000;
+    let mut h = Harness::new();
+    let mut conv = Conversation::v4(443);
+    let mut f = tls12_session(&mut conv, &Hello::client("a"), &Hello::server());
+    f.push(conv.server(&sealed(APPDATA, LEN)));
+    let mut data = Vec::new();
+    for _ in 0..12 {
+        data.extend(sealed(APPDATA, LEN));
+    }
+    data.extend(sealed(ALERT, 26));
+    let segs = conv.server_segments(&data, sizes);
+    assert_eq!(segs.len(), order.len());
+    f.extend(order.iter().map(|&i| segs[i].clone()));
+    let events = h.run_all(&f);
+    (h, events)
+}
+
+/// What both reordering cases must end with: no place lost, one gap bridged, every header
+/// counted once (the session's, thirteen records and the alert), the alert reported.
+fn assert_bridged(h: &Harness, events: &[KernelEvent]) {
+    assert_eq!(h.counter(Counter::TlsSyncLost), 0);
+    assert_eq!(h.counter(Counter::TlsReadAhead), 1);
+    assert_eq!(
+        h.counter(Counter::TlsRecords),
+        session_records() + 1 + 12 + 1
+    );
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].kind, EventKind::EncryptedAlert);
+}
+
+/// Bulk transfer reordered across CPUs (a veth's per-CPU backlogs, or two CPUs sending):
+/// a later segment arrives before the one holding the header it continues from. Its
+/// headers are read ahead where one-size records put them, and taken when the walker's
+/// own count of lengths gets there.
+#[test]
+fn reordered_bulk_records_keep_sync_by_reading_ahead() {
+    // Headers at 0, 1005, 2010, ...: segment 1 holds 3015..5025, segment 2 6030..8040.
+    let (h, events) = reordered_bulk(&[3_000, 3_000, 3_000, 3_000], &[0, 2, 1, 3, 4]);
+    assert_bridged(&h, &events);
+}
+
+/// The same when both the hole and the early block are super-packets split into MTU-sized
+/// segments (as replay and native XDP see them): the chain read ahead goes on from segment
+/// to segment, through a header cut by a segment end, and a cursor that lands in the part
+/// of the hole still to come waits for it.
+#[test]
+fn reordered_super_packet_split_into_segments_keeps_sync() {
+    // Headers at 0, 1005, ...: the segment ending at 7037 cuts the header at 7035. The
+    // hole (3000..6000, two segments) is filled after the four of the early block.
+    let (h, events) = reordered_bulk(
+        &[3_000, 1_500, 1_500, 1_037, 700, 700, 563, 3_000],
+        &[0, 3, 4, 5, 6, 1, 2, 7, 8],
+    );
+    assert_bridged(&h, &events);
+}
+
+/// The same reordering where the headers are not where one-size records would put them:
+/// nothing was read ahead there, so the walker loses its place rather than guess.
+#[test]
+fn reordered_records_of_other_sizes_still_lose_sync() {
+    let mut h = Harness::new();
+    let mut conv = Conversation::v4(443);
+    let mut f = tls12_session(&mut conv, &Hello::client("a"), &Hello::server());
+    f.push(conv.server(&sealed(APPDATA, 1_000)));
+    let mut data = Vec::new();
+    for len in [1_000, 1_000, 1_000, 700, 1_000, 1_000, 1_000, 1_000, 1_000] {
+        data.extend(sealed(APPDATA, len));
+    }
+    let mut segs = conv.server_segments(&data, &[3_000, 3_000]);
+    segs.swap(1, 2);
+    f.extend(segs);
+    assert!(h.run_all(&f).is_empty());
+    assert_eq!(h.counter(Counter::TlsSyncLost), 1);
+}
+
+/// A handshake's end judged on a capture that lost packets: the client's Finished and
+/// first data never reached the detector, and its FIN (which follows them) would look like
+/// a handshake cut short. The FIN's sequence number shows bytes went by unseen: abstain.
+#[test]
+fn an_end_after_unseen_bytes_is_not_judged() {
+    let mut h = Harness::new();
+    let mut conv = Conversation::v4(443);
+    let client = Hello::client("a").with(SUPPORTED_VERSIONS, versions_ext(&[TLS1_3]));
+    let server = Hello::server().with(SUPPORTED_VERSIONS, TLS1_3.to_be_bytes().to_vec());
+    let mut flight = record(HANDSHAKE, &server.server_hello());
+    flight.extend(sealed(APPDATA, 900));
+    let f = vec![
+        conv.syn_ack(),
+        conv.client(&record(HANDSHAKE, &client.client_hello())),
+        conv.server(&flight),
+    ];
+    assert!(h.run_all(&f).is_empty());
+    // Lost on the way to the detector: the client's Finished and request.
+    let _unseen = conv.client(&sealed(APPDATA, 53));
+    let events = h.run(&conv.client_flags(ACK | FIN));
+    assert!(events.is_empty(), "{events:?}");
+    assert_eq!(h.counter(Counter::UnseenBytes), 1);
+
+    // The same from the other side: the server's answer went unseen, and the client's
+    // RST acknowledges it.
+    let mut h = Harness::new();
+    let mut conv = Conversation::v4(443);
+    let f = vec![conv.syn_ack(), conv.client(&frames::client_hello("a"))];
+    assert!(h.run_all(&f).is_empty());
+    let _unseen = conv.server(&record(HANDSHAKE, &Hello::server().server_hello()));
+    let events = h.run(&conv.client_flags(ACK | RST));
+    assert!(
+        events.is_empty(),
+        "no ServerHello seen is not no ServerHello: {events:?}"
+    );
+    assert_eq!(h.counter(Counter::UnseenBytes), 1);
+}
+
+/// A bulk stream whose segment `[3000, 6000)` never reaches the walker, then more than the
+/// walker waits for (1 MiB), ending with an encrypted alert; the records are one size,
+/// except `odd` (its index) when given.
+fn bulk_with_unseen_segment(odd: Option<usize>) -> (Harness, Vec<KernelEvent>) {
+    const LEN: usize = 1_000;
+    const RECORDS: usize = 1_200;
+    let mut h = Harness::new();
+    let mut conv = Conversation::v4(443);
+    let mut f = tls12_session(&mut conv, &Hello::client("a"), &Hello::server());
+    f.push(conv.server(&sealed(APPDATA, LEN)));
+    let mut data = Vec::new();
+    for i in 0..RECORDS {
+        data.extend(sealed(APPDATA, if odd == Some(i) { 700 } else { LEN }));
+    }
+    data.extend(sealed(ALERT, 26));
+    let segs = conv.server_segments(&data, &vec![3_000; data.len() / 3_000]);
+    f.extend(
+        segs.iter()
+            .enumerate()
+            .filter(|(i, _)| *i != 1)
+            .map(|(_, s)| s.clone()),
+    );
+    let events = h.run_all(&f);
+    (h, events)
+}
+
+/// Bytes the walker waited for went by unread (or never came): once the stream is far
+/// past, the next header where one-size records put it, with a chain to the segment's end,
+/// gives the walker its place back.
+#[test]
+fn a_walker_stranded_in_a_bulk_stream_finds_its_place_by_record_lengths() {
+    let (h, events) = bulk_with_unseen_segment(None);
+    assert_eq!(h.counter(Counter::TlsSyncLost), 0);
+    assert_eq!(h.counter(Counter::TlsBridgedByLength), 1);
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].kind, EventKind::EncryptedAlert);
+}
+
+/// The same with one record of another size among the unseen ones: every header after
+/// it moved, the lengths refute the bridge, and the walker loses its place.
+#[test]
+fn records_of_another_size_refute_the_bridge() {
+    let (h, _) = bulk_with_unseen_segment(Some(4));
+    assert_eq!(h.counter(Counter::TlsBridgedByLength), 0);
+    assert_eq!(h.counter(Counter::TlsSyncLost), 1);
+}
