@@ -49,10 +49,25 @@ pub enum Counter {
     /// Of those, handshakes that ended before finishing: a fatal alert, a RST or a FIN,
     /// once per flow (the `HandshakeAborted` event).
     HandshakesFailed = 19,
+    /// Ignored: a RST whose sequence number lies outside the receiver's window as the flow
+    /// has seen it (RFC 5961 §3), or on a flow where no window was seen to place it in.
+    /// A blind forger guesses; the real sender knows where the stream is.
+    RstOutsideWindow = 20,
+    /// Ignored: a SYN-ACK with a new initial sequence number on a live flow that no new
+    /// SYN preceded (a forgery, or a stray): it would restart the flow, swap its roles.
+    SynAckWithoutSyn = 21,
+    /// Events the slow path found, before delivery: each is then emitted, or dropped for
+    /// exactly one reason (`EventsDropped`, `EventsOverCap`).
+    EventsFound = 22,
+    /// Found events beyond the per-packet cap (4), dropped.
+    EventsOverCap = 23,
+    /// Packets sent to the slow path whose flow was gone from its table when it ran (the
+    /// LRU evicted it in between): whatever events they held were never looked for.
+    SlowPathFlowGone = 24,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 20;
+    pub const COUNT: u32 = 25;
     pub const ALL: [Counter; Counter::COUNT as usize] = [
         Counter::Packets,
         Counter::TcpPackets,
@@ -74,6 +89,11 @@ impl Counter {
         Counter::HandshakesStarted,
         Counter::HandshakesCompleted,
         Counter::HandshakesFailed,
+        Counter::RstOutsideWindow,
+        Counter::SynAckWithoutSyn,
+        Counter::EventsFound,
+        Counter::EventsOverCap,
+        Counter::SlowPathFlowGone,
     ];
 
     /// The counters exported together as `detector_tls_handshakes_total{result}` instead of
@@ -110,6 +130,11 @@ impl Counter {
             Counter::HandshakesStarted => "tls_handshakes_started",
             Counter::HandshakesCompleted => "tls_handshakes_completed",
             Counter::HandshakesFailed => "tls_handshakes_failed",
+            Counter::RstOutsideWindow => "kernel_ignored_rst_outside_window",
+            Counter::SynAckWithoutSyn => "kernel_ignored_synack_without_syn",
+            Counter::EventsFound => "kernel_events_found",
+            Counter::EventsOverCap => "kernel_events_dropped_over_packet_cap",
+            Counter::SlowPathFlowGone => "kernel_slow_path_flow_gone",
         }
     }
 
@@ -118,9 +143,13 @@ impl Counter {
             Counter::Packets => "Packets seen by the kernel program",
             Counter::TcpPackets => "TCP packets seen by the kernel program",
             Counter::TlsRecords => "TLS record headers recognised by the kernel program",
-            Counter::EventsEmitted => "Events sent to the agent through the ring buffer",
+            Counter::EventsEmitted => {
+                "Events delivered into the ring buffer (found = emitted + dropped + dropped over \
+                 packet cap)"
+            }
             Counter::EventsDropped => {
-                "Events the kernel could not deliver because the ring buffer was full"
+                "Events found but not delivered because the ring buffer was full (the agent fell \
+                 behind or the ring is too small)"
             }
             Counter::FlowsCreated => "Flows created in the kernel flow table",
             Counter::Fragments => "IP fragments left unparsed",
@@ -131,7 +160,10 @@ impl Counter {
             Counter::TlsResynced => {
                 "Times the TLS record walker found record boundaries again from evidence"
             }
-            Counter::TailCallFailed => "Packets the slow-path program could not be reached for",
+            Counter::TailCallFailed => {
+                "Packets the slow-path program could not be reached for: their events, if any, \
+                 were never looked for"
+            }
             Counter::UnconfirmedCreated => {
                 "Flows entered in the kernel's unconfirmed table (seen from one side so far)"
             }
@@ -154,6 +186,23 @@ impl Counter {
             Counter::HandshakesCompleted => "TLS handshakes that finished",
             Counter::HandshakesFailed => {
                 "TLS handshakes that ended before finishing (fatal alert, RST or FIN)"
+            }
+            Counter::RstOutsideWindow => {
+                "RSTs ignored: sequence number outside the receiver's window as seen (RFC 5961), \
+                 or no window seen"
+            }
+            Counter::SynAckWithoutSyn => {
+                "SYN-ACKs with a new ISN ignored on a live flow: no new SYN preceded them"
+            }
+            Counter::EventsFound => {
+                "Events the kernel found; each is emitted or dropped for exactly one reason"
+            }
+            Counter::EventsOverCap => {
+                "Events found but dropped: beyond the cap of 4 events per packet"
+            }
+            Counter::SlowPathFlowGone => {
+                "Packets whose flow was evicted before the slow path ran: their events, if any, \
+                 were never looked for"
             }
         }
     }

@@ -111,7 +111,10 @@ pub struct Event {
     /// How many bytes of `snippet` are valid.
     pub snippet_len: u8,
     pub history_len: u8,
-    pub _pad: [u8; 4],
+    /// [`family`](crate::family) of the flow: an IPv4 flow's addresses are IPv4-mapped,
+    /// and so may be an IPv6 flow's.
+    pub family: u8,
+    pub _pad: [u8; 3],
 }
 
 /// The TLS facts an event carries (a copy of [`Tls`](crate::Tls) without the history).

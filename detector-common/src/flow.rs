@@ -117,6 +117,8 @@ pub mod dir_flags {
     pub const RENEGOTIATED: u16 = 1 << 10;
     /// Headers read ahead of a reordering gap are kept (`Direction::ahead_*`).
     pub const AHEAD: u16 = 1 << 11;
+    /// This side sent an ACK: `Direction::acked` and `Direction::wnd` hold its last.
+    pub const ACKED: u16 = 1 << 12;
 }
 
 /// Bits of [`Tls::flags`]: facts about the session, from both hellos.
@@ -188,7 +190,13 @@ pub struct Direction {
     pub ahead_pend_len: u8,
     /// Why the walker last lost its place (the kernel program's `Loss`), for its log.
     pub lost_why: u8,
-    pub _pad: [u8; 6],
+    /// This side's last advertised receive window, in its own scaled units (see
+    /// [`FlowState::wscale`]); valid with [`dir_flags::ACKED`].
+    pub wnd: u16,
+    /// The highest acknowledgment number this side sent: the peer's next sequence number
+    /// as this side expects it (its RCV.NXT as far as the flow has seen); valid with
+    /// [`dir_flags::ACKED`]. A RST from the peer is believed only near it (RFC 5961 §3).
+    pub acked: u32,
 }
 
 /// TLS facts of a flow: the hellos' contents and the message history.
@@ -228,9 +236,30 @@ pub struct FlowState {
     pub opener: u8,
     /// Retransmissions by `idle_resumer` with no answer since it resumed.
     pub idle_retransmits: u8,
-    pub _pad: [u8; 4],
+    /// Window-scale shift of each side ([`Side`]-indexed): the SYN-ACK's option for the
+    /// server; 0 where scaling is off (no option in the SYN-ACK) and where the shift is
+    /// not known (the client's, which only its SYN carries, and any side of a flow picked
+    /// up mid-stream). Taking an unknown shift as 0 gives the smallest window a RST can
+    /// fall in: an unknown shift never makes the detector believe a RST it would not
+    /// believe knowing it.
+    pub wscale: [u8; 2],
+    /// Whether a bare SYN for this 4-tuple with a new initial sequence number was seen
+    /// while the flow lived, and from which endpoint of the key ([`new_syn`]). Only then
+    /// may a SYN-ACK with a new ISN start the flow over.
+    pub new_syn: u8,
+    pub _pad: u8,
     /// The gap before that resumption.
     pub idle_gap_ns: u64,
+    /// The sequence number of that SYN: the SYN-ACK that starts over acknowledges it.
+    pub new_syn_seq: u32,
+    pub _pad2: [u8; 4],
+}
+
+/// Values of [`FlowState::new_syn`]: which endpoint of the key sent the new SYN.
+pub mod new_syn {
+    pub const NONE: u8 = 0;
+    pub const FROM_A: u8 = 1;
+    pub const FROM_B: u8 = 2;
 }
 
 /// An SNI host name, kept out of the per-packet state in its own map.

@@ -1,7 +1,7 @@
 //! The flow key: both directions of a connection under one direction-normalised key.
 
 /// An IP address: 16 bytes in network order, IPv4 stored IPv4-mapped (`::ffff:a.b.c.d`)
-/// so that one key type serves both families. Held as two 64-bit words because BPF code
+/// so that one key type serves both families (which [`FlowKey::family`] keeps apart). Held as two 64-bit words because BPF code
 /// then moves an address in two registers; as `[u8; 16]` the compiler keeps, and spills,
 /// each byte in a register of its own, which alone can exhaust BPF's 512-byte stack.
 pub type Addr = [u64; 2];
@@ -17,6 +17,12 @@ pub const fn addr_to_bytes(a: Addr) -> [u8; 16] {
     unsafe { core::mem::transmute::<Addr, [u8; 16]>(a) }
 }
 
+/// The IP version a flow travels over ([`FlowKey::family`], [`crate::Event::family`]).
+pub mod family {
+    pub const V4: u8 = 4;
+    pub const V6: u8 = 6;
+}
+
 /// A flow under a direction-normalised key: the endpoint that sorts lower (address, then
 /// port) is `a`. Both directions of a connection therefore find the same entry.
 #[repr(C)]
@@ -26,14 +32,25 @@ pub struct FlowKey {
     pub addr_b: Addr,
     pub port_a: u16,
     pub port_b: u16,
-    pub _pad: u32,
+    /// [`family`]: an IPv4 flow and an IPv6 flow between IPv4-mapped addresses
+    /// (`::ffff:a.b.c.d`) hold the same address words, and must never share an entry (a
+    /// sender could otherwise write into, or end, the other's state).
+    pub family: u8,
+    pub _pad: [u8; 3],
 }
 
 impl FlowKey {
-    /// The key for a packet from `src` to `dst`, and whether `src` is endpoint `a`.
-    /// Endpoints order by address, then port, compared as big-endian numbers.
+    /// The key for a packet from `src` to `dst` over IP version `family`, and whether
+    /// `src` is endpoint `a`. Endpoints order by address, then port, compared as
+    /// big-endian numbers.
     #[inline(always)]
-    pub fn normalised(src: &Addr, sport: u16, dst: &Addr, dport: u16) -> (FlowKey, bool) {
+    pub fn normalised(
+        family: u8,
+        src: &Addr,
+        sport: u16,
+        dst: &Addr,
+        dport: u16,
+    ) -> (FlowKey, bool) {
         let src_first = endpoint_le(src, sport, dst, dport);
         let key = if src_first {
             FlowKey {
@@ -41,7 +58,8 @@ impl FlowKey {
                 addr_b: *dst,
                 port_a: sport,
                 port_b: dport,
-                _pad: 0,
+                family,
+                _pad: [0; 3],
             }
         } else {
             FlowKey {
@@ -49,7 +67,8 @@ impl FlowKey {
                 addr_b: *src,
                 port_a: dport,
                 port_b: sport,
-                _pad: 0,
+                family,
+                _pad: [0; 3],
             }
         };
         (key, src_first)

@@ -41,6 +41,7 @@ pub struct Extra {
 pub fn emit<P: Packet>(cx: &Cx<P>, flow: &FlowState, kind: EventKind, extra: Extra) {
     let Some(mut entry) = events::reserve() else {
         // Counted and exported; a log line per lost event would only add to the flood.
+        // The one reason a found event within the cap is not delivered.
         counters::inc(Counter::EventsDropped);
         return;
     };
@@ -51,7 +52,8 @@ pub fn emit<P: Packet>(cx: &Cx<P>, flow: &FlowState, kind: EventKind, extra: Ext
     // the tail-calling main programs must not contain.
     unsafe {
         let e = &mut *e;
-        e._pad = [0; 4];
+        e.family = cx.key.family;
+        e._pad = [0; 3];
         let client_is_a = flow.flags & flow_flags::CLIENT_IS_A != 0;
         let k = cx.key;
         if client_is_a {
@@ -116,12 +118,14 @@ pub struct Found {
 }
 
 impl Found {
-    /// Keeps the event; a fifth from one packet is counted as dropped (no packet carries
-    /// that many suspicious things).
+    /// Keeps the event; a fifth from one packet is counted as dropped over the cap (few
+    /// packets carry that many suspicious things). Every event found is counted here,
+    /// so that found = emitted + dropped (ring full) + dropped over the cap.
     #[inline(always)]
     pub fn push(&mut self, kind: EventKind, extra: Extra) {
+        counters::inc(Counter::EventsFound);
         if self.n >= 4 {
-            counters::inc(Counter::EventsDropped);
+            counters::inc(Counter::EventsOverCap);
             return;
         }
         // The compiler turns the choice of slot into an address computed from `n`, and
@@ -172,6 +176,9 @@ impl Found {
             flow: flow as *const FlowState,
             found: self as *const Found,
         };
+        // bpf_loop runs all `n` (at most 4) iterations: it fails only on flags or counts
+        // far beyond these, and the callback never stops it early. So every kept event
+        // reaches `emit`, which delivers it or counts it dropped.
         // SAFETY: `emit_step::<P>` has the callback signature bpf_loop expects, and `job`
         // lives on this frame for the whole call.
         unsafe {

@@ -2,7 +2,9 @@
 //! raises nothing itself: a packet that may (a payload the walker or the first-payload
 //! checks want, a RST or FIN, a quiet gap behind it) goes on to the slow path.
 
-use detector_common::{Counter, FlowKey, FlowState, PayloadClass, Side, flow_flags};
+use detector_common::{
+    Counter, Direction, FlowKey, FlowState, PayloadClass, Side, dir_flags, flow_flags, new_syn,
+};
 
 use crate::{
     maps::{
@@ -10,7 +12,7 @@ use crate::{
         counters, flows, tail,
     },
     packet::Packet,
-    parse::{Tcp, tcp_flags},
+    parse::{self, Tcp, tcp_flags},
     slow::SlowArgs,
     tls,
 };
@@ -19,17 +21,18 @@ use crate::{
 #[inline(always)]
 pub fn track<P: Packet>(p: &P, t: &Tcp, clock: &Clock) {
     let now = clock.now;
-    let (key, sender_is_a) = FlowKey::normalised(&t.src, t.sport, &t.dst, t.dport);
+    let (key, sender_is_a) = FlowKey::normalised(t.family, &t.src, t.sport, &t.dst, t.dport);
 
     let syn = t.flags & tcp_flags::SYN != 0;
     if syn && t.flags & tcp_flags::ACK == 0 {
         // A bare SYN never creates state: a SYN flood must not evict real flows.
+        note_new_syn(&key, t, sender_is_a);
         return;
     }
 
     let (mut flow, mut unconfirmed) = match flows::lookup(&key) {
         Some(found) => found,
-        None => match create(&key, t, sender_is_a, clock) {
+        None => match create(p, &key, t, sender_is_a, clock) {
             Some(s) => (s, true),
             None => return,
         },
@@ -41,6 +44,12 @@ pub fn track<P: Packet>(p: &P, t: &Tcp, clock: &Clock) {
     } else {
         Side::Server
     };
+    let rst = t.flags & tcp_flags::RST != 0;
+    if rst && !rst_believed(flow, sender, t.seq) {
+        // Before anything else: a forged RST must neither confirm, end nor time a flow.
+        counters::inc(Counter::RstOutsideWindow);
+        return;
+    }
     if unconfirmed && sender as u8 != flow.opener {
         if t.flags & tcp_flags::RST != 0 {
             // Answered by a RST only: a scan, a spoofed segment, a connection older than
@@ -57,13 +66,26 @@ pub fn track<P: Packet>(p: &P, t: &Tcp, clock: &Clock) {
     }
 
     if syn {
-        // A SYN-ACK on a known flow: a retransmission, or the 4-tuple reused by a new
-        // connection, which starts over.
+        // A SYN-ACK on a known flow: a retransmission (or the one that just created the
+        // flow), or the 4-tuple reused by a new connection, which starts over. Only a new
+        // SYN, which the SYN-ACK acknowledges, shows the reuse: without one, a SYN-ACK
+        // with a new ISN is a forgery or a stray and must not reset the flow or swap its
+        // roles.
         let server = &flow.dir[Side::Server as usize];
         let retransmit = flow.flags & flow_flags::SYNACK_SEEN != 0 && server.isn == t.seq;
-        if !retransmit {
-            init_synack(flow, &key, t, sender_is_a, now);
+        if retransmit {
+            return;
         }
+        let syn_from_peer = if sender_is_a {
+            new_syn::FROM_B
+        } else {
+            new_syn::FROM_A
+        };
+        if flow.new_syn != syn_from_peer || t.ack != flow.new_syn_seq.wrapping_add(1) {
+            counters::inc(Counter::SynAckWithoutSyn);
+            return;
+        }
+        init_synack(p, flow, &key, t, sender_is_a, now);
         return;
     }
     // How long the flow was quiet before this packet (zero for a flow's first packet).
@@ -80,10 +102,13 @@ pub fn track<P: Packet>(p: &P, t: &Tcp, clock: &Clock) {
     if t.payload_len > 0 && !retransmission {
         flow.dir[side].max_end = seg_end;
     }
+    if t.flags & tcp_flags::ACK != 0 && !rst {
+        note_ack(&mut flow.dir[side], t);
+    }
 
     // Everything that can raise an event runs in the slow path; this one only keeps the
     // books. Most packets stop here.
-    let rst_or_fin = t.flags & (tcp_flags::RST | tcp_flags::FIN) != 0;
+    let rst_or_fin = rst || t.flags & tcp_flags::FIN != 0;
     let payload = t.payload_len > 0;
     let interesting = rst_or_fin
         || gap_ns >= clock.idle_ns
@@ -109,7 +134,8 @@ pub fn track<P: Packet>(p: &P, t: &Tcp, clock: &Clock) {
 /// Creates the flow, unconfirmed, from a SYN-ACK or a first payload (see flows.rs). The
 /// state is built in a per-CPU scratch slot: it is too large for the BPF stack.
 #[inline(never)]
-fn create(
+fn create<P: Packet>(
+    p: &P,
     key: &FlowKey,
     t: &Tcp,
     sender_is_a: bool,
@@ -121,7 +147,7 @@ fn create(
     }
     let scratch = flows::scratch()?;
     if syn {
-        init_synack(scratch, key, t, sender_is_a, clock.now);
+        init_synack(p, scratch, key, t, sender_is_a, clock.now);
     } else {
         init_midstream(scratch, key, sender_is_a, clock);
     }
@@ -130,7 +156,14 @@ fn create(
 
 /// A flow whose SYN-ACK we see: its sender is the server.
 #[inline(always)]
-fn init_synack(flow: &mut FlowState, key: &FlowKey, t: &Tcp, sender_is_a: bool, now: u64) {
+fn init_synack<P: Packet>(
+    p: &P,
+    flow: &mut FlowState,
+    key: &FlowKey,
+    t: &Tcp,
+    sender_is_a: bool,
+    now: u64,
+) {
     reset(flow, now);
     flow.flags = flow_flags::SYNACK_SEEN;
     // The SYN-ACK's sender is the server; the client's next packet confirms the flow.
@@ -144,6 +177,94 @@ fn init_synack(flow: &mut FlowState, key: &FlowKey, t: &Tcp, sender_is_a: bool, 
     }
     flow.dir[Side::Server as usize].isn = t.seq;
     flow.dir[Side::Client as usize].isn = t.ack.wrapping_sub(1);
+    // The server's shift is the SYN-ACK's option (sent only if the SYN offered scaling
+    // too); the client's, which only its SYN carries, stays unknown: 0 (see
+    // `FlowState::wscale`). Without the option neither side scales.
+    let shift = parse::window_scale(p, t).unwrap_or(0);
+    flow.wscale[Side::Server as usize] = shift;
+    // The SYN-ACK's own window is never scaled: kept in scaled units (rounded down), as
+    // every later window is.
+    let server = &mut flow.dir[Side::Server as usize];
+    server.acked = t.ack;
+    server.wnd = t.window >> (shift & 15);
+    server.flags |= dir_flags::ACKED;
+}
+
+/// A bare SYN on a live flow's 4-tuple: a retransmission of the flow's own SYN, or a new
+/// connection on the same 4-tuple, after which (only) a SYN-ACK may start the flow over.
+#[inline(always)]
+fn note_new_syn(key: &FlowKey, t: &Tcp, sender_is_a: bool) {
+    let Some((flow, _)) = flows::lookup(key) else {
+        return;
+    };
+    let client_is_a = flow.flags & flow_flags::CLIENT_IS_A != 0;
+    let own_syn = flow.flags & flow_flags::SYNACK_SEEN != 0
+        && sender_is_a == client_is_a
+        && t.seq == flow.dir[Side::Client as usize].isn;
+    if own_syn {
+        return;
+    }
+    flow.new_syn = if sender_is_a {
+        new_syn::FROM_A
+    } else {
+        new_syn::FROM_B
+    };
+    flow.new_syn_seq = t.seq;
+}
+
+/// Keeps what the sender's ACK says of its receive side: how far it has the peer's
+/// stream, and its window.
+#[inline(always)]
+fn note_ack(d: &mut Direction, t: &Tcp) {
+    // Acknowledgments only move forward; an older one arriving late says nothing new.
+    if d.flags & dir_flags::ACKED == 0 || tls::before(d.acked, t.ack) {
+        d.acked = t.ack;
+    }
+    d.wnd = t.window;
+    d.flags |= dir_flags::ACKED;
+}
+
+/// Whether a RST from `sender` could be the real sender's (RFC 5961 §3): its sequence
+/// number is the sender's next as the flow has seen it (the exact match a genuine RST
+/// carries), or lies in the receiver's window, [RCV.NXT, RCV.NXT + RCV.WND), with RCV.NXT
+/// the receiver's latest acknowledgment. RFC 5961 has an endpoint answer an in-window
+/// but inexact RST with a challenge ACK and wait for an exact one; a passive observer
+/// cannot challenge, so such a RST is believed: a blind forger still has to hit a window
+/// among 2^32 sequence numbers. With no acknowledgment from the receiver seen, only the
+/// exact match counts.
+#[inline(always)]
+fn rst_believed(flow: &FlowState, sender: Side, seq: u32) -> bool {
+    let (me, peer, peer_shift) = match sender {
+        Side::Client => (
+            &flow.dir[Side::Client as usize],
+            &flow.dir[Side::Server as usize],
+            flow.wscale[Side::Server as usize],
+        ),
+        Side::Server => (
+            &flow.dir[Side::Server as usize],
+            &flow.dir[Side::Client as usize],
+            flow.wscale[Side::Client as usize],
+        ),
+    };
+    // The sender's next sequence number: after its payload if it sent any, else after
+    // its SYN if the handshake was seen; a FIN takes one more.
+    let fin = (me.flags & dir_flags::FIN != 0) as u32;
+    let next = if me.first_class != PayloadClass::None as u8 {
+        Some(me.max_end)
+    } else if flow.flags & flow_flags::SYNACK_SEEN != 0 {
+        Some(me.isn.wrapping_add(1))
+    } else {
+        None
+    };
+    if next.is_some_and(|n| n.wrapping_add(fin) == seq) {
+        return true;
+    }
+    if peer.flags & dir_flags::ACKED == 0 {
+        return false;
+    }
+    // A zero window still takes the exact RCV.NXT (RFC 5961 §3).
+    let wnd = ((peer.wnd as u32) << (peer_shift & 15)).max(1);
+    seq.wrapping_sub(peer.acked) < wnd
 }
 
 /// A flow picked up mid-stream: roles are guessed from the ports (a TLS port, else the

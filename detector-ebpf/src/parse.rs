@@ -1,8 +1,9 @@
 //! Ethernet → (802.1Q/802.1ad) → IPv4/IPv6 → TCP, down to where the payload starts.
 
-use detector_common::Addr;
+use aya_ebpf::{cty::c_void, helpers::generated::bpf_loop};
+use detector_common::{Addr, family};
 
-use crate::packet::Packet;
+use crate::{maps::options, packet::Packet};
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IPV4: u16 = 0x0800;
@@ -40,6 +41,8 @@ pub enum Skip {
 
 /// The parts of a TCP/IP packet the flow logic uses.
 pub struct Tcp {
+    /// [`family`] of the IP header.
+    pub family: u8,
     pub src: Addr,
     pub dst: Addr,
     pub sport: u16,
@@ -47,6 +50,10 @@ pub struct Tcp {
     pub seq: u32,
     pub ack: u32,
     pub flags: u8,
+    /// The advertised window, unscaled.
+    pub window: u16,
+    /// Bytes of TCP options, which end where the payload starts.
+    pub options_len: u8,
     pub payload_off: usize,
     pub payload_len: usize,
 }
@@ -101,7 +108,7 @@ pub fn parse<P: Packet>(p: &P) -> Result<Tcp, Skip> {
     let l3 = off;
     debug_assert!(l3 >= ETH_HLEN);
 
-    let (src, dst, l4, l3_end) = match ethertype {
+    let (fam, src, dst, l4, l3_end) = match ethertype {
         ETH_P_IPV4 => {
             let ip: [u8; 20] = p.read(l3).ok_or(Skip::Malformed)?;
             let ihl = ((ip[0] & 0x0f) as usize) * 4;
@@ -123,7 +130,7 @@ pub fn parse<P: Packet>(p: &P) -> Result<Tcp, Skip> {
             let end = if tot_len == 0 { p.len() } else { l3 + tot_len };
             let src = v4_mapped(u32::from_le_bytes([ip[12], ip[13], ip[14], ip[15]]));
             let dst = v4_mapped(u32::from_le_bytes([ip[16], ip[17], ip[18], ip[19]]));
-            (src, dst, l3 + ihl, end)
+            (family::V4, src, dst, l3 + ihl, end)
         }
         ETH_P_IPV6 => {
             // Fixed fields, then the addresses straight into place (copying them out of
@@ -155,7 +162,7 @@ pub fn parse<P: Packet>(p: &P) -> Result<Tcp, Skip> {
             } else {
                 l3 + IPV6_HLEN + payload_len
             };
-            (src, dst, l4, end)
+            (family::V6, src, dst, l4, end)
         }
         _ => return Err(Skip::NotTcp),
     };
@@ -173,6 +180,7 @@ pub fn parse<P: Packet>(p: &P) -> Result<Tcp, Skip> {
         return Err(Skip::Malformed);
     }
     Ok(Tcp {
+        family: fam,
         src,
         dst,
         sport: u16::from_be_bytes([tcp[0], tcp[1]]),
@@ -180,9 +188,114 @@ pub fn parse<P: Packet>(p: &P) -> Result<Tcp, Skip> {
         seq: u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]),
         ack: u32::from_be_bytes([tcp[8], tcp[9], tcp[10], tcp[11]]),
         flags: tcp[13],
+        window: u16::from_be_bytes([tcp[14], tcp[15]]),
+        options_len: (doff - 20) as u8,
         payload_off,
         payload_len: end - payload_off,
     })
+}
+
+/// TCP option kinds the window-scale search walks over.
+const TCPOPT_EOL: u8 = 0;
+const TCPOPT_NOP: u8 = 1;
+const TCPOPT_WINDOW: u8 = 3;
+const TCPOLEN_WINDOW: u8 = 3;
+/// The largest shift RFC 7323 allows; a larger one is used as this.
+const MAX_WSCALE: u8 = 14;
+/// TCP options are at most 40 bytes: the walk takes at most that many steps.
+const MAX_OPTIONS: usize = 40;
+
+/// The window-scale option's shift, if the segment carries one (only SYNs may).
+/// Not inlined: the fast path calls it for SYN-ACKs only. The options are walked by
+/// bpf_loop, so that the verifier checks one step, not one path per combination of
+/// option lengths, which is beyond its budget.
+#[inline(never)]
+pub fn window_scale<P: Packet>(p: &P, t: &Tcp) -> Option<u8> {
+    let len = t.options_len as usize;
+    if len == 0 || len > MAX_OPTIONS {
+        return None;
+    }
+    let walk = options::walk()?;
+    walk.len = len as u64;
+    walk.at = 0;
+    walk.shift = NO_SHIFT;
+    if !p.load_into(t.payload_off - len, len, &mut walk.opts) {
+        return None;
+    }
+    // bpf_loop takes its context on the stack only: it holds the walk's address.
+    let mut job = walk as *mut OptionWalk;
+    // SAFETY: `option_step` has the callback signature bpf_loop expects; `job` lives on
+    // this frame and the walk is this CPU's, both valid for the whole call.
+    unsafe {
+        bpf_loop(
+            MAX_OPTIONS as u32,
+            option_step as *mut c_void,
+            (&mut job as *mut *mut OptionWalk).cast(),
+            0,
+        );
+    }
+    (walk.shift != NO_SHIFT).then_some(walk.shift as u8)
+}
+
+/// `OptionWalk::shift` until a window-scale option is found.
+const NO_SHIFT: u64 = 0xff;
+
+/// A walk over one segment's TCP options (kept in map memory, see maps/options.rs).
+#[repr(C)]
+pub struct OptionWalk {
+    opts: [u8; 64],
+    len: u64,
+    /// Offset of the next option.
+    at: u64,
+    shift: u64,
+}
+
+/// One option: the window scale ends the walk, as do the end of the options and anything
+/// malformed; others are stepped over. Returns 1 to stop.
+extern "C" fn option_step(_index: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: bpf_loop hands back the pointer `window_scale` passed, to the address of a
+    // live walk.
+    let w = unsafe { &mut **ctx.cast::<*mut OptionWalk>() };
+    let (len, at) = (w.len, w.at);
+    if at >= len {
+        return 1;
+    }
+    let kind = option_byte(&w.opts, at);
+    if kind == TCPOPT_EOL {
+        return 1;
+    }
+    if kind == TCPOPT_NOP {
+        w.at = at + 1;
+        return 0;
+    }
+    if at + 1 >= len {
+        return 1;
+    }
+    let olen = option_byte(&w.opts, at + 1);
+    if kind == TCPOPT_WINDOW && olen == TCPOLEN_WINDOW && at + 2 < len {
+        let shift = option_byte(&w.opts, at + 2);
+        w.shift = if shift > MAX_WSCALE {
+            MAX_WSCALE
+        } else {
+            shift
+        } as u64;
+        return 1;
+    }
+    if olen < 2 {
+        return 1;
+    }
+    w.at = at + olen as u64;
+    0
+}
+
+/// `opts[i]` with the index masked in a way the compiler keeps: where it can see the
+/// bound already, it drops a plain mask, and the verifier, which cannot, refuses the
+/// read. A volatile read hides the bound from the compiler.
+#[inline(always)]
+fn option_byte(opts: &[u8; 64], i: u64) -> u8 {
+    // SAFETY: reads a local.
+    let i = unsafe { core::ptr::read_volatile(&i) } & 63;
+    opts[i as usize]
 }
 
 /// An IPv6 address, copied by the load-bytes helper straight into its two words.

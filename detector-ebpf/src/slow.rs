@@ -39,6 +39,8 @@ pub fn run<P: Packet>(p: &P) {
         return;
     };
     let Some(flow) = flows::get(&args.key, args.unconfirmed) else {
+        // Evicted by another CPU between the fast path's lookup and now.
+        counters::inc(Counter::SlowPathFlowGone);
         return;
     };
     let sender = if args.sender == Side::Server as u8 {

@@ -46,6 +46,12 @@ struct KernelArgs {
     #[arg(long, value_name = "SECONDS", default_value_t = 30.0, value_parser = idle_threshold,
           allow_negative_numbers = true)]
     idle_threshold: f64,
+    /// Bytes of the ring buffer the kernel sends events through: a power of two and a
+    /// multiple of the page size. Events that find it full are dropped and counted
+    /// (detector_kernel_events_dropped_total).
+    #[arg(long, value_name = "BYTES", default_value_t = detector_common::EVENT_RING_BYTES,
+          value_parser = ring_size, allow_negative_numbers = true)]
+    ring_size: u32,
 }
 
 /// Kernel flow tables are preallocated when the program loads (LRU hash maps), so a size
@@ -65,6 +71,15 @@ fn table_size(s: &str) -> Result<u32, String> {
         return Err(format!("{n} entries: a table holds 1 to {MAX_TABLE_SIZE}"));
     }
     Ok(n as u32)
+}
+
+fn ring_size(s: &str) -> Result<u32, String> {
+    let n: u32 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a whole number of bytes"))?;
+    detector_user::kernel::check_ring_size(n).map_err(|e| format!("{e:#}"))?;
+    Ok(n)
 }
 
 fn idle_threshold(s: &str) -> Result<f64, String> {
@@ -92,6 +107,7 @@ impl KernelArgs {
         let mut o = Options {
             flow_table_size: self.flow_table_size,
             unconfirmed_table_size: self.unconfirmed_table_size,
+            ring_size: self.ring_size,
             // In range: checked by the parser.
             idle_threshold: Duration::from_secs_f64(self.idle_threshold),
             ..Options::default()
@@ -279,5 +295,19 @@ mod tests {
             "99",
         ]);
         assert_eq!((o.flow_table_size, o.unconfirmed_table_size), (1024, 99));
+    }
+
+    #[test]
+    fn ring_size_defaults_and_can_be_set() {
+        assert_eq!(
+            kernel_args(&[]).ring_size,
+            detector_common::EVENT_RING_BYTES
+        );
+        assert_eq!(kernel_args(&["--ring-size", "8192"]).ring_size, 8192);
+        for bad in ["5000", "0", "-4096", "lots"] {
+            let e = parse_error(&["--ring-size", bad]);
+            assert!(e.contains("--ring-size"), "{bad}: {e}");
+        }
+        assert!(parse_error(&["--ring-size", "6144"]).contains("power of two"));
     }
 }

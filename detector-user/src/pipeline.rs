@@ -126,7 +126,7 @@ impl<W: Write> Pipeline<W> {
 
 #[cfg(test)]
 mod tests {
-    use detector_common::{Event, EventKind, PayloadClass, Side, abort, dir_flags};
+    use detector_common::{Event, EventKind, PayloadClass, Side, abort, dir_flags, family};
 
     use super::*;
 
@@ -151,6 +151,7 @@ mod tests {
         let mut e: Event = unsafe { std::mem::zeroed() };
         e.kind = EventKind::HandshakeAborted as u8;
         e.detail = abort::FIN;
+        e.family = family::V6;
         e.ts_ns = 1;
         e.client_port = 40000;
         e.server_port = 443;

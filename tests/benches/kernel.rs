@@ -24,7 +24,7 @@ use detector_common::{
         version::{TLS1_2, TLS1_3},
     },
 };
-use detector_user::kernel::{BENCH_OBJECT, event::addr};
+use detector_user::kernel::{BENCH_OBJECT, event::flow_key};
 use tests::{
     frames::{self, Conversation, Frame, Hello, record},
     harness::Harness,
@@ -70,7 +70,7 @@ struct Case {
 
 fn key_of(conv: &Conversation) -> FlowKey {
     let (c, s) = (conv.client_addr(), conv.server_addr());
-    FlowKey::normalised(&addr(c.ip()), c.port(), &addr(s.ip()), s.port()).0
+    flow_key(c, s)
 }
 
 fn main() -> Result<()> {

@@ -10,7 +10,7 @@ use detector_user::{
     kernel::{
         Kernel, Options,
         clock::Clock,
-        event::{KernelEvent, addr},
+        event::{KernelEvent, flow_key},
     },
     output::diagnosis::Diagnosis,
 };
@@ -40,6 +40,13 @@ impl Harness {
 
     /// Runs one raw frame; asserts the program let it pass; returns the events it sent.
     pub fn run_raw(&mut self, frame: &[u8]) -> Vec<KernelEvent> {
+        self.run_undrained(frame);
+        self.drain()
+    }
+
+    /// Runs one raw frame and leaves its events in the ring, as a reader that has fallen
+    /// behind would.
+    pub fn run_undrained(&mut self, frame: &[u8]) {
         self.now_ns += 1_000_000;
         self.kernel
             .set_clock(self.now_ns)
@@ -49,6 +56,10 @@ impl Harness {
             verdict, XDP_PASS,
             "the detector must never drop or redirect"
         );
+    }
+
+    /// Every event waiting in the ring, decoded.
+    pub fn drain(&mut self) -> Vec<KernelEvent> {
         self.kernel
             .drain_events()
             .iter()
@@ -77,12 +88,7 @@ impl Harness {
     /// The kernel's state for a flow, read from the confirmed table, or else from the
     /// unconfirmed one.
     pub fn flow(&self, client: SocketAddr, server: SocketAddr) -> FlowState {
-        let (key, _) = FlowKey::normalised(
-            &addr(client.ip()),
-            client.port(),
-            &addr(server.ip()),
-            server.port(),
-        );
+        let key = flow_key(client, server);
         [names::FLOWS, names::UNCONFIRMED]
             .iter()
             .find_map(|name| {

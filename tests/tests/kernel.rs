@@ -310,13 +310,14 @@ fn retransmitted_synack_keeps_state_and_reused_tuple_resets_it() {
         1,
         "retransmitted SYN-ACK must not lose the roles"
     );
-    // The same 4-tuple reused by a new connection: new ISNs, classified afresh.
-    let mut again = Conversation::v4(443);
-    let mut synack = again.syn_ack();
-    synack.seq = synack.seq.wrapping_add(1_000_000);
-    let mut req = again.client(GET);
-    req.ack = synack.seq.wrapping_add(1);
-    assert_eq!(h.run_all(&[synack, req]).len(), 1);
+    // The same 4-tuple reused by a new connection: its SYN, new ISNs, classified afresh.
+    let mut again = Conversation::v4(443).renumbered(5_000_000, 1_050_000);
+    assert_eq!(
+        h.run_all(&[again.syn(), again.syn_ack(), again.client(GET)])
+            .len(),
+        1
+    );
+    assert_eq!(h.counter(Counter::SynAckWithoutSyn), 0);
 }
 
 #[test]

@@ -6,5 +6,6 @@ pub mod config;
 pub mod counters;
 pub mod events;
 pub mod flows;
+pub mod options;
 pub mod sni;
 pub mod tail;

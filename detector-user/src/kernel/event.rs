@@ -6,7 +6,8 @@ use std::{
 };
 
 use detector_common::{
-    Addr, Event, EventKind, PayloadClass, Side, abort, addr_from_bytes, addr_to_bytes, flow_flags,
+    Addr, Event, EventKind, FlowKey, PayloadClass, Side, abort, addr_from_bytes, addr_to_bytes,
+    family, flow_flags,
     tls::version::{self, is_grease},
     tls_flags,
 };
@@ -197,8 +198,8 @@ impl KernelEvent {
             ts_ns: e.ts_ns,
             flow_first_seen_ns: e.flow_first_seen_ns,
             gap_ns: e.gap_ns,
-            client: SocketAddr::new(ip(e.client_addr), e.client_port),
-            server: SocketAddr::new(ip(e.server_addr), e.server_port),
+            client: SocketAddr::new(ip(e.family, e.client_addr)?, e.client_port),
+            server: SocketAddr::new(ip(e.family, e.server_addr)?, e.server_port),
             sender: Side::from_u8(e.sender).ok_or(DecodeError::Field {
                 field: "sender",
                 value: e.sender,
@@ -240,12 +241,18 @@ impl KernelEvent {
     }
 }
 
-/// The kernel stores IPv4 as IPv4-mapped IPv6; show it as plain IPv4.
-pub fn ip(a: Addr) -> IpAddr {
+/// The kernel stores IPv4 as IPv4-mapped IPv6 and says which family a flow is: an IPv4
+/// flow's address shown as plain IPv4, an IPv6 flow's as IPv6 even when it is IPv4-mapped
+/// (`::ffff:a.b.c.d`), so the two never look like one flow.
+pub fn ip(fam: u8, a: Addr) -> Result<IpAddr, DecodeError> {
     let v6 = Ipv6Addr::from(addr_to_bytes(a));
-    match v6.to_ipv4_mapped() {
-        Some(v4) => IpAddr::V4(v4),
-        None => IpAddr::V6(v6),
+    match (fam, v6.to_ipv4_mapped()) {
+        (family::V4, Some(v4)) => Ok(IpAddr::V4(v4)),
+        (family::V6, _) => Ok(IpAddr::V6(v6)),
+        _ => Err(DecodeError::Field {
+            field: "family",
+            value: fam,
+        }),
     }
 }
 
@@ -255,6 +262,26 @@ pub fn addr(ip: IpAddr) -> Addr {
         IpAddr::V4(v4) => addr_from_bytes(v4.to_ipv6_mapped().octets()),
         IpAddr::V6(v6) => addr_from_bytes(v6.octets()),
     }
+}
+
+/// The [`family`] an address travels over.
+pub fn family_of(ip: IpAddr) -> u8 {
+    match ip {
+        IpAddr::V4(_) => family::V4,
+        IpAddr::V6(_) => family::V6,
+    }
+}
+
+/// The kernel's key for the flow between `client` and `server` (of one family).
+pub fn flow_key(client: SocketAddr, server: SocketAddr) -> FlowKey {
+    FlowKey::normalised(
+        family_of(client.ip()),
+        &addr(client.ip()),
+        client.port(),
+        &addr(server.ip()),
+        server.port(),
+    )
+    .0
 }
 
 #[cfg(test)]
@@ -273,6 +300,7 @@ mod tests {
         e.kind = EventKind::HandshakeAborted as u8;
         e.detail = abort::ALERT;
         e.ts_ns = 5;
+        e.family = family::V4;
         e.client_addr = addr("10.0.0.1".parse().unwrap());
         e.server_addr = addr("10.0.0.2".parse().unwrap());
         e.client_port = 40000;
@@ -389,6 +417,37 @@ mod tests {
     #[test]
     fn ipv6_stays_ipv6() {
         let v6: IpAddr = "fd00::1".parse().unwrap();
-        assert_eq!(ip(addr(v6)), v6);
+        assert_eq!(ip(family::V6, addr(v6)), Ok(v6));
+    }
+
+    #[test]
+    fn ipv4_mapped_ipv6_is_not_ipv4() {
+        let mapped: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
+        let v4: IpAddr = "10.0.0.1".parse().unwrap();
+        assert_eq!(addr(mapped), addr(v4), "the same address words");
+        assert_eq!(ip(family::V6, addr(mapped)), Ok(mapped));
+        assert_eq!(ip(family::V4, addr(v4)), Ok(v4));
+        let peer: SocketAddr = "10.0.0.2:443".parse().unwrap();
+        let mapped_peer: SocketAddr = "[::ffff:10.0.0.2]:443".parse().unwrap();
+        assert_ne!(
+            flow_key(SocketAddr::new(mapped, 40000), mapped_peer),
+            flow_key(SocketAddr::new(v4, 40000), peer)
+        );
+    }
+
+    #[test]
+    fn unknown_family_or_unmapped_ipv4_is_refused() {
+        let mut e = sample();
+        e.family = 0;
+        assert!(matches!(
+            KernelEvent::decode(&raw(&e)),
+            Err(DecodeError::Field {
+                field: "family",
+                ..
+            })
+        ));
+        let mut e = sample();
+        e.client_addr = addr("fd00::1".parse().unwrap());
+        assert!(KernelEvent::decode(&raw(&e)).is_err());
     }
 }

@@ -16,12 +16,7 @@ pub struct SniMap(pub(super) HashMap<MapData, FlowKey, Sni>);
 impl SniMap {
     /// The flow's host name, escaped for display (a ClientHello may carry any bytes in it).
     pub fn lookup(&self, client: SocketAddr, server: SocketAddr) -> Option<String> {
-        let (key, _) = FlowKey::normalised(
-            &super::event::addr(client.ip()),
-            client.port(),
-            &super::event::addr(server.ip()),
-            server.port(),
-        );
+        let key = super::event::flow_key(client, server);
         let sni = self.0.get(&key, 0).ok()?;
         let name = &sni.name[..usize::from(sni.len).min(sni.name.len())];
         Some(crate::output::escape::escape(name))

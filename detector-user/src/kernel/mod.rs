@@ -47,6 +47,8 @@ pub struct Options {
     pub tls_ports: Vec<u16>,
     /// Quiet time after which a flow counts as idle.
     pub idle_threshold: std::time::Duration,
+    /// Bytes of the kernel → agent event ring: a power of two, a whole number of pages.
+    pub ring_size: u32,
 }
 
 impl Default for Options {
@@ -58,6 +60,7 @@ impl Default for Options {
             idle_threshold: std::time::Duration::from_nanos(
                 detector_common::DEFAULT_IDLE_THRESHOLD_NS,
             ),
+            ring_size: detector_common::EVENT_RING_BYTES,
         }
     }
 }
@@ -89,7 +92,9 @@ impl Kernel {
                 detector_common::MAX_TLS_PORTS
             );
         }
+        check_ring_size(opts.ring_size)?;
         let mut ebpf = EbpfLoader::new()
+            .map_max_entries(names::EVENTS, opts.ring_size)
             .map_max_entries(names::FLOWS, opts.flow_table_size)
             .map_max_entries(names::UNCONFIRMED, opts.unconfirmed_table_size)
             .map_max_entries(names::SNI, opts.flow_table_size)
@@ -294,6 +299,33 @@ pub fn explain_privileges(e: anyhow::Error) -> anyhow::Error {
     }
 }
 
+fn page_size() -> anyhow::Result<u32> {
+    // SAFETY: sysconf has no preconditions.
+    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    u32::try_from(n)
+        .ok()
+        .filter(|&n| n > 0)
+        .ok_or_else(|| anyhow!("reading the page size (sysconf returned {n})"))
+}
+
+/// The kernel takes a ring of a power-of-two number of pages and nothing else; say so
+/// before it answers EINVAL.
+pub fn check_ring_size(bytes: u32) -> anyhow::Result<()> {
+    ring_size_for_page(bytes, page_size()?)
+}
+
+fn ring_size_for_page(bytes: u32, page: u32) -> anyhow::Result<()> {
+    if bytes < page || !bytes.is_power_of_two() || !bytes.is_multiple_of(page) {
+        bail!(
+            "--ring-size {bytes}: the event ring must be a power of two and a multiple of the \
+             page size ({page} bytes), e.g. {page}, {} or the default {}",
+            page * 16,
+            detector_common::EVENT_RING_BYTES
+        );
+    }
+    Ok(())
+}
+
 fn check_kernel_version() -> anyhow::Result<()> {
     // aya reads it as the loader will see it (uname, and Ubuntu's and Debian's own version
     // files where uname's patch level is not the real one).
@@ -308,6 +340,32 @@ fn check_kernel_version() -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ring_sizes_the_kernel_takes() {
+        for ok in [4096, 8192, 1 << 20, 1 << 30] {
+            ring_size_for_page(ok, 4096).unwrap();
+        }
+        for bad in [0, 1, 2048, 4095, 6144, 4096 * 3, (1 << 20) + 4096] {
+            let e = ring_size_for_page(bad, 4096).expect_err("an impossible ring size passed");
+            let msg = format!("{e:#}");
+            assert!(msg.contains("--ring-size") && msg.contains("4096"), "{msg}");
+        }
+        // A 64 KiB-page kernel refuses 4 KiB rings.
+        assert!(ring_size_for_page(4096, 65536).is_err());
+    }
+
+    #[test]
+    fn impossible_ring_is_refused_before_loading() {
+        let opts = Options {
+            ring_size: 5000,
+            ..Options::default()
+        };
+        let Err(e) = Kernel::load(&opts) else {
+            panic!("a ring of 5000 bytes was accepted");
+        };
+        assert!(format!("{e:#}").contains("--ring-size"), "{e:#}");
+    }
 
     #[test]
     fn empty_tables_are_refused_before_loading() {

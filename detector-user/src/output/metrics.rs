@@ -441,6 +441,41 @@ mod tests {
     }
 
     #[test]
+    fn every_kernel_counter_is_exported_with_its_help() {
+        let text = Metrics::new().unwrap().render().unwrap();
+        // The handshake counters are one metric with a label (`detector_tls_handshakes_total`).
+        for c in Counter::ALL
+            .iter()
+            .filter(|c| c.handshake_result().is_none())
+        {
+            let help = format!("# HELP detector_{}_total {}", c.metric_name(), c.help());
+            assert!(text.contains(&help), "{help} missing from\n{text}");
+        }
+        // Where found events went is told apart: each help names its own reason.
+        let reasons = [
+            Counter::EventsEmitted,
+            Counter::EventsDropped,
+            Counter::EventsOverCap,
+        ];
+        assert!(Counter::EventsEmitted.help().contains("delivered"));
+        assert!(
+            Counter::EventsDropped
+                .help()
+                .contains("ring buffer was full")
+        );
+        assert!(
+            Counter::EventsOverCap
+                .help()
+                .contains("cap of 4 events per packet")
+        );
+        for (i, a) in reasons.iter().enumerate() {
+            for b in &reasons[i + 1..] {
+                assert_ne!(a.help(), b.help());
+            }
+        }
+    }
+
+    #[test]
     fn unconfirmed_evictions_are_what_left_the_table_unexplained() {
         let m = Metrics::new().unwrap();
         let mut v = [0u64; Counter::COUNT as usize];

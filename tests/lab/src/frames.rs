@@ -34,6 +34,10 @@ pub struct Frame {
     pub ipv4_frag: u16,
     /// Overrides the IP protocol number (e.g. 17 for a UDP packet).
     pub protocol: u8,
+    /// The advertised window, as sent (unscaled).
+    pub window: u16,
+    /// Raw TCP option bytes (padded to 4 with end-of-options by the builder).
+    pub tcp_options: Vec<u8>,
 }
 
 impl Frame {
@@ -52,6 +56,8 @@ impl Frame {
             ipv6_ext: vec![],
             ipv4_frag: 0,
             protocol: 6,
+            window: 65535,
+            tcp_options: vec![],
         }
     }
 
@@ -130,19 +136,28 @@ impl Frame {
                     .sum::<usize>()
             }
         };
-        [l2, l2 + l3, l2 + l3 + 20]
+        [
+            l2,
+            l2 + l3,
+            l2 + l3 + 20 + self.tcp_options.len().div_ceil(4) * 4,
+        ]
     }
 
     fn tcp_header(&self) -> Vec<u8> {
-        let mut t = Vec::with_capacity(20);
+        let mut opts = self.tcp_options.clone();
+        while !opts.len().is_multiple_of(4) {
+            opts.push(0); // end-of-options padding
+        }
+        let mut t = Vec::with_capacity(20 + opts.len());
         t.extend_from_slice(&self.sport.to_be_bytes());
         t.extend_from_slice(&self.dport.to_be_bytes());
         t.extend_from_slice(&self.seq.to_be_bytes());
         t.extend_from_slice(&self.ack.to_be_bytes());
-        t.push(5 << 4);
+        t.push((((20 + opts.len()) / 4) as u8) << 4);
         t.push(self.flags);
-        t.extend_from_slice(&65535u16.to_be_bytes());
+        t.extend_from_slice(&self.window.to_be_bytes());
         t.extend_from_slice(&[0, 0, 0, 0]);
+        t.extend_from_slice(&opts);
         t
     }
 }
@@ -166,6 +181,15 @@ impl Conversation {
             server_seq: 50_000,
             template: Frame::tcp(client.0, client.1, server.0, server.1),
         }
+    }
+
+    /// The same endpoints with other initial sequence numbers: the 4-tuple reused by a
+    /// new connection. `client_isn` is what the client's SYN carries, `server_isn` the
+    /// server's SYN-ACK.
+    pub fn renumbered(mut self, client_isn: u32, server_isn: u32) -> Conversation {
+        self.client_seq = client_isn.wrapping_add(1);
+        self.server_seq = server_isn.wrapping_add(1);
+        self
     }
 
     pub fn v4(server_port: u16) -> Conversation {
