@@ -23,7 +23,7 @@ use anyhow::{Context as _, Result, ensure};
 use aya::maps::HashMap;
 use detector_common::{Counter, FlowKey, FlowState, names};
 use detector_user::{
-    kernel::{Kernel, Options, event::addr},
+    kernel::{Kernel, Options, event::flow_key},
     output::{health::Health, http, metrics::Metrics, occupancy},
 };
 
@@ -171,11 +171,9 @@ fn fill(kernel: &mut Kernel, size: u32) -> Result<()> {
     for i in 0..size {
         let client = Ipv4Addr::from(0x0a00_0000 | (i >> 8));
         let port = 1024 + (i & 0xff) as u16;
-        let (key, _) = FlowKey::normalised(
-            &addr(client.into()),
-            port,
-            &addr(Ipv4Addr::new(192, 0, 2, 1).into()),
-            443,
+        let key = flow_key(
+            SocketAddr::new(client.into(), port),
+            SocketAddr::new(Ipv4Addr::new(192, 0, 2, 1).into(), 443),
         );
         map.insert(key, state, 0)
             .with_context(|| format!("inserting flow {i} of {size}"))?;
