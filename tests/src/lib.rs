@@ -4,3 +4,4 @@
 
 pub use detector_lab::frames;
 pub mod harness;
+pub mod kernel_fuzz;
