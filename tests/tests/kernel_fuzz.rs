@@ -42,6 +42,7 @@ fn kernel_program_survives_mutated_and_random_frames() {
         "HandshakeAborted",
         "IdleRst",
         "IdleRetransmit",
+        "Tls13CloseHeuristic",
     ] {
         assert!(
             r.events_by_kind.get(kind).is_some_and(|&n| n > 0),

@@ -331,8 +331,13 @@ impl Generator {
                 }
             }
             _ => {
-                // Records of every type, cut across segments, and a TLS 1.3-style end.
-                let mut stream = ch.clone();
+                // Records of every type, cut across segments, and a TLS 1.3 session's end:
+                // a close_notify-sized record, then FIN.
+                let offer = Hello::client(host).with(
+                    extension::SUPPORTED_VERSIONS,
+                    versions_ext(&[version::TLS1_3, version::TLS1_2]),
+                );
+                let mut stream = record(HANDSHAKE, &offer.client_hello());
                 for _ in 0..1 + r.below(5) {
                     let t = r.pick(&[HANDSHAKE, APPLICATION_DATA, ALERT, HEARTBEAT]);
                     let n = r.below(100);
@@ -343,7 +348,11 @@ impl Generator {
                 for f in conv.client_segments(&stream, &sizes) {
                     push(f);
                 }
-                push(conv.server(&sh));
+                let chosen = Hello::server().with(
+                    extension::SUPPORTED_VERSIONS,
+                    version::TLS1_3.to_be_bytes().to_vec(),
+                );
+                push(conv.server(&record(HANDSHAKE, &chosen.server_hello())));
                 let a = app(r);
                 push(conv.server(&a));
                 push(conv.server(&record(APPLICATION_DATA, &r.bytes(19))));
