@@ -4,4 +4,5 @@
 
 pub use detector_lab::frames;
 pub mod harness;
+pub mod kernel_fuzz;
 pub mod sessions;

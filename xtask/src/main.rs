@@ -3,6 +3,7 @@
 
 mod cmd;
 mod deps;
+mod fuzz;
 mod install;
 mod kube;
 mod toolchain;
@@ -57,6 +58,23 @@ enum Task {
     },
     /// cargo fmt --check and clippy -D warnings, for userspace and for the eBPF crate.
     Lint,
+    /// Fuzzing: each libFuzzer target (pcap_reader, event_decode, segment; cargo-fuzz on
+    /// nightly, installed when missing) for N seconds, then the kernel program on
+    /// generated frames through BPF_PROG_TEST_RUN (target `kernel`; needs root). Reports
+    /// executions and any crash with its reproducer.
+    Fuzz {
+        /// Seconds per libFuzzer target.
+        #[arg(long, default_value_t = 30)]
+        seconds: u64,
+        /// Frames for the kernel program's run (0 skips it).
+        #[arg(long, value_name = "N", default_value_t = 1_000_000)]
+        kernel_frames: u64,
+        /// Seed of the kernel run's frame generator.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Targets to run; all when none given.
+        targets: Vec<String>,
+    },
     /// The kernel program against an empty XDP program and a minimal flow tracker, on the
     /// same frames in one run (BPF_PROG_TEST_RUN). Needs root.
     Bench,
@@ -159,6 +177,23 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
         Task::Lint => {
             let path = toolchain::ensure()?;
             lint(&path)
+        }
+        Task::Fuzz {
+            seconds,
+            kernel_frames,
+            seed,
+            targets,
+        } => {
+            let path = toolchain::ensure()?;
+            fuzz::fuzz(
+                &path,
+                &fuzz::Request {
+                    seconds,
+                    kernel_frames,
+                    seed,
+                    targets,
+                },
+            )
         }
         Task::Lab {
             scenarios,
@@ -323,5 +358,11 @@ fn test(filter: Option<&str>) -> anyhow::Result<()> {
     if let Some(f) = filter {
         c.arg(f);
     }
-    run(&mut c)
+    run(&mut c)?;
+    // The kernel program's fuzz smoke is the `kernel_fuzz` test above; the decoders' runs
+    // under libFuzzer are here.
+    if filter.is_none() {
+        fuzz::smoke(&path)?;
+    }
+    Ok(())
 }

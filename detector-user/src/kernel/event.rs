@@ -177,7 +177,14 @@ impl KernelEvent {
         })?;
         let snippet_len = usize::from(e.snippet_len).min(e.snippet.len());
         let history_len = usize::from(e.history_len).min(e.history.len());
-        let alert = (e.alert_level != 0).then_some(Alert {
+        // The kind says whether the event carries an alert, not a zero level: a record
+        // with level 0 is on the wire too, and dropping its bytes here would lose the
+        // event further on.
+        let alert = matches!(
+            (kind, e.detail),
+            (EventKind::PlaintextAlert, _) | (EventKind::HandshakeAborted, abort::ALERT)
+        )
+        .then_some(Alert {
             level: e.alert_level,
             description: e.alert_description,
         });
@@ -412,6 +419,26 @@ mod tests {
                 .negotiated_version,
             Some(0x7f17)
         );
+    }
+
+    /// Fuzzer input (kernel, seed 1, frame 1237): a plaintext alert record `15 03 03 00 02
+    /// 00 40`, level 0. The event lost its alert in decoding, so the agent dropped it.
+    #[test]
+    fn an_alert_of_level_zero_keeps_its_bytes() {
+        let mut e = sample();
+        e.kind = EventKind::PlaintextAlert as u8;
+        e.detail = 0;
+        e.alert_level = 0;
+        e.alert_description = 0x40;
+        assert_eq!(
+            KernelEvent::decode(&raw(&e)).unwrap().alert,
+            Some(Alert {
+                level: 0,
+                description: 0x40
+            })
+        );
+        e.kind = EventKind::IdleRst as u8;
+        assert_eq!(KernelEvent::decode(&raw(&e)).unwrap().alert, None);
     }
 
     #[test]
