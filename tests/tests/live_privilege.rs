@@ -26,6 +26,10 @@ const PERFMON: u64 = 1 << 38;
 
 /// A directory `nobody` can read: the agent binary is copied there, since the build's own
 /// may sit under a home directory `nobody` cannot enter.
+///
+/// Every test here takes its turn (`serial`) before writing a program it then runs: a file
+/// open for writing in this process is inherited by a child another thread forks, until
+/// that child execs, and running the file meanwhile fails with "Text file busy".
 struct Scratch(PathBuf);
 
 impl Scratch {
@@ -245,6 +249,7 @@ fn without_capabilities_the_error_names_them() -> Result<()> {
     if !root("the privilege tests") {
         return Ok(());
     }
+    let _turn = serial();
     let scratch = Scratch::new("none")?;
     let bin = scratch.unprivileged_agent()?.with_file_name("detector");
     let out = std::process::Command::new("setpriv")

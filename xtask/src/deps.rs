@@ -180,26 +180,23 @@ mod tests {
     /// stopped, and a service the package did not ship is left alone quietly.
     #[test]
     fn install_started_services_are_stopped_and_others_kept() {
-        use std::{fs, os::unix::fs::PermissionsExt as _};
+        use std::fs;
 
         let dir = std::env::temp_dir().join(format!("xtask-service-test-{}", std::process::id()));
         fs::create_dir_all(&dir).unwrap();
         let d = dir.display();
         let ctl = dir.join("service");
-        fs::write(
+        crate::script::write_executable(
             &ctl,
-            format!(
-                "#!/bin/sh\n\
-                 case \"$2\" in\n\
+            &format!(
+                "case \"$2\" in\n\
                  status) grep -qx \"$1\" {d}/running ;;\n\
                  stop) grep -qx \"$1\" {d}/running || exit 1; echo \"$1\" >> {d}/stopped; \
                  grep -vx \"$1\" {d}/running > {d}/left; mv {d}/left {d}/running ;;\n\
                  *) exit 1 ;;\n\
-                 esac\n"
+                 esac"
             ),
-        )
-        .unwrap();
-        fs::set_permissions(&ctl, fs::Permissions::from_mode(0o755)).unwrap();
+        );
         let ctl = ctl.to_str().unwrap();
         fs::write(dir.join("running"), "nginx\n").unwrap();
 

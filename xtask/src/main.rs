@@ -6,6 +6,8 @@ mod deps;
 mod fuzz;
 mod install;
 mod kube;
+#[cfg(test)]
+mod script;
 mod toolchain;
 
 use std::{

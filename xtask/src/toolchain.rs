@@ -234,14 +234,11 @@ mod tests {
     /// A private cache directory with stand-in linkers: the shared cache is never touched.
     #[test]
     fn cached_linker_is_checked_by_running_it() {
-        use std::os::unix::fs::PermissionsExt as _;
-
         let dir = env::temp_dir().join(format!("xtask-linker-test-{}", std::process::id()));
         fs::create_dir_all(&dir).unwrap();
         let script = |name: &str, body: &str| {
             let p = dir.join(name);
-            fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
-            fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).unwrap();
+            crate::script::write_executable(&p, body);
             p
         };
         let good = script("good", "echo 'bpf-linker 0.13.7'");
