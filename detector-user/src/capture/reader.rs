@@ -12,8 +12,8 @@
 //! record at a time and reports where in the file things went wrong rather
 //! than failing with a bare "unexpected end of file".
 //!
-//! Only the standard library is used; the formats are small enough that a
-//! dependency would cost more in review than the code below.
+//! Only the standard library is used: the maintained crate does not keep these
+//! promises (the module documentation of `capture` lists where it falls short).
 
 use std::{
     fs::File,

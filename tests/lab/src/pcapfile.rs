@@ -1,27 +1,43 @@
 //! Writes classic pcap files of crafted frames, for replay tests, and re-times captures
 //! (stretching idle gaps to the field's full length).
 
-use std::{fs, io, path::Path, time::Duration};
+use std::{
+    fs::File,
+    io::{self, BufWriter, Write},
+    path::Path,
+    time::Duration,
+};
 
 use detector_user::capture::{PcapError, Reader};
+use pcap_file::{
+    DataLink, Endianness, TsResolution,
+    pcap::{PcapHeader, PcapPacket, PcapWriter},
+};
 
-/// Ethernet frames with their capture times (Unix epoch nanoseconds), as a nanosecond pcap.
+/// Most bytes a frame may have: libpcap's largest snapshot length, which the file header
+/// declares.
+const SNAPLEN: u32 = 262_144;
+
+/// Ethernet frames with their capture times (Unix epoch nanoseconds), as a little-endian
+/// nanosecond pcap, through `pcap-file`'s writer: a frame over the snapshot length or a
+/// time past 2106 is an error rather than a record the reader would reject or misdate.
 pub fn write(path: &Path, packets: &[(u64, Vec<u8>)]) -> io::Result<()> {
-    let mut out = Vec::new();
-    out.extend_from_slice(&0xa1b2_3c4du32.to_le_bytes()); // nanosecond magic
-    out.extend_from_slice(&2u16.to_le_bytes());
-    out.extend_from_slice(&4u16.to_le_bytes());
-    out.extend_from_slice(&[0; 8]); // thiszone, sigfigs
-    out.extend_from_slice(&262_144u32.to_le_bytes()); // snaplen
-    out.extend_from_slice(&1u32.to_le_bytes()); // LINKTYPE_ETHERNET
+    let err = |e: pcap_file::PcapError| io::Error::other(format!("{}: {e}", path.display()));
+    let header = PcapHeader {
+        snaplen: SNAPLEN,
+        datalink: DataLink::ETHERNET,
+        ts_resolution: TsResolution::NanoSecond,
+        endianness: Endianness::Little,
+        ..PcapHeader::default()
+    };
+    let mut w =
+        PcapWriter::with_header(BufWriter::new(File::create(path)?), header).map_err(err)?;
     for (ts, frame) in packets {
-        out.extend_from_slice(&((ts / 1_000_000_000) as u32).to_le_bytes());
-        out.extend_from_slice(&((ts % 1_000_000_000) as u32).to_le_bytes());
-        out.extend_from_slice(&(frame.len() as u32).to_le_bytes());
-        out.extend_from_slice(&(frame.len() as u32).to_le_bytes());
-        out.extend_from_slice(frame);
+        let len = u32::try_from(frame.len()).map_err(|_| io::Error::other("frame over 4 GiB"))?;
+        w.write_packet(&PcapPacket::new(Duration::from_nanos(*ts), len, frame))
+            .map_err(err)?;
     }
-    fs::write(path, out)
+    w.into_writer().flush()
 }
 
 /// Every packet of a capture (pcap or pcapng, any link type `detector replay` takes), as
@@ -129,8 +145,8 @@ mod tests {
         .unwrap();
         assert_eq!(n, 2);
         let got = read(&output).unwrap();
-        let bytes = fs::read(&output).unwrap();
-        let _ = (fs::remove_file(&input), fs::remove_file(&output));
+        let bytes = std::fs::read(&output).unwrap();
+        let _ = (std::fs::remove_file(&input), std::fs::remove_file(&output));
         assert_eq!(
             &bytes[20..24],
             &1u32.to_le_bytes(),
@@ -148,5 +164,26 @@ mod tests {
         // A gap that runs backwards counts as none.
         let back = retime(&[(10, vec![1]), (5, vec![2]), (8, vec![3])], |g| g * 2);
         assert_eq!(back.iter().map(|p| p.0).collect::<Vec<_>>(), [10, 10, 16]);
+    }
+
+    /// The layout the lab's captures have always had, byte for byte: magic a1b23c4d (ns),
+    /// version 2.4, zone and accuracy 0, snaplen 262144, Ethernet, all little-endian,
+    /// then each record's seconds, nanoseconds, captured and original lengths.
+    #[test]
+    fn writes_little_endian_nanosecond_ethernet() {
+        let path = temp("layout.pcap");
+        let frame = vec![0xab; 61];
+        write(&path, &[(1_700_000_000_987_654_321, frame.clone())]).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        let _ = std::fs::remove_file(&path);
+        let mut want = Vec::new();
+        for word in [0xa1b2_3c4d_u32, 0x0004_0002, 0, 0, 262_144, 1] {
+            want.extend_from_slice(&word.to_le_bytes());
+        }
+        for word in [1_700_000_000_u32, 987_654_321, 61, 61] {
+            want.extend_from_slice(&word.to_le_bytes());
+        }
+        want.extend_from_slice(&frame);
+        assert_eq!(bytes, want);
     }
 }
