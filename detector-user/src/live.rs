@@ -5,7 +5,7 @@ use std::{
     io::Write,
     net::SocketAddr,
     os::fd::{AsRawFd, RawFd},
-    path::Path,
+    path::{Path, PathBuf},
     sync::Arc,
     time::Duration,
 };
@@ -23,7 +23,7 @@ use crate::{
         clock::{Clock, boottime_ns},
         link_events::LinkEvents,
     },
-    output::{health::Health, http, metrics::Metrics, occupancy},
+    output::{health::Health, http, metrics::Metrics, occupancy, web_config::WebConfig},
     pipeline::Pipeline,
     privilege,
 };
@@ -33,6 +33,8 @@ pub struct RunOptions {
     pub xdp_mode: XdpModeArg,
     pub egress: bool,
     pub listen: SocketAddr,
+    /// `--web.config.file`: TLS and basic auth for the endpoint.
+    pub web_config: Option<PathBuf>,
     pub window: Duration,
     pub kernel: Options,
 }
@@ -52,10 +54,16 @@ pub async fn run(opts: RunOptions, out: impl Write) -> anyhow::Result<()> {
             );
         }
     }
+    // Read while still root (key files usually are root's only), and before anything is
+    // attached, so a bad file changes nothing.
+    let web = match &opts.web_config {
+        Some(path) => WebConfig::load(path)?,
+        None => WebConfig::default(),
+    };
     let mut kernel = Kernel::load(&opts.kernel)?;
     // Bound before attaching (a taken port must not attach anything, even briefly) and
     // before privileges go (a port below 1024 still works for root).
-    let listener = http::bind(opts.listen).await?;
+    let listener = http::bind(opts.listen, &web).await?;
     // Subscribed before attaching, so an interface deleted meanwhile is noticed.
     let links = LinkEvents::open()?;
     let mut attachments =
@@ -74,6 +82,7 @@ pub async fn run(opts: RunOptions, out: impl Write) -> anyhow::Result<()> {
         metrics.clone(),
         kernel.counters(),
         health.clone(),
+        web,
     ));
     let _occupancy = occupancy::Sampler::start(
         metrics.clone(),

@@ -139,6 +139,11 @@ enum Command {
         /// Address for the /metrics endpoint.
         #[arg(long, value_name = "ADDR:PORT", default_value = DEFAULT_LISTEN)]
         listen: SocketAddr,
+        /// TLS and basic auth for the endpoint, from a web config file in the format
+        /// node_exporter and the other Prometheus exporters share (`tls_server_config`,
+        /// `basic_auth_users` with bcrypt hashes). Read once at startup.
+        #[arg(long = "web.config.file", value_name = "PATH")]
+        web_config: Option<PathBuf>,
         #[command(flatten)]
         kernel: KernelArgs,
     },
@@ -171,6 +176,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             xdp_mode,
             no_egress,
             listen,
+            web_config,
             kernel,
         } => {
             let opts = RunOptions {
@@ -178,6 +184,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                 xdp_mode,
                 egress: !no_egress,
                 listen,
+                web_config,
                 window: kernel.window(),
                 kernel: kernel.options(),
             };

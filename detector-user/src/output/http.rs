@@ -8,6 +8,12 @@
 //! scrape reads the kernel counters and renders on a thread of its own, never on the event
 //! loop, and reads flow-table occupancy from what [`super::occupancy`] last counted, so its
 //! cost does not depend on the flow table's size.
+//!
+//! With a web config ([`super::web_config`]) it serves HTTPS (the TLS handshake counts
+//! against [`HEADER_TIMEOUT`]) and requires basic auth on every path, the probes included
+//! (as exporter-toolkit does: a Kubernetes probe sends the header with `httpHeaders`). A
+//! password is checked by bcrypt on a blocking thread, at most [`AUTH_THREADS`] at a time,
+//! never on the event loop.
 
 use std::{
     collections::BTreeMap,
@@ -39,7 +45,13 @@ use tokio::{
     time::Instant,
 };
 
-use super::{health::Health, metrics::Metrics};
+use tokio_rustls::TlsAcceptor;
+
+use super::{
+    health::Health,
+    metrics::Metrics,
+    web_config::{BasicAuth, WebConfig},
+};
 use crate::kernel::Counters;
 
 /// Default `--listen` address. 9464 would be OpenTelemetry's; 9863 is not in Prometheus'
@@ -59,6 +71,10 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(75);
 const CLOSE_GRACE: Duration = Duration::from_secs(10);
 /// How long a new connection waits for a displaced one to close before it is refused.
 const DISPLACE_WAIT: Duration = Duration::from_secs(1);
+/// bcrypt verifications at once: each takes a core for tens of milliseconds, and the agent
+/// must not starve its event loop's core (or exceed its task limit) when many scrapers, or
+/// someone guessing passwords, connect at once.
+pub const AUTH_THREADS: usize = 2;
 
 const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
@@ -69,6 +85,8 @@ struct State {
     /// Renders scrapes on a thread of its own: one thread however many scrapers (the
     /// systemd unit allows 64 tasks), and never the event loop's.
     renderer: mpsc::SyncSender<RenderJob>,
+    /// Basic auth required, with the permits for bcrypt verifications.
+    auth: Option<(Arc<BasicAuth>, Arc<Semaphore>)>,
 }
 
 /// A scrape to render (gzip or not), and where its response goes.
@@ -139,11 +157,20 @@ impl Conns {
 }
 
 /// Binds `addr`; the server then runs until the returned future is dropped.
-pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+pub async fn bind(addr: SocketAddr, web: &WebConfig) -> anyhow::Result<TcpListener> {
     let listener = TcpListener::bind(addr)
         .await
         .with_context(|| format!("listening for metrics scrapes on {addr}"))?;
-    log::info!("metrics on http://{addr}/metrics, health on /healthz and /readyz");
+    let scheme = if web.tls.is_some() { "https" } else { "http" };
+    let auth = if web.users.is_some() {
+        " (basic auth)"
+    } else {
+        ""
+    };
+    log::info!("metrics on {scheme}://{addr}/metrics, health on /healthz and /readyz{auth}");
+    if web.users.is_some() && web.tls.is_none() {
+        log::warn!("basic auth without TLS: passwords cross the network in the clear");
+    }
     Ok(listener)
 }
 
@@ -153,11 +180,16 @@ pub async fn serve(
     metrics: Arc<Metrics>,
     counters: Counters,
     health: Arc<Health>,
+    web: WebConfig,
 ) -> anyhow::Result<()> {
     let state = State {
         health,
         renderer: start_renderer(metrics, counters)?,
+        auth: web
+            .users
+            .map(|u| (Arc::new(u), Arc::new(Semaphore::new(AUTH_THREADS)))),
     };
+    let tls = web.tls.map(TlsAcceptor::from);
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let conns = Arc::new(Conns::default());
     let mut next_id = 0u64;
@@ -201,16 +233,51 @@ pub async fn serve(
         conns.lock().insert(id, conn.clone());
         let conns = conns.clone();
         let state = state.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            serve_connection(sock, conn, state).await;
+            let _ = sock.set_nodelay(true);
+            match tls {
+                None => serve_connection(sock, conn, state).await,
+                Some(tls) => {
+                    if let Some(sock) = handshake(&tls, sock, &conn, peer).await {
+                        serve_connection(sock, conn, state).await;
+                    }
+                }
+            }
             conns.lock().remove(&id);
             drop(permit);
         });
     }
 }
 
-async fn serve_connection(sock: TcpStream, conn: Arc<Conn>, state: State) {
-    let _ = sock.set_nodelay(true);
+/// The server side of a TLS handshake, bounded by [`HEADER_TIMEOUT`] and abandoned if the
+/// connection is displaced meanwhile; `None` when it did not complete.
+async fn handshake(
+    tls: &TlsAcceptor,
+    sock: TcpStream,
+    conn: &Conn,
+    peer: SocketAddr,
+) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+    tokio::select! {
+        r = tokio::time::timeout(HEADER_TIMEOUT, tls.accept(sock)) => match r {
+            Ok(Ok(s)) => Some(s),
+            Ok(Err(e)) => {
+                log::debug!("metrics: TLS handshake with {peer} failed: {e}");
+                None
+            }
+            Err(_) => {
+                log::debug!("metrics: TLS handshake with {peer} timed out");
+                None
+            }
+        },
+        _ = conn.close.notified() => None,
+    }
+}
+
+async fn serve_connection<S>(sock: S, conn: Arc<Conn>, state: State)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let last_active = Arc::new(Mutex::new(Instant::now()));
     let service = {
         let conn = conn.clone();
@@ -286,6 +353,33 @@ fn never_asked(conn: &Conn) -> bool {
 }
 
 async fn respond(req: &Request<Incoming>, state: &State) -> Response<Full<Bytes>> {
+    if let Some((users, permits)) = &state.auth {
+        let header = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .map(|v| v.as_bytes().to_vec());
+        let allowed = match header {
+            // No credentials: nothing to verify.
+            None => false,
+            Some(header) => {
+                let Ok(_permit) = permits.acquire().await else {
+                    return text(StatusCode::SERVICE_UNAVAILABLE, "auth unavailable\n");
+                };
+                let users = users.clone();
+                tokio::task::spawn_blocking(move || users.check(Some(&header)))
+                    .await
+                    .unwrap_or(false)
+            }
+        };
+        if !allowed {
+            let mut r = text(StatusCode::UNAUTHORIZED, "unauthorized\n");
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Basic"),
+            );
+            return r;
+        }
+    }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n");
     }

@@ -10,3 +10,4 @@ pub mod http;
 pub mod metrics;
 pub mod occupancy;
 pub mod top;
+pub mod web_config;

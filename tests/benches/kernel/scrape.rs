@@ -113,10 +113,17 @@ fn measure(size: u32) -> Result<()> {
                 .enable_all()
                 .build()?;
             rt.block_on(async move {
-                let listener = http::bind((Ipv4Addr::LOCALHOST, 0).into()).await?;
+                let listener =
+                    http::bind((Ipv4Addr::LOCALHOST, 0).into(), &Default::default()).await?;
                 addr_tx.send(listener.local_addr()?)?;
                 let health = Arc::new(Health::new(&[]));
-                let server = tokio::spawn(http::serve(listener, metrics, counters, health));
+                let server = tokio::spawn(http::serve(
+                    listener,
+                    metrics,
+                    counters,
+                    health,
+                    Default::default(),
+                ));
                 // The event loop's stand-in: a 1 ms timer, and how late it fires.
                 let mut tick = tokio::time::interval(Duration::from_millis(1));
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
