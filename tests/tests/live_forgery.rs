@@ -5,7 +5,7 @@
 use std::{
     io::{Read as _, Write as _},
     net::{IpAddr, SocketAddr, SocketAddrV4, TcpStream},
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    os::fd::AsRawFd,
     time::Duration,
 };
 
@@ -16,6 +16,7 @@ use detector_lab::{
     frames::{self, ACK, Frame, RST, SYN},
     idle_lab::{connect, listen, set_linger_zero},
     in_netns,
+    spoof::{raw_socket, send_to},
 };
 
 const T: Duration = Duration::from_secs(15);
@@ -74,35 +75,8 @@ fn send_raw(ns: &str, f: &Frame) -> Result<()> {
     };
     let packet = f.build()[14..].to_vec();
     in_netns(ns, move || -> Result<()> {
-        // SAFETY: plain socket(2); the fd is owned by `sock`.
-        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW) };
-        ensure!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
-        // SAFETY: a fresh descriptor nobody else owns.
-        let sock = unsafe { OwnedFd::from_raw_fd(fd) };
-        let to = libc::sockaddr_in {
-            sin_family: libc::AF_INET as libc::sa_family_t,
-            sin_port: 0,
-            sin_addr: libc::in_addr {
-                s_addr: u32::from(dst).to_be(),
-            },
-            sin_zero: [0; 8],
-        };
-        // SAFETY: a valid socket, buffer and address with their sizes.
-        let n = unsafe {
-            libc::sendto(
-                sock.as_raw_fd(),
-                packet.as_ptr().cast(),
-                packet.len(),
-                0,
-                (&to as *const libc::sockaddr_in).cast(),
-                size_of::<libc::sockaddr_in>() as libc::socklen_t,
-            )
-        };
-        ensure!(
-            n == packet.len() as isize,
-            "sendto: {}",
-            std::io::Error::last_os_error()
-        );
+        let sock = raw_socket().context("raw socket")?;
+        send_to(&sock, &packet, SocketAddrV4::new(dst, 0)).context("sendto")?;
         Ok(())
     })?
 }

@@ -17,6 +17,7 @@ use detector_lab::{
     Lab,
     agent::{LiveAgent, detector_bin},
     certs::path_str,
+    clients::run_text,
     fixture::{root, serial},
     prometheus::Prometheus,
 };
@@ -112,15 +113,7 @@ fn prometheus_scrapes_over_tls_with_basic_auth_and_a_wrong_password_gets_401() -
             args.extend(["-u", c]);
         }
         args.push(&url);
-        let out = lab.run(&client, &args, T)?;
-        Ok((
-            out.status.success(),
-            format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ),
-        ))
+        run_text(&lab, &args)
     };
     let right = format!("{USER}:{PASSWORD}");
     let (ok, out) = curl("/metrics", Some(&right))?;

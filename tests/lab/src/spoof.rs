@@ -122,7 +122,7 @@ pub fn route_answers_into_lab(lab: &Lab) -> Result<()> {
 
 /// An IPv4 raw socket that takes whole IP packets (IPPROTO_RAW implies IP_HDRINCL; the
 /// kernel fills in the IP checksum and the packet ID).
-fn raw_socket() -> std::io::Result<OwnedFd> {
+pub fn raw_socket() -> std::io::Result<OwnedFd> {
     // SAFETY: plain socket(2); the fd is owned by the returned OwnedFd.
     let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW) };
     if fd < 0 {
@@ -132,7 +132,8 @@ fn raw_socket() -> std::io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-fn send_to(sock: &OwnedFd, packet: &[u8], to: SocketAddrV4) -> std::io::Result<()> {
+/// Sends a whole IP `packet` towards `to`'s address through a [`raw_socket`].
+pub fn send_to(sock: &OwnedFd, packet: &[u8], to: SocketAddrV4) -> std::io::Result<()> {
     let addr = libc::sockaddr_in {
         sin_family: libc::AF_INET as libc::sa_family_t,
         sin_port: 0,
