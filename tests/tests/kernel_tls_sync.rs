@@ -271,3 +271,49 @@ fn records_of_another_size_refute_the_bridge() {
     assert_eq!(h.counter(Counter::TlsBridgedByLength), 0);
     assert_eq!(h.counter(Counter::TlsSyncLost), 1);
 }
+
+/// Sixteen one-size records and an encrypted alert in 3,000-byte segments, of which the
+/// second and the fourth arrive late: two holes open at once, as when two segments of a
+/// bulk transfer are overtaken (seen live on a router). `odd` makes one record in the
+/// second hole another size.
+fn two_holes(odd: bool) -> (Harness, Vec<KernelEvent>) {
+    const LEN: usize = 1_000;
+    let mut h = Harness::new();
+    let mut conv = Conversation::v4(443);
+    let mut f = tls12_session(&mut conv, &Hello::client("a"), &Hello::server());
+    f.push(conv.server(&sealed(APPDATA, LEN)));
+    let mut data = Vec::new();
+    for i in 0..16 {
+        // Record 9 starts at 9,045, inside the second hole [9000, 12000).
+        data.extend(sealed(APPDATA, if odd && i == 9 { 700 } else { LEN }));
+    }
+    data.extend(sealed(ALERT, 26));
+    let segs = conv.server_segments(&data, &[3_000; 5]);
+    f.extend([0, 2, 4, 1, 3, 5].map(|i| segs[i].clone()));
+    let events = h.run_all(&f);
+    (h, events)
+}
+
+/// The read-ahead crosses the second hole by record lengths, where the headers of the
+/// segment past it stand exactly where one-size records put them: when the first hole
+/// fills, the walker takes the whole chain and every header is counted once.
+#[test]
+fn two_holes_at_once_keep_sync_by_reading_ahead_over_both() {
+    let (h, events) = two_holes(false);
+    assert_eq!(h.counter(Counter::TlsSyncLost), 0);
+    assert_eq!(h.counter(Counter::TlsReadAhead), 1);
+    assert_eq!(
+        h.counter(Counter::TlsRecords),
+        session_records() + 1 + 16 + 1
+    );
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].kind, EventKind::EncryptedAlert);
+}
+
+/// The same with a record of another size in the second hole: the headers past it are not
+/// where the lengths put them, nothing is crossed, and the walker loses its place.
+#[test]
+fn a_record_of_another_size_in_the_second_hole_is_not_crossed() {
+    let (h, events) = two_holes(true);
+    assert_eq!(h.counter(Counter::TlsSyncLost), 1, "{events:?}");
+}

@@ -211,7 +211,8 @@ pub fn walk<P: Packet>(cx: &Cx<P>, flow: &mut FlowState, found: &mut Found) {
 
 /// Keeps the walker's view of what arrived: the highest end it has looked at, and the
 /// hole below it that reordering opened (one at a time: a second hole while one fills is
-/// taken as seen, so a cursor landing there loses its place rather than wait on a guess).
+/// taken as seen, so a cursor landing there loses its place rather than wait on a guess,
+/// unless the read-ahead crossed it by record lengths).
 #[inline(always)]
 fn track_hole(d: &mut Direction, seg: &Seg) {
     if !before(d.cursor, d.hole_end) {

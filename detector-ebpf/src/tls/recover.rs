@@ -166,7 +166,9 @@ fn appdata_chain<P: Packet>(
 /// MTU segments, is many of them), including a header cut by a segment end. When the
 /// cursor later arrives at exactly the chain's start it takes the chain instead of losing
 /// its place. The prediction only chooses which bytes to keep: they are taken only where
-/// the walker's own count of lengths arrives, so nothing is guessed.
+/// the walker's own count of lengths arrives, so nothing is guessed. A second gap (an
+/// early segment past where the chain stopped) is crossed by length on the same evidence
+/// as `bridge_by_length`.
 #[inline(never)]
 pub(super) fn read_ahead<P: Packet>(cx: &Cx<P>, flow: &mut FlowState, seg: &Seg) -> bool {
     let side = cx.sender as usize;
@@ -175,11 +177,23 @@ pub(super) fn read_ahead<P: Packet>(cx: &Cx<P>, flow: &mut FlowState, seg: &Seg)
         return false;
     }
     let extending = d.flags & dir_flags::AHEAD != 0 && !before(d.ahead_at, d.cursor);
-    // Where the next header starts, and its first bytes if an earlier segment cut it.
-    let (start, header, have) = if extending {
-        (d.ahead_next, d.ahead_pend, d.ahead_pend_len as u32)
+    // A second early segment past a second gap (two segments overtaken at once): the
+    // chain goes on over the gap where one-size records put the next header, counted by
+    // length, if headers stand exactly there (the evidence `bridge_by_length` asks for).
+    let over_gap = extending
+        && d.ahead_pend_len == 0
+        && d.ahead_records > 0
+        && before(d.ahead_next, seg.start);
+    // Where the next header starts, its first bytes if an earlier segment cut it, and the
+    // records the gap before it holds.
+    let (start, header, have, gap_records) = if over_gap {
+        let step = RECORD_HEADER + d.ahead_last_len as u32;
+        let records = seg.start.wrapping_sub(d.ahead_next).div_ceil(step);
+        (d.ahead_next.wrapping_add(records * step), 0, 0, records)
+    } else if extending {
+        (d.ahead_next, d.ahead_pend, d.ahead_pend_len as u32, 0)
     } else {
-        (one_size_header(d, seg), 0, 0)
+        (one_size_header(d, seg), 0, 0, 0)
     };
     // The chain must go on in this very segment: its next byte is here.
     let from = start.wrapping_add(have);
@@ -189,16 +203,24 @@ pub(super) fn read_ahead<P: Packet>(cx: &Cx<P>, flow: &mut FlowState, seg: &Seg)
     let ChainEnd::Reaches(chain) = appdata_chain(cx.p, seg, start, header, have) else {
         return false;
     };
+    // Over a gap, at least one whole header must bear the prediction out.
+    if over_gap && chain.records == 0 {
+        return false;
+    }
     let d = &mut flow.dir[side];
+    let kept = if extending { d.ahead_records as u32 } else { 0 };
+    let total = kept + gap_records + chain.records as u32;
+    if total > u16::MAX as u32 {
+        return false;
+    }
     if !extending {
         d.ahead_at = start;
-        d.ahead_records = 0;
         d.flags |= dir_flags::AHEAD;
     }
     d.ahead_next = chain.at;
     d.ahead_pend = chain.header;
     d.ahead_pend_len = chain.have as u8;
-    d.ahead_records += chain.records;
+    d.ahead_records = total as u16;
     if chain.records > 0 {
         d.ahead_last_len = chain.last_len;
     }
