@@ -2,6 +2,9 @@
 //! namespaces: scrapers and idle connections while events flow, a request split across
 //! segments, health and readiness, an interface deleted and re-created, a second agent on
 //! the same interface, SIGKILL.
+//!
+//! (Over 600 lines: one test binary, whose tests share the lab with a TLS server, the
+//! scrapers and the readiness polling.)
 
 use std::{
     io::{Read, Write},

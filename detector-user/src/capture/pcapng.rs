@@ -1,5 +1,8 @@
 //! pcapng: sections, each with its own byte order and interfaces, every interface with its
 //! own link type and clock resolution.
+//!
+//! (Over 600 lines: nearly half is its tests, which build blocks byte by byte for every
+//! byte order, resolution and truncation; the parser itself is under 400.)
 
 use std::io::Read;
 
