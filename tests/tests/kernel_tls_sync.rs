@@ -109,17 +109,16 @@ fn session_records() -> u64 {
 }
 
 /// A TLS 1.2 session, then the server's bulk data: one record that sets the size the
-/// read-ahead expects, twelve more of that size and an encrypted alert, cut into segments
-/// of `sizes` and delivered in `order`. Returns the harness and the events.
-fn reordered_bulk(sizes: &[usize], order: &[usize]) -> (Harness, Vec<KernelEvent>) {
-    const LEN: usize = 1_000;
+/// read-ahead expects (1,000 bytes), records of `lens` and an encrypted alert, cut into
+/// segments of `sizes` and delivered in `order`. Returns the harness and the events.
+fn reordered(lens: &[usize], sizes: &[usize], order: &[usize]) -> (Harness, Vec<KernelEvent>) {
     let mut h = Harness::new();
     let mut conv = Conversation::v4(443);
     let mut f = tls12_session(&mut conv, &Hello::client("a"), &Hello::server());
-    f.push(conv.server(&sealed(APPDATA, LEN)));
+    f.push(conv.server(&sealed(APPDATA, 1_000)));
     let mut data = Vec::new();
-    for _ in 0..12 {
-        data.extend(sealed(APPDATA, LEN));
+    for &len in lens {
+        data.extend(sealed(APPDATA, len));
     }
     data.extend(sealed(ALERT, 26));
     let segs = conv.server_segments(&data, sizes);
@@ -129,14 +128,20 @@ fn reordered_bulk(sizes: &[usize], order: &[usize]) -> (Harness, Vec<KernelEvent
     (h, events)
 }
 
-/// What both reordering cases must end with: no place lost, one gap bridged, every header
-/// counted once (the session's, thirteen records and the alert), the alert reported.
-fn assert_bridged(h: &Harness, events: &[KernelEvent]) {
+/// Twelve 1,000-byte records, reordered.
+fn reordered_bulk(sizes: &[usize], order: &[usize]) -> (Harness, Vec<KernelEvent>) {
+    reordered(&[1_000; 12], sizes, order)
+}
+
+/// What the reordering cases must end with: no place lost, one read-ahead taken, every
+/// header counted once (the session's, the size-setting record, `records` more and the
+/// alert), the alert reported.
+fn assert_bridged(h: &Harness, events: &[KernelEvent], records: u64) {
     assert_eq!(h.counter(Counter::TlsSyncLost), 0);
     assert_eq!(h.counter(Counter::TlsReadAhead), 1);
     assert_eq!(
         h.counter(Counter::TlsRecords),
-        session_records() + 1 + 12 + 1
+        session_records() + 1 + records + 1
     );
     assert_eq!(events.len(), 1, "{events:?}");
     assert_eq!(events[0].kind, EventKind::EncryptedAlert);
@@ -150,7 +155,7 @@ fn assert_bridged(h: &Harness, events: &[KernelEvent]) {
 fn reordered_bulk_records_keep_sync_by_reading_ahead() {
     // Headers at 0, 1005, 2010, ...: segment 1 holds 3015..5025, segment 2 6030..8040.
     let (h, events) = reordered_bulk(&[3_000, 3_000, 3_000, 3_000], &[0, 2, 1, 3, 4]);
-    assert_bridged(&h, &events);
+    assert_bridged(&h, &events, 12);
 }
 
 /// The same when both the hole and the early block are super-packets split into MTU-sized
@@ -165,7 +170,7 @@ fn reordered_super_packet_split_into_segments_keeps_sync() {
         &[3_000, 1_500, 1_500, 1_037, 700, 700, 563, 3_000],
         &[0, 3, 4, 5, 6, 1, 2, 7, 8],
     );
-    assert_bridged(&h, &events);
+    assert_bridged(&h, &events, 12);
 }
 
 /// The same reordering where the headers are not where one-size records would put them:
@@ -277,21 +282,12 @@ fn records_of_another_size_refute_the_bridge() {
 /// bulk transfer are overtaken (seen live on a router). `odd` makes one record in the
 /// second hole another size.
 fn two_holes(odd: bool) -> (Harness, Vec<KernelEvent>) {
-    const LEN: usize = 1_000;
-    let mut h = Harness::new();
-    let mut conv = Conversation::v4(443);
-    let mut f = tls12_session(&mut conv, &Hello::client("a"), &Hello::server());
-    f.push(conv.server(&sealed(APPDATA, LEN)));
-    let mut data = Vec::new();
-    for i in 0..16 {
+    let mut lens = [1_000; 16];
+    if odd {
         // Record 9 starts at 9,045, inside the second hole [9000, 12000).
-        data.extend(sealed(APPDATA, if odd && i == 9 { 700 } else { LEN }));
+        lens[9] = 700;
     }
-    data.extend(sealed(ALERT, 26));
-    let segs = conv.server_segments(&data, &[3_000; 5]);
-    f.extend([0, 2, 4, 1, 3, 5].map(|i| segs[i].clone()));
-    let events = h.run_all(&f);
-    (h, events)
+    reordered(&lens, &[3_000; 5], &[0, 2, 4, 1, 3, 5])
 }
 
 /// The read-ahead crosses the second hole by record lengths, where the headers of the
