@@ -25,6 +25,9 @@ pub const DEFAULT_WINDOW: Duration = Duration::from_secs(2);
 /// Server endpoints whose inferred idle timeout is exported (the label is an address, so
 /// it is bounded to the endpoints with the most evidence).
 pub const INFERRED_TIMEOUTS_EXPORTED: usize = 20;
+/// Program time between exports of the timeout estimates at most (the live agent ticks
+/// this often anyway).
+pub const TIMEOUTS_EXPORT_EVERY: Duration = Duration::from_millis(250);
 /// Sessions held at once in the correlator.
 pub const DEFAULT_MAX_SESSIONS: usize = 65_536;
 
@@ -36,6 +39,11 @@ pub struct Pipeline<W: Write> {
     events: u64,
     diagnoses: u64,
     by_kind: BTreeMap<Kind, u64>,
+    /// What the metrics were last given, so that an event that changes neither costs
+    /// nothing there: the timeout estimates' generation (and the program time it was
+    /// exported at), the correlator's abstentions.
+    timeouts_exported: Option<(u64, u64)>,
+    abstained_exported: [u64; Abstention::ALL.len()],
 }
 
 impl<W: Write> Pipeline<W> {
@@ -56,6 +64,8 @@ impl<W: Write> Pipeline<W> {
             events: 0,
             diagnoses: 0,
             by_kind: BTreeMap::new(),
+            timeouts_exported: None,
+            abstained_exported: [0; Abstention::ALL.len()],
         }
     }
 
@@ -92,35 +102,58 @@ impl<W: Write> Pipeline<W> {
     /// Judges sessions that went quiet by program time `now_ns`.
     pub fn tick(&mut self, now_ns: u64) -> anyhow::Result<()> {
         let done = self.correlator.expire(now_ns);
+        self.export_timeouts(now_ns, false);
         self.emit(done)
     }
 
     /// Judges everything still open.
     pub fn finish(&mut self) -> anyhow::Result<()> {
         let done = self.correlator.flush();
+        self.export_timeouts(0, true);
         self.emit(done)
     }
 
     fn emit(&mut self, diagnoses: Vec<Diagnosis>) -> anyhow::Result<()> {
-        for d in diagnoses {
-            self.metrics.on_diagnosis(&d);
-            self.diagnoses += 1;
-            *self.by_kind.entry(d.kind).or_default() += 1;
-            serde_json::to_writer(&mut self.out, &d).context("writing a diagnosis")?;
-            self.out.write_all(b"\n").context("writing a diagnosis")?;
+        if !diagnoses.is_empty() {
+            for d in diagnoses {
+                self.metrics.on_diagnosis(&d);
+                self.diagnoses += 1;
+                *self.by_kind.entry(d.kind).or_default() += 1;
+                serde_json::to_writer(&mut self.out, &d).context("writing a diagnosis")?;
+                self.out.write_all(b"\n").context("writing a diagnosis")?;
+            }
+            self.out.flush().context("flushing diagnoses")?;
         }
-        self.out.flush().context("flushing diagnoses")?;
         self.metrics
             .set_sessions(self.correlator.open_sessions(), self.correlator.evicted());
-        for reason in Abstention::ALL {
-            if reason.kernel_counter().is_none() {
-                self.metrics
-                    .refresh_abstained(reason, self.correlator.abstained(reason));
+        for (i, reason) in Abstention::ALL.into_iter().enumerate() {
+            let total = self.correlator.abstained(reason);
+            if reason.kernel_counter().is_none() && total != self.abstained_exported[i] {
+                self.metrics.refresh_abstained(reason, total);
+                self.abstained_exported[i] = total;
             }
         }
-        self.metrics
-            .set_timeouts(&self.correlator.timeouts().top(INFERRED_TIMEOUTS_EXPORTED));
         Ok(())
+    }
+
+    /// Hands the best-supported timeout estimates to the metrics if they changed, at most
+    /// once per [`TIMEOUTS_EXPORT_EVERY`] of program time (`now_ns`) unless `now` says to
+    /// do it regardless: they change with idle events, which a busy agent sees many of a
+    /// second, and a scrape comes far less often.
+    fn export_timeouts(&mut self, now_ns: u64, now: bool) {
+        let generation = self.correlator.timeouts().generation();
+        let due = match self.timeouts_exported {
+            Some((exported, at)) => {
+                exported != generation
+                    && (now || now_ns.saturating_sub(at) >= TIMEOUTS_EXPORT_EVERY.as_nanos() as u64)
+            }
+            None => true,
+        };
+        if due {
+            self.timeouts_exported = Some((generation, now_ns));
+            self.metrics
+                .set_timeouts(&self.correlator.timeouts().top(INFERRED_TIMEOUTS_EXPORTED));
+        }
     }
 }
 

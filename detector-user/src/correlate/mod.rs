@@ -7,8 +7,9 @@
 //! session until the session has been quiet for a correlation window, then judged
 //! together, and each session gets at most one diagnosis per root cause.
 //!
-//! This module holds the session table; [`session`] what each session keeps, one module
-//! per family of judges what it concludes, [`timeout`] the idle-timeout estimate.
+//! This module decides when sessions are judged; [`table`] holds them, [`session`] what
+//! each session keeps, one module per family of judges what it concludes, [`timeout`] the
+//! idle-timeout estimate.
 
 mod handshake;
 mod idle;
@@ -16,14 +17,15 @@ mod mismatch;
 mod renegotiation;
 mod resumption;
 mod session;
+mod table;
 mod timeout;
 
-use std::{collections::HashMap, net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, time::Duration};
 
 use detector_common::EventKind;
 
-use self::session::Session;
 pub use self::{session::MAX_ALERTS_KEPT, timeout::TimeoutEstimator};
+use self::{session::Session, table::Table};
 use crate::{
     kernel::{
         clock::Clock,
@@ -42,7 +44,7 @@ pub struct Correlator {
     window_ns: u64,
     idle_ns: u64,
     max_sessions: usize,
-    sessions: HashMap<SessionKey, Session>,
+    sessions: Table,
     evicted: u64,
     timeouts: TimeoutEstimator,
     /// Abstentions decided here, indexed like [`Abstention::ALL`].
@@ -56,7 +58,7 @@ impl Correlator {
             window_ns: window.as_nanos().min(u64::MAX as u128) as u64,
             idle_ns: detector_common::DEFAULT_IDLE_THRESHOLD_NS,
             max_sessions: max_sessions.max(1),
-            sessions: HashMap::new(),
+            sessions: Table::default(),
             evicted: 0,
             timeouts: TimeoutEstimator::default(),
             abstained: [0; Abstention::ALL.len()],
@@ -106,25 +108,20 @@ impl Correlator {
         // The kernel restarted the flow (a new connection on the same 4-tuple, or the
         // flow evicted and picked up again): what the old session holds is judged now,
         // and nothing of it (its name above all) carries over to the new one.
-        if self
-            .sessions
-            .get(&key)
-            .is_some_and(|s| s.flow_first_seen_ns != e.flow_first_seen_ns)
-        {
-            let old = self.sessions.remove(&key).expect("key just found");
-            out.extend(self.judge(key, old));
+        let mut open = false;
+        if let Some(s) = self.sessions.get(&key) {
+            if s.flow_first_seen_ns == e.flow_first_seen_ns {
+                open = true;
+            } else {
+                let old = self.sessions.remove(&key).expect("key just found");
+                out.extend(self.judge(key, &old));
+            }
         }
-        if !self.sessions.contains_key(&key) && self.sessions.len() >= self.max_sessions {
+        if !open && self.sessions.len() >= self.max_sessions {
             // Judge the quietest session now rather than lose what it holds.
-            if let Some(oldest) = self
-                .sessions
-                .iter()
-                .min_by_key(|(_, s)| s.last_ns)
-                .map(|(k, _)| *k)
-            {
-                let s = self.sessions.remove(&oldest).expect("key just found");
+            if let Some((oldest, s)) = self.sessions.pop_quietest_if(|_| true) {
                 self.evicted += 1;
-                out.extend(self.judge(oldest, s));
+                out.extend(self.judge(oldest, &s));
             }
         }
         let idle_ns = self.idle_ns;
@@ -145,11 +142,9 @@ impl Correlator {
         if e.kind == EventKind::IdleSurvived {
             self.timeouts.survived(e.server, e.gap_ns);
         }
-        let abstained = self
-            .sessions
-            .entry(key)
-            .or_insert_with(|| Session::new(e))
-            .record(e, sni, idle_ns);
+        let abstained =
+            self.sessions
+                .update(key, || Session::new(e), |s| s.record(e, sni, idle_ns));
         if let Some(reason) = abstained {
             self.abstain(reason);
         }
@@ -159,51 +154,55 @@ impl Correlator {
     /// Judges sessions quiet for longer than the window at program time `now_ns`.
     pub fn expire(&mut self, now_ns: u64) -> Vec<Diagnosis> {
         let window = self.window_ns;
-        let done: Vec<SessionKey> = self
+        // The table gives the quietest first: the expired ones are a prefix of it.
+        let mut done = Vec::new();
+        while let Some(s) = self
             .sessions
-            .iter()
-            .filter(|(_, s)| now_ns.saturating_sub(s.last_ns) >= window)
-            .map(|(k, _)| *k)
-            .collect();
-        self.take(done)
+            .pop_quietest_if(|last_ns| now_ns.saturating_sub(last_ns) >= window)
+        {
+            done.push(s);
+        }
+        self.judge_all(done)
     }
 
     /// Judges every open session (end of a replay, shutdown).
     pub fn flush(&mut self) -> Vec<Diagnosis> {
-        let all: Vec<SessionKey> = self.sessions.keys().copied().collect();
-        self.take(all)
+        let all = self.sessions.drain();
+        self.judge_all(all)
     }
 
-    fn take(&mut self, keys: Vec<SessionKey>) -> Vec<Diagnosis> {
-        let mut sessions: Vec<(SessionKey, Session)> = keys
-            .into_iter()
-            .filter_map(|k| self.sessions.remove(&k).map(|s| (k, s)))
+    fn judge_all(&mut self, sessions: Vec<(SessionKey, Session)>) -> Vec<Diagnosis> {
+        // Output in the sessions' time order, whatever order they left the table in
+        // (sorting positions rather than the sessions, which are large to move).
+        let mut order: Vec<(u64, SessionKey, usize)> = sessions
+            .iter()
+            .enumerate()
+            .map(|(i, (k, s))| (s.first_ns, *k, i))
             .collect();
-        // Output in time order, whatever order the hash map holds them in.
-        sessions.sort_by_key(|(k, s)| (s.first_ns, *k));
+        order.sort_unstable();
         let mut out = Vec::new();
-        for (k, s) in sessions {
-            out.extend(self.judge(k, s));
+        for (_, k, i) in order {
+            out.extend(self.judge(k, &sessions[i].1));
         }
         out
     }
 
-    fn judge(&mut self, (client, server): SessionKey, s: Session) -> Vec<Diagnosis> {
+    fn judge(&mut self, (client, server): SessionKey, s: &Session) -> Vec<Diagnosis> {
         let mut found: Vec<Found> = Vec::new();
-        if let Err(reason) = renegotiation::renegotiation(&s, &mut found) {
+        if let Err(reason) = renegotiation::renegotiation(s, &mut found) {
             self.abstain(reason);
         }
-        found.extend(idle::idle(&s, self.idle_ns, self.timeouts.estimate(server)));
+        found.extend(idle::idle(s, self.idle_ns, self.timeouts.estimate(server)));
         // A protocol mismatch is the root cause of whatever ended the session after it
         // (nginx's 400 and close, OpenSSL's alert): those are evidence, not diagnoses.
         // So is a rejected resumption of the alert that ended its handshake.
-        if let Some(d) = mismatch::protocol_mismatch(&s, server) {
+        if let Some(d) = mismatch::protocol_mismatch(s, server) {
             found.push(d);
-        } else if let Some(d) = resumption::resumption_rejected(&s) {
+        } else if let Some(d) = resumption::resumption_rejected(s) {
             found.push(d);
         } else {
-            found.extend(handshake::handshake_reset(&s));
-            found.extend(handshake::fatal_alert(&s));
+            found.extend(handshake::handshake_reset(s));
+            found.extend(handshake::fatal_alert(s));
         }
         found
             .into_iter()

@@ -122,7 +122,7 @@ impl Session {
             self.sni = sni;
         }
         if e.history.len() >= self.history.len() {
-            self.history = e.history.clone();
+            self.history.clone_from(&e.history);
         }
         self.tls = e.tls;
         self.server_hello_seen |= e.server_flags & dir_flags::HELLO != 0;

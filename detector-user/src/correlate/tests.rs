@@ -261,6 +261,39 @@ fn full_table_judges_the_quietest_session_instead_of_losing_it() {
     assert_eq!(c.evicted(), 1);
 }
 
+#[test]
+fn the_quietest_by_last_event_goes_first_whatever_order_events_came_in() {
+    let mut c = Correlator::new(Clock::Capture, Duration::from_secs(1), 3);
+    let at = |port: u16, ts_ns: u64| {
+        let mut e = event(EventKind::PlaintextAlert, Side::Server);
+        e.alert = alert(2, 40);
+        e.client = SocketAddr::from(([10, 0, 0, 1], port));
+        e.ts_ns = ts_ns;
+        e
+    };
+    let clients = |d: &[Diagnosis]| d.iter().map(|d| d.client.port()).collect::<Vec<_>>();
+    for (port, ts) in [(1, 1_000), (2, 2_000), (3, 3_000)] {
+        assert!(c.ingest(&at(port, ts), None).is_empty());
+    }
+    // Session 1 is heard from again, so session 2 is now the quietest; an event that
+    // comes late (older than its session's last) moves nothing.
+    assert!(c.ingest(&at(1, 4_000), None).is_empty());
+    assert!(c.ingest(&at(3, 500), None).is_empty());
+    let pushed = c.ingest(&at(4, 5_000), None);
+    assert_eq!(clients(&pushed), [2]);
+    assert_eq!(c.evicted(), 1);
+    assert!(
+        c.expire(3_000 + 999_999_999).is_empty(),
+        "none quiet for 1 s yet"
+    );
+    // Sessions 3 (last event at 3 µs) and 1 (at 4 µs) are over, judged in the order of
+    // their first events; session 4 is not.
+    let d = c.expire(4_000 + 1_000_000_000);
+    assert_eq!(clients(&d), [1, 3]);
+    assert_eq!(c.open_sessions(), 1);
+    assert_eq!(clients(&c.flush()), [4]);
+}
+
 /// A ClientHello answered by `answer` (the server's first bytes, classed by the
 /// kernel as `class`), then the server's FIN ending the handshake.
 fn client_hello_answered(class: PayloadClass, answer: &[u8]) -> Vec<Diagnosis> {

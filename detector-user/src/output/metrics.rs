@@ -4,7 +4,11 @@
 //! and names appear only in views bounded by construction (the top endpoints per kind, the
 //! timeout estimates), so cardinality stays bounded however much traffic is seen.
 
-use std::{net::SocketAddr, sync::Mutex, time::Duration};
+use std::{
+    net::SocketAddr,
+    sync::{Mutex, OnceLock},
+    time::Duration,
+};
 
 use anyhow::Context as _;
 use detector_common::{Counter, EventKind, tls::alert};
@@ -25,6 +29,10 @@ pub struct Metrics {
     diagnoses: IntCounterVec,
     alerts: IntCounterVec,
     encrypted_alerts: IntCounterVec,
+    /// `encrypted_alerts` by sender, looked up once: every clean TLS 1.2 close is two
+    /// events of this kind, the most common the agent sees. Made on first use, so a
+    /// series appears only once counted, as with the other labels.
+    encrypted_by_side: [OnceLock<IntCounter>; 2],
     decode_errors: IntCounter,
     sessions_evicted: IntCounter,
     sessions_open: IntGauge,
@@ -194,6 +202,7 @@ impl Metrics {
             diagnoses,
             alerts,
             encrypted_alerts,
+            encrypted_by_side: Default::default(),
             decode_errors,
             sessions_evicted,
             sessions_open,
@@ -220,9 +229,11 @@ impl Metrics {
                     side_name(e.sender),
                 ])
                 .inc(),
-            (EventKind::EncryptedAlert, _) => self
-                .encrypted_alerts
-                .with_label_values(&[side_name(e.sender)])
+            (EventKind::EncryptedAlert, _) => self.encrypted_by_side[e.sender as usize]
+                .get_or_init(|| {
+                    self.encrypted_alerts
+                        .with_label_values(&[side_name(e.sender)])
+                })
                 .inc(),
             _ => {}
         }

@@ -2,8 +2,8 @@
 //! of each kind over a trailing window, for a dashboard table.
 //!
 //! Bounded whatever the traffic: at most [`TRACKED`] endpoints are counted (when a new one
-//! comes to a full table, the one with the fewest diagnoses in the window goes to its kind's
-//! "other" count), and a view holds at most `k` endpoints per kind plus one "other" row per
+//! comes to a full table, the quarter with the fewest diagnoses in the window go to their
+//! kinds' "other" counts), and a view holds at most `k` endpoints per kind plus one "other" row per
 //! kind. Counts live in [`SLOTS`] slots of the window, so a view only ever counts the
 //! trailing window and endpoints quiet for a whole window disappear from it.
 
@@ -15,6 +15,8 @@ use super::diagnosis::Kind;
 
 /// Endpoints counted at once.
 pub const TRACKED: usize = 1024;
+/// Endpoints left when room is made in a full table.
+const KEPT_AFTER_ROOM: usize = TRACKED * 3 / 4;
 /// Slots a window is cut into: a count leaves the view at most a slot after the window.
 pub const SLOTS: usize = 12;
 
@@ -112,24 +114,28 @@ impl TopServers {
         self.counts.entry(key).or_default().add(slot, 1);
     }
 
-    /// Forgets endpoints with nothing in the window; if none, moves the one with the fewest
-    /// diagnoses into its kind's "other" count.
+    /// Forgets endpoints with nothing in the window; if that leaves more than
+    /// [`KEPT_AFTER_ROOM`], moves those with the fewest diagnoses into their kinds'
+    /// "other" counts down to that many. Room is made for a batch of new endpoints at a
+    /// time, so the walk over the table this takes is paid once per batch, not for every
+    /// new endpoint of a flood.
     fn make_room(&mut self, now: i64) {
         self.counts.retain(|_, s| s.total(now) > 0);
-        if self.counts.len() < TRACKED {
+        let excess = self.counts.len().saturating_sub(KEPT_AFTER_ROOM);
+        if excess == 0 {
             return;
         }
-        let smallest = self
-            .counts
+        let mut by_total: Vec<(u64, &Endpoint)> =
+            self.counts.iter().map(|(e, s)| (s.total(now), e)).collect();
+        by_total.select_nth_unstable_by_key(excess - 1, |(n, _)| *n);
+        let smallest: Vec<Endpoint> = by_total[..excess]
             .iter()
-            .min_by_key(|(_, s)| s.total(now))
-            .map(|(e, _)| e.clone())
-            .expect("the table is full");
-        let slots = self.counts.remove(&smallest).expect("just found");
-        self.other
-            .entry(smallest.kind)
-            .or_default()
-            .absorb(&slots, now);
+            .map(|(_, e)| (*e).clone())
+            .collect();
+        for e in smallest {
+            let slots = self.counts.remove(&e).expect("just found");
+            self.other.entry(e.kind).or_default().absorb(&slots, now);
+        }
     }
 
     /// The view at `now`: per kind, the `k` endpoints with most diagnoses in the window
