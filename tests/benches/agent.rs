@@ -1,8 +1,8 @@
 //! `cargo xtask bench`, the agent's half: recorded event streams (ring-buffer records as
 //! the kernel emits them) through the agent's real path, decode → correlate → metrics →
 //! JSON lines, on one thread as the agent runs it. Reports events per second for streams
-//! with 1,024 and 65,536 sessions open at once and one with more arriving than the session
-//! table holds, and the agent's memory with 65,536 sessions open (measured in a child
+//! with 1,024 and 65,536 sessions open at once, one with more arriving than the session
+//! table holds, and one where every session fails, and the agent's memory with 65,536 sessions open (measured in a child
 //! process that does nothing else, so the streams held here do not count). Then the
 //! kernel's memory per tracked flow (see `agent/flow_memory.rs`).
 
@@ -76,6 +76,7 @@ fn main() -> Result<()> {
                 sessions,
                 start_spacing_ns: open(1024),
                 servers: 5000,
+                failing_every: 20,
             },
             cadence: Cadence::EveryEvent,
         },
@@ -85,38 +86,69 @@ fn main() -> Result<()> {
                 sessions,
                 start_spacing_ns: open(65_536),
                 servers: 5000,
+                failing_every: 20,
             },
             cadence: Cadence::Live,
         },
         Case {
             name: "131,072 arriving, evicting",
             shape: Shape {
-                sessions,
+                // Enough for the table to fill and then evict for a while.
+                sessions: sessions.max(3 * 65_536),
                 start_spacing_ns: open(131_072),
                 servers: 5000,
+                failing_every: 20,
+            },
+            cadence: Cadence::Live,
+        },
+        Case {
+            name: "every session failing",
+            shape: Shape {
+                sessions,
+                start_spacing_ns: open(65_536),
+                servers: 5000,
+                failing_every: 1,
             },
             cadence: Cadence::Live,
         },
     ];
     println!(
         "agent: recorded event streams through decode -> correlate -> metrics -> JSON lines \
-         (one thread; {sessions} sessions per stream, 5,000 servers)"
+         (one thread; {sessions} sessions per stream to 5,000 servers, one in 20 failing \
+         unless said, the others closing cleanly; rates per second of the \
+         thread's CPU time, and of wall-clock time)"
     );
     println!(
-        "{:<30} {:>10} {:>12} {:>10} {:>10} {:>12} {:>10}",
-        "stream", "events", "events/s", "ns/event", "diagnoses", "peak open", "scrape ms"
+        "{:<30} {:>10} {:>12} {:>10} {:>12} {:>10} {:>10} {:>8} {:>10}",
+        "stream",
+        "events",
+        "events/cpu-s",
+        "cpu ns/ev",
+        "events/s",
+        "diagnoses",
+        "peak open",
+        "evicted",
+        "scrape ms"
     );
     let mut slowest = f64::INFINITY;
+    let mut failing = 0.0;
     for case in &cases {
         let rate = measure(case)?;
-        slowest = slowest.min(rate);
+        if case.shape.failing_every > 1 {
+            slowest = slowest.min(rate);
+        } else {
+            failing = rate;
+        }
     }
     let verdict = |ok: bool| if ok { "met" } else { "NOT met" };
     println!(
-        "target: >= {:.0} M events/s on one core: slowest stream {:.2} M/s ({})",
+        "target: >= {:.0} M events/s on one core: slowest stream with one session in 20 \
+         failing {:.2} M/s ({}); with every session failing (a diagnosis for 5 in 7 \
+         sessions) {:.2} M/s",
         EVENTS_PER_SEC_TARGET / 1e6,
         slowest / 1e6,
-        verdict(slowest >= EVENTS_PER_SEC_TARGET)
+        verdict(slowest >= EVENTS_PER_SEC_TARGET),
+        failing / 1e6
     );
 
     let (open, hwm, base) = rss_in_child()?;
@@ -142,7 +174,8 @@ fn mib(bytes: u64) -> f64 {
 }
 
 /// Runs one stream, held in memory beforehand so only the agent's path is timed; returns
-/// events per second.
+/// events per second of the thread's CPU time (what one core does, whatever else the
+/// machine runs; wall-clock events per second are printed beside it).
 fn measure(case: &Case) -> Result<f64> {
     let records: Vec<u8> = Records::new(case.shape)
         .flat_map(|e| stream::bytes(&e).to_vec())
@@ -154,6 +187,7 @@ fn measure(case: &Case) -> Result<f64> {
     let mut next_tick = 0;
     let mut peak_open = 0;
     let start = Instant::now();
+    let cpu_start = thread_cpu()?;
     for record in records.chunks_exact(size) {
         pipeline.on_record(record)?;
         let ts = timestamp(record);
@@ -174,6 +208,7 @@ fn measure(case: &Case) -> Result<f64> {
     }
     pipeline.finish()?;
     let elapsed = start.elapsed();
+    let cpu = thread_cpu()? - cpu_start;
     let scrape = Instant::now();
     metrics.refresh_top(time::OffsetDateTime::now_utc());
     let text = metrics.render()?;
@@ -189,15 +224,17 @@ fn measure(case: &Case) -> Result<f64> {
         "{}: the stream produced no diagnoses or no timeout estimate",
         case.name
     );
-    let rate = events as f64 / elapsed.as_secs_f64();
+    let rate = events as f64 / cpu.as_secs_f64();
     println!(
-        "{:<30} {:>10} {:>12.0} {:>10.0} {:>10} {:>12} {:>10.2}",
+        "{:<30} {:>10} {:>12.0} {:>10.0} {:>12.0} {:>10} {:>10} {:>8} {:>10.2}",
         case.name,
         events,
         rate,
-        elapsed.as_nanos() as f64 / events as f64,
+        cpu.as_nanos() as f64 / events as f64,
+        events as f64 / elapsed.as_secs_f64(),
         pipeline.diagnoses(),
         peak_open,
+        gauge(&text, "detector_sessions_evicted_total")?,
         scrape.as_secs_f64() * 1e3
     );
     Ok(rate)
@@ -221,13 +258,17 @@ fn timestamp(record: &[u8]) -> u64 {
 
 /// `detector_sessions_open`, as exported.
 fn open_sessions(metrics: &Metrics) -> Result<u64> {
-    let text = metrics.render()?;
+    gauge(&metrics.render()?, "detector_sessions_open")
+}
+
+/// The value of an unlabelled metric in an exposition.
+fn gauge(text: &str, name: &str) -> Result<u64> {
     text.lines()
-        .find_map(|l| l.strip_prefix("detector_sessions_open "))
-        .context("detector_sessions_open not exported")?
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .with_context(|| format!("{name} not exported"))?
         .trim()
         .parse()
-        .context("detector_sessions_open")
+        .with_context(|| format!("{name} in the exposition"))
 }
 
 /// Runs [`rss_child`] in a fresh process: (sessions open, VmHWM, VmHWM before the stream).
@@ -266,6 +307,7 @@ fn rss_child() -> Result<()> {
         sessions,
         start_spacing_ns: 20_000,
         servers: 5000,
+        failing_every: 20,
     };
     let mut next_tick = 0;
     for e in Records::new(shape) {
@@ -294,4 +336,20 @@ fn vm_hwm() -> Result<u64> {
         .trim()
         .parse()?;
     Ok(kib * 1024)
+}
+
+/// CPU time this thread has used.
+fn thread_cpu() -> Result<Duration> {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec, which `t` is.
+    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) } != 0 {
+        return Err(io::Error::last_os_error()).context("reading the thread's CPU time");
+    }
+    Ok(Duration::new(
+        u64::try_from(t.tv_sec)?,
+        u32::try_from(t.tv_nsec)?,
+    ))
 }

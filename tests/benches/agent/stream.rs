@@ -36,15 +36,29 @@ pub struct Shape {
     pub start_spacing_ns: u64,
     /// Distinct server endpoints the sessions go to.
     pub servers: u32,
+    /// One session in this many ends in a failure (or an abstention) the agent judges;
+    /// the others close cleanly, some after surviving an idle gap.
+    pub failing_every: u32,
 }
 
-/// The stories, one per session in turn; each is a few events the kernel reports for it.
-const STORIES: u32 = 7;
+/// The failures' stories, one per failing session in turn; each is the few events the
+/// kernel reports for it.
+const FAILURES: u32 = 7;
 
-fn events_of(session: u32) -> u32 {
-    match session % STORIES {
-        5 | 6 => 1,
-        _ => 2,
+/// Which story a session tells: `Some(n)` the n-th failure, `None` a clean close.
+fn story(shape: &Shape, session: u32) -> Option<u32> {
+    session
+        .is_multiple_of(shape.failing_every)
+        .then(|| (session / shape.failing_every) % FAILURES)
+}
+
+fn events_of(shape: &Shape, session: u32) -> u32 {
+    match story(shape, session) {
+        Some(5 | 6) => 1,
+        Some(_) => 2,
+        // Both close_notify alerts, after an idle gap survived for every other one.
+        None if session.is_multiple_of(2) => 2,
+        None => 3,
     }
 }
 
@@ -85,7 +99,7 @@ impl Iterator for Records {
         } else {
             self.pending.pop()?.0
         };
-        if k + 1 < events_of(session) {
+        if k + 1 < events_of(&self.shape, session) {
             self.pending
                 .push(Reverse((ts + EVENT_SPACING_NS, session, k + 1)));
         }
@@ -124,9 +138,10 @@ fn event(shape: &Shape, session: u32, k: u32, ts: u64) -> Event {
     e.tls.offered_versions = 1 << 3;
     e.tls.negotiated_version = TLS1_2;
     e.tcp_seq = 1000 + k * 100;
-    let history: &[u8] = match session % STORIES {
-        0 => b"C",
-        1 => b"CsL",
+    let story = story(shape, session);
+    let history: &[u8] = match story {
+        Some(0) => b"C",
+        Some(1) => b"CsL",
         _ => b"CsSiIcD",
     };
     e.history[..history.len()].copy_from_slice(history);
@@ -135,7 +150,28 @@ fn event(shape: &Shape, session: u32, k: u32, ts: u64) -> Event {
         dir_flags::HELLO | dir_flags::APPDATA | dir_flags::CCS,
         dir_flags::HELLO | dir_flags::APPDATA | dir_flags::CCS,
     ];
-    match (session % STORIES, k) {
+    let Some(story) = story else {
+        // A clean close: an idle gap survived (every other session), then both sides'
+        // close_notify, encrypted.
+        let survived_first = session % 2 == 1;
+        e.dir_flags = established;
+        if survived_first && k == 0 {
+            e.kind = EventKind::IdleSurvived as u8;
+            e.sender = Side::Client as u8;
+            e.gap_ns = SURVIVED_GAP_NS;
+        } else {
+            e.kind = EventKind::EncryptedAlert as u8;
+            let client_first = k == u32::from(survived_first);
+            e.sender = if client_first {
+                Side::Client
+            } else {
+                Side::Server
+            } as u8;
+            e.record_len = 26;
+        }
+        return e;
+    };
+    match (story, k) {
         // An HTTP request to the TLS port, and the server's alert in answer.
         (0, 0) => {
             e.kind = EventKind::ProtocolMismatch as u8;
