@@ -170,6 +170,62 @@ mod tests {
     }
 
     #[test]
+    fn timeout_estimates_reach_the_metric_on_ticks_at_most_every_250_ms() {
+        let metrics = Arc::new(Metrics::new().unwrap());
+        let mut p = Pipeline::new(
+            Clock::Capture,
+            DEFAULT_WINDOW,
+            Duration::from_secs(30),
+            metrics.clone(),
+            None,
+            Vec::new(),
+        );
+        let idle = |kind: EventKind, client_port: u16, gap_s: u64, ts_ns: u64| {
+            // SAFETY: all-zero is a valid Event.
+            let mut e: Event = unsafe { std::mem::zeroed() };
+            e.kind = kind as u8;
+            e.family = family::V6;
+            e.ts_ns = ts_ns;
+            e.gap_ns = gap_s * 1_000_000_000;
+            e.client_port = client_port;
+            e.server_port = 443;
+            e.sender = Side::Server as u8;
+            record(&e)
+        };
+        let exported = |m: &Metrics| {
+            m.render().unwrap().lines().find_map(|l| {
+                l.strip_prefix("detector_inferred_idle_timeout_seconds{server=\"[::]:443\"} ")
+                    .map(str::to_string)
+            })
+        };
+        let ms = 1_000_000;
+        p.on_record(&idle(EventKind::IdleSurvived, 1, 30, 1_000 * ms))
+            .unwrap();
+        p.on_record(&idle(EventKind::IdleRst, 2, 350, 1_000 * ms))
+            .unwrap();
+        assert_eq!(
+            exported(&metrics),
+            None,
+            "exported on a tick, not per event"
+        );
+        p.tick(1_000 * ms).unwrap();
+        assert_eq!(exported(&metrics).as_deref(), Some("350"));
+        // A shorter fatal gap lowers the estimate: shown at the first tick 250 ms after
+        // the last export.
+        p.on_record(&idle(EventKind::IdleRst, 3, 300, 1_100 * ms))
+            .unwrap();
+        p.tick(1_100 * ms).unwrap();
+        assert_eq!(exported(&metrics).as_deref(), Some("350"));
+        p.tick(1_250 * ms).unwrap();
+        assert_eq!(exported(&metrics).as_deref(), Some("300"));
+        // And whatever changed last is exported when the pipeline finishes.
+        p.on_record(&idle(EventKind::IdleRst, 4, 200, 1_300 * ms))
+            .unwrap();
+        p.finish().unwrap();
+        assert_eq!(exported(&metrics).as_deref(), Some("200"));
+    }
+
+    #[test]
     fn correlator_abstentions_reach_the_metric() {
         let metrics = Arc::new(Metrics::new().unwrap());
         let mut p = Pipeline::new(
