@@ -140,6 +140,11 @@ fn lengths_that_lie_raise_nothing_and_are_counted() {
     let events = h.run_all(&f);
     assert!(events.is_empty(), "{events:?}");
     assert_eq!(h.counter(Counter::TlsSyncLost), 1);
+    assert_eq!(
+        h.counter(Counter::SyncLostImplausible),
+        1,
+        "why it was lost"
+    );
     assert_eq!(h.counter(Counter::TlsResynced), 0);
 
     // A ServerHello whose extension length runs past its message: parsing stops there.

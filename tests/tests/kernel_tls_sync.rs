@@ -74,6 +74,11 @@ fn reordered_header_segment_loses_sync_instead_of_guessing() {
     let events = h.run_all(&f);
     assert!(events.is_empty(), "nothing may be guessed: {events:?}");
     assert_eq!(h.counter(Counter::TlsSyncLost), 1);
+    assert_eq!(
+        h.counter(Counter::SyncLostPassedUnread),
+        1,
+        "why it was lost"
+    );
 }
 
 #[test]
@@ -190,6 +195,11 @@ fn reordered_records_of_other_sizes_still_lose_sync() {
     f.extend(segs);
     assert!(h.run_all(&f).is_empty());
     assert_eq!(h.counter(Counter::TlsSyncLost), 1);
+    assert_eq!(
+        h.counter(Counter::SyncLostPassedUnread),
+        1,
+        "why it was lost"
+    );
 }
 
 /// A handshake's end judged on a capture that lost packets: the client's Finished and
@@ -275,6 +285,7 @@ fn records_of_another_size_refute_the_bridge() {
     let (h, _) = bulk_with_unseen_segment(Some(4));
     assert_eq!(h.counter(Counter::TlsBridgedByLength), 0);
     assert_eq!(h.counter(Counter::TlsSyncLost), 1);
+    assert_eq!(h.counter(Counter::SyncLostGapTooLong), 1, "why it was lost");
 }
 
 /// Sixteen one-size records and an encrypted alert in 3,000-byte segments, of which the
@@ -312,4 +323,9 @@ fn two_holes_at_once_keep_sync_by_reading_ahead_over_both() {
 fn a_record_of_another_size_in_the_second_hole_is_not_crossed() {
     let (h, events) = two_holes(true);
     assert_eq!(h.counter(Counter::TlsSyncLost), 1, "{events:?}");
+    assert_eq!(
+        h.counter(Counter::SyncLostPassedUnread),
+        1,
+        "why it was lost"
+    );
 }

@@ -335,7 +335,8 @@ fn next_item<P: Packet>(cx: &Cx<P>, flow: &mut FlowState, seg: &Seg, found: &mut
     }
 }
 
-/// Why the walker lost its place (logged with the loss, for whoever has to find out why).
+/// Why the walker lost its place (kept in the flow and counted by reason, for whoever has
+/// to find out why).
 #[derive(Clone, Copy)]
 #[repr(u8)]
 pub enum Loss {
@@ -359,6 +360,13 @@ fn lose(flow: &mut FlowState, side: usize, why: Loss) {
     d.flags &= !dir_flags::AHEAD;
     d.lost_why = why as u8;
     counters::inc(Counter::TlsSyncLost);
+    counters::inc(match why {
+        Loss::Implausible => Counter::SyncLostImplausible,
+        Loss::TooManyItems => Counter::SyncLostTooManyItems,
+        Loss::PassedUnread => Counter::SyncLostPassedUnread,
+        Loss::GapTooLong => Counter::SyncLostGapTooLong,
+        Loss::Unreadable => Counter::SyncLostUnreadable,
+    });
 }
 
 /// Moves the cursor to `at`, expecting `it` there.
