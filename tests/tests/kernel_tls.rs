@@ -344,7 +344,7 @@ fn session_with_version(version: u16, psk: bool) -> (Vec<frames::Frame>, Convers
         conv.server(&flight),
         conv.client(&sealed(APPDATA, 53)),
         conv.client(&sealed(APPDATA, 300)),
-        conv.server(&sealed(APPDATA, 4000)),
+        conv.server(&sealed(APPDATA, 3000)),
     ];
     f.push(conv.client_flags(ACK | FIN));
     f.push(conv.server_flags(ACK | FIN));
