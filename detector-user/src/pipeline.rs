@@ -11,6 +11,7 @@ use crate::{
     kernel::{
         SniMap,
         clock::Clock,
+        event::DecodeError,
         reader::{EventReader, Sighting},
     },
     output::{
@@ -73,7 +74,14 @@ impl<W: Write> Pipeline<W> {
     }
 
     pub fn on_record(&mut self, bytes: &[u8]) -> anyhow::Result<()> {
-        match self.reader.decode(bytes) {
+        let decoded = self.reader.decode(bytes);
+        self.on_decoded(decoded)
+    }
+
+    /// A record decoded elsewhere (by a replay worker, beside the kernel maps it read the
+    /// SNI from), taken exactly as [`Pipeline::on_record`] takes its own.
+    pub fn on_decoded(&mut self, decoded: Result<Sighting, DecodeError>) -> anyhow::Result<()> {
+        match decoded {
             Ok(Sighting { event, sni }) => {
                 self.events += 1;
                 self.metrics.on_event(&event);
