@@ -215,6 +215,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                 std::io::stdout().lock(),
             )?;
             eprintln!("{summary}");
+            eprintln!("{}", summary.workers_line());
             eprint!("{}", summary.table());
             Ok(())
         }

@@ -96,6 +96,16 @@ impl std::fmt::Display for Summary {
 }
 
 impl Summary {
+    /// How the packets were shared out: `workers: N (packets: a, b, ...)`.
+    pub fn workers_line(&self) -> String {
+        let each: Vec<String> = self.workers.iter().map(|w| w.packets.to_string()).collect();
+        format!(
+            "workers: {} (packets: {})",
+            self.workers.len(),
+            each.join(", ")
+        )
+    }
+
     /// The diagnoses by kind as an aligned table, most frequent first.
     pub fn table(&self) -> String {
         if self.by_kind.is_empty() {
