@@ -52,6 +52,9 @@ pub struct Summary {
     pub load_time: Duration,
     /// From the first packet read to the last one's events merged.
     pub run_time: Duration,
+    /// CPU time of the thread reading the capture and of the one merging events.
+    pub reader_cpu: Duration,
+    pub merge_cpu: Duration,
 }
 
 /// Packets of a capture that never reach the program. Every packet read is either run
@@ -227,6 +230,7 @@ pub fn replay(
             }
         }
         let started = Instant::now();
+        let merge_cpu = thread_cpu();
         let (plan_tx, plan_rx) = sync_channel(QUEUED_CHUNKS * 4);
         std::thread::Builder::new()
             .name("replay-read".into())
@@ -242,6 +246,8 @@ pub fn replay(
         summary.run_time = started.elapsed();
         bar.finish_and_clear();
         pipeline.finish()?;
+        summary.merge_cpu = thread_cpu().saturating_sub(merge_cpu);
+        summary.reader_cpu = end.cpu;
         summary.packets = end.packets;
         summary.skipped = end.skipped;
         for w in &summary.workers {
@@ -258,6 +264,17 @@ pub fn replay(
             .with_context(|| format!("{}: replay stopped after {}", path.display(), summary))?;
         Ok(summary)
     })
+}
+
+/// CPU time of the calling thread.
+pub fn thread_cpu() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid pointer to a timespec; the clock exists on every kernel we load on.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
 /// A worker's next report; its error, or the news that it stopped without one.
@@ -283,6 +300,7 @@ enum Read {
 }
 
 struct End {
+    cpu: Duration,
     packets: u64,
     skipped: Skipped,
     result: Result<(), capture::PcapError>,
@@ -296,7 +314,9 @@ fn read(
 ) {
     let mut clock = CaptureClock::default();
     let mut started_ns = None;
+    let cpu = thread_cpu();
     let mut end = End {
+        cpu: Duration::ZERO,
         packets: 0,
         skipped: Skipped::default(),
         result: Ok(()),
@@ -348,6 +368,7 @@ fn read(
         }
         if over {
             end.skipped.link_type = reader.skipped();
+            end.cpu = thread_cpu().saturating_sub(cpu);
             let _ = plans.send(Read::End(end));
             return;
         }

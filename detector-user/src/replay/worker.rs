@@ -86,6 +86,9 @@ pub struct Totals {
     pub frames: u64,
     /// Time spent running its packets (from its first batch to its last, less waiting).
     pub busy: Duration,
+    /// CPU time of its thread after loading: what its packets cost, however busy the
+    /// machine was.
+    pub cpu: Duration,
     pub events_dropped: u64,
     pub tls_sync_lost: u64,
     pub tls_read_ahead: u64,
@@ -115,6 +118,7 @@ fn serve(
         .send(Ok(Report::Loaded(loading.elapsed())))
         .map_err(|_| gone())?;
     let mut totals = Totals::default();
+    let cpu = super::thread_cpu();
     let mut started = false;
     let mut segment_buf = Vec::new();
     while let Ok(batch) = input.recv() {
@@ -157,6 +161,7 @@ fn serve(
         totals.busy += t.elapsed();
         reports.send(Ok(Report::Done(done))).map_err(|_| gone())?;
     }
+    totals.cpu = super::thread_cpu().saturating_sub(cpu);
     let counters = kernel.counters().read()?;
     totals.events_dropped = counters[Counter::EventsDropped as usize];
     totals.tls_sync_lost = counters[Counter::TlsSyncLost as usize];
