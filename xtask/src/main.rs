@@ -79,7 +79,13 @@ enum Task {
     },
     /// The kernel program against an empty XDP program and a minimal flow tracker, on the
     /// same frames in one run (BPF_PROG_TEST_RUN). Needs root.
-    Bench,
+    Bench {
+        /// Instead: `detector replay` of FILE (or of a capture of bulk downloads and short
+        /// sessions written once under target/bench) with one worker and with one per
+        /// CPU, against the test-run floor of one core and against tshark.
+        #[arg(long, value_name = "FILE", num_args = 0..=1)]
+        replay: Option<Option<PathBuf>>,
+    },
     /// The lab: every field case played by real software (nginx, openssl, curl, nftables)
     /// in network namespaces, with the agent live on the router; writes OUT/NAME.pcap,
     /// NAME.expected.json, NAME.live.json. Needs root.
@@ -169,12 +175,28 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Task::Test { filter } => test(filter.as_deref()),
-        Task::Bench => {
+        Task::Bench { replay } => {
             if !deps::is_root() {
                 bail!("the benchmark loads BPF programs: run it as root");
             }
             let path = toolchain::ensure()?;
-            run(cargo(&path).args(["bench", "--package", "tests", "--bench", "kernel"]))
+            match replay {
+                None => {
+                    run(cargo(&path).args(["bench", "--package", "tests", "--bench", "kernel"]))
+                }
+                Some(file) => {
+                    let mut c = cargo(&path);
+                    c.args(["bench", "--package", "tests", "--bench", "replay", "--"]);
+                    if let Some(f) = file {
+                        // The bench runs in the tests crate's directory.
+                        c.arg(
+                            std::path::absolute(&f)
+                                .with_context(|| format!("{}: no such capture", f.display()))?,
+                        );
+                    }
+                    run(&mut c)
+                }
+            }
         }
         Task::Lint => {
             let path = toolchain::ensure()?;

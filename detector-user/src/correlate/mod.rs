@@ -168,6 +168,16 @@ impl Correlator {
         self.take(done)
     }
 
+    /// The earliest program time at which [`Correlator::expire`] would judge a session
+    /// open now; None when none is open. Replay asks once per packet whether to expire,
+    /// and this lets it skip the scan until then.
+    pub fn next_expiry(&self) -> Option<u64> {
+        self.sessions
+            .values()
+            .map(|s| s.last_ns.saturating_add(self.window_ns))
+            .min()
+    }
+
     /// Judges every open session (end of a replay, shutdown).
     pub fn flush(&mut self) -> Vec<Diagnosis> {
         let all: Vec<SessionKey> = self.sessions.keys().copied().collect();
