@@ -17,7 +17,7 @@ use aya::{
     programs::{TestRun, TestRunOptions, Xdp},
 };
 use detector_common::{
-    FlowKey, FlowState, names,
+    Counter, FlowKey, FlowState, names,
     tls::{
         content_type::{APPLICATION_DATA, CHANGE_CIPHER_SPEC, HANDSHAKE},
         extension::{SESSION_TICKET, SUPPORTED_VERSIONS},
@@ -33,7 +33,12 @@ use tests::{
 #[path = "kernel/scrape.rs"]
 mod scrape;
 
-const TLS_DATA_TARGET: f64 = 1.15;
+/// TLS data mid-record against the tracker with the detector's key size, and above the
+/// empty program (10 GbE minimum-size line rate).
+const TLS_DATA_TARGET: f64 = 1.10;
+const TLS_DATA_TARGET_NS: f64 = 67.0;
+/// A packet starting an application-data record (the bulk case) against the tracker.
+const RECORD_HEADER_TARGET: f64 = 1.5;
 const NON_TCP_TARGET_NS: f64 = 15.0;
 
 fn repeat() -> u32 {
@@ -172,8 +177,11 @@ fn main() -> Result<()> {
         "det/trk-40B",
         "det-empty ns"
     );
-    let mut tls_data_ratio = 0.0;
+    let (mut tls_data_ratio, mut tls_data_over) = (0.0, 0.0);
+    let mut header_ratio = 0.0;
     let mut non_tcp_over = 0.0;
+    // Which path the detector's runs of each case took.
+    let mut paths = Vec::new();
     for case in &cases {
         // Warm the trackers' tables so their lookups hit, as the detector's does.
         let tracker: &Xdp = bench
@@ -201,6 +209,13 @@ fn main() -> Result<()> {
         let empty = measure(bench.program("bench_empty").context("empty")?.try_into()?)?;
         let tracker = measure(tracker)?;
         let wide = measure(wide)?;
+        let path_counts = |h: &Harness| {
+            (
+                h.counter(Counter::TlsFastPathPackets),
+                h.counter(Counter::SlowPathPackets),
+            )
+        };
+        let before = path_counts(&h);
         let detector = match &case.restore {
             None => {
                 h.kernel.set_clock(0)?;
@@ -217,6 +232,8 @@ fn main() -> Result<()> {
                 total as f64 / stateful as f64
             }
         };
+        let after = path_counts(&h);
+        paths.push((case.name, after.0 - before.0, after.1 - before.1));
         let ratio = detector / tracker;
         println!(
             "{:<22} {:>9.1} {:>9.1} {:>11.1} {:>7.1} {:>11.2}x {:>10.2}x {:>13.1}",
@@ -230,16 +247,30 @@ fn main() -> Result<()> {
             detector - empty
         );
         match case.name {
-            "TLS data, mid-record" => tls_data_ratio = ratio,
+            "TLS data, mid-record" => {
+                (tls_data_ratio, tls_data_over) = (detector / wide, detector - empty);
+            }
+            "TLS record header" => header_ratio = ratio,
             "non-TCP (UDP)" => non_tcp_over = detector - empty,
             _ => {}
         }
     }
+    println!("detector runs per path (fast path stepped the record headers / slow path):");
+    for (name, fast, slow) in &paths {
+        println!("  {name:<22} {fast:>9} / {slow}");
+    }
     let verdict = |ok: bool| if ok { "met" } else { "NOT met" };
     println!(
-        "target: TLS data on a tracked flow <= {TLS_DATA_TARGET}x the minimal tracker: \
-         {tls_data_ratio:.2}x ({})",
-        verdict(tls_data_ratio <= TLS_DATA_TARGET)
+        "target: TLS data mid-record <= {TLS_DATA_TARGET}x the tracker with the same key: \
+         {tls_data_ratio:.2}x ({}); <= {TLS_DATA_TARGET_NS} ns above the empty program: \
+         {tls_data_over:.1} ns ({})",
+        verdict(tls_data_ratio <= TLS_DATA_TARGET),
+        verdict(tls_data_over <= TLS_DATA_TARGET_NS)
+    );
+    println!(
+        "target: a packet starting an application-data record <= {RECORD_HEADER_TARGET}x the \
+         tracker: {header_ratio:.2}x ({})",
+        verdict(header_ratio <= RECORD_HEADER_TARGET)
     );
     println!(
         "target: non-TCP <= {NON_TCP_TARGET_NS} ns above the empty program: {non_tcp_over:.1} ns ({})",
