@@ -79,7 +79,13 @@ enum Task {
     },
     /// The kernel program against an empty XDP program and a minimal flow tracker, on the
     /// same frames in one run (BPF_PROG_TEST_RUN). Needs root.
-    Bench,
+    Bench {
+        /// Instead: TLS downloads (nginx -> curl) across a lab's veth pair with no program,
+        /// empty programs and the detector on either side, modes interleaved round by
+        /// round (`LIVE_MIB`, default 512, and `LIVE_ROUNDS`, default 5).
+        #[arg(long)]
+        live: bool,
+    },
     /// The lab: every field case played by real software (nginx, openssl, curl, nftables)
     /// in network namespaces, with the agent live on the router; writes OUT/NAME.pcap,
     /// NAME.expected.json, NAME.live.json. Needs root.
@@ -169,12 +175,27 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Task::Test { filter } => test(filter.as_deref()),
-        Task::Bench => {
+        Task::Bench { live } => {
             if !deps::is_root() {
                 bail!("the benchmark loads BPF programs: run it as root");
             }
+            if live {
+                deps::ensure(deps::LAB_PROGRAMS)?;
+            }
             let path = toolchain::ensure()?;
-            run(cargo(&path).args(["bench", "--package", "tests", "--bench", "kernel"]))
+            if live {
+                // The agent the live bench starts (next to the bench binary's directory).
+                run(cargo(&path).args([
+                    "build",
+                    "--release",
+                    "--package",
+                    "detector-user",
+                    "--bin",
+                    "detector",
+                ]))?;
+            }
+            let bench = if live { "live" } else { "kernel" };
+            run(cargo(&path).args(["bench", "--package", "tests", "--bench", bench]))
         }
         Task::Lint => {
             let path = toolchain::ensure()?;
