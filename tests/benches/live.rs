@@ -173,8 +173,10 @@ fn counters(text: &str) -> Result<String> {
     let mut out = Vec::new();
     for name in COUNTERS {
         let series = format!("detector_{name}_total");
-        let v = detector_lab::agent::metric(text, &series)
-            .with_context(|| format!("{series} missing from the agent's metrics"))?;
+        let v = detector_lab::agent::metric(text, &series).with_context(|| {
+            let head: String = text.chars().take(400).collect();
+            format!("{series} missing from the agent's metrics, which began: {head:?}")
+        })?;
         out.push(format!("{name}={v}"));
     }
     Ok(out.join(" "))
