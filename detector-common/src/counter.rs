@@ -75,6 +75,11 @@ pub enum Counter {
     SyncLostGapTooLong = 28,
     /// The packet did not hold bytes its headers promised.
     SyncLostUnreadable = 29,
+    /// Packets the fast path handed to the slow path (tail calls that arrived).
+    SlowPathPackets = 30,
+    /// Packets whose record headers the fast path stepped over itself: application data
+    /// in order, every header whole in the packet (see the kernel's `step_bulk`).
+    TlsFastPathPackets = 31,
 }
 
 /// Counters exported together as one metric with a label, instead of a metric each.
@@ -106,7 +111,7 @@ pub const SYNC_LOST: Family = Family {
 };
 
 impl Counter {
-    pub const COUNT: u32 = 30;
+    pub const COUNT: u32 = 32;
     pub const ALL: [Counter; Counter::COUNT as usize] = [
         Counter::Packets,
         Counter::TcpPackets,
@@ -138,6 +143,8 @@ impl Counter {
         Counter::SyncLostPassedUnread,
         Counter::SyncLostGapTooLong,
         Counter::SyncLostUnreadable,
+        Counter::SlowPathPackets,
+        Counter::TlsFastPathPackets,
     ];
 
     /// For a counter exported in a [`Family`]: the family, and this counter's label value.
@@ -188,6 +195,8 @@ impl Counter {
             Counter::SyncLostPassedUnread => "kernel_tls_sync_lost_passed_unread",
             Counter::SyncLostGapTooLong => "kernel_tls_sync_lost_gap_too_long",
             Counter::SyncLostUnreadable => "kernel_tls_sync_lost_unreadable",
+            Counter::SlowPathPackets => "kernel_slow_path_packets",
+            Counter::TlsFastPathPackets => "kernel_tls_fast_path_packets",
         }
     }
 
@@ -267,6 +276,11 @@ impl Counter {
             }
             Counter::SyncLostUnreadable => {
                 "TLS sync lost: the packet lacked bytes its headers promised"
+            }
+            Counter::SlowPathPackets => "Packets the fast path handed to the slow path",
+            Counter::TlsFastPathPackets => {
+                "Packets whose TLS application-data record headers the fast path stepped over \
+                 without the slow path"
             }
         }
     }

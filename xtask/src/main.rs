@@ -83,8 +83,13 @@ enum Task {
         /// Instead: `detector replay` of FILE (or of a capture of bulk downloads and short
         /// sessions written once under target/bench) with one worker and with one per
         /// CPU, against the test-run floor of one core and against tshark.
-        #[arg(long, value_name = "FILE", num_args = 0..=1)]
+        #[arg(long, value_name = "FILE", num_args = 0..=1, conflicts_with = "live")]
         replay: Option<Option<PathBuf>>,
+        /// Instead: TLS downloads (nginx -> curl) across a lab's veth pair with no program,
+        /// empty programs and the detector on either side, modes interleaved round by
+        /// round (`LIVE_MIB`, default 512, and `LIVE_ROUNDS`, default 5).
+        #[arg(long)]
+        live: bool,
     },
     /// The lab: every field case played by real software (nginx, openssl, curl, nftables)
     /// in network namespaces, with the agent live on the router; writes OUT/NAME.pcap,
@@ -175,11 +180,26 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Task::Test { filter } => test(filter.as_deref()),
-        Task::Bench { replay } => {
+        Task::Bench { replay, live } => {
             if !deps::is_root() {
                 bail!("the benchmark loads BPF programs: run it as root");
             }
+            if live {
+                deps::ensure(deps::LAB_PROGRAMS)?;
+            }
             let path = toolchain::ensure()?;
+            if live {
+                // The agent the live bench starts (next to the bench binary's directory).
+                run(cargo(&path).args([
+                    "build",
+                    "--release",
+                    "--package",
+                    "detector-user",
+                    "--bin",
+                    "detector",
+                ]))?;
+                return run(cargo(&path).args(["bench", "--package", "tests", "--bench", "live"]));
+            }
             match replay {
                 None => {
                     run(cargo(&path).args(["bench", "--package", "tests", "--bench", "kernel"]))
