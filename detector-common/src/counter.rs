@@ -64,10 +64,54 @@ pub enum Counter {
     /// Packets sent to the slow path whose flow was gone from its table when it ran (the
     /// LRU evicted it in between): whatever events they held were never looked for.
     SlowPathFlowGone = 24,
+    /// Of `TlsSyncLost`, by why: a record header TLS does not allow.
+    SyncLostImplausible = 25,
+    /// More items in one packet than the walker reads.
+    SyncLostTooManyItems = 26,
+    /// The next header lay in bytes an out-of-order segment had carried, unread.
+    SyncLostPassedUnread = 27,
+    /// The stream ran further ahead of the cursor than the walker waits, and the lengths
+    /// of one-size records did not bridge it.
+    SyncLostGapTooLong = 28,
+    /// The packet did not hold bytes its headers promised.
+    SyncLostUnreadable = 29,
+    /// Packets the fast path handed to the slow path (tail calls that arrived).
+    SlowPathPackets = 30,
+    /// Packets whose record headers the fast path stepped over itself: application data
+    /// in order, every header whole in the packet (see the kernel's `step_bulk`).
+    TlsFastPathPackets = 31,
 }
 
+/// Counters exported together as one metric with a label, instead of a metric each.
+pub struct Family {
+    /// The metric's name (without prefix and `_total`).
+    pub metric: &'static str,
+    pub help: &'static str,
+    pub label: &'static str,
+}
+
+/// `detector_tls_handshakes_total{result}`.
+pub const HANDSHAKES: Family = Family {
+    metric: "tls_handshakes",
+    help: "TLS handshakes by result: started (a flow's first ClientHello seen), completed \
+           (finished), failed (ended by a fatal alert, RST or FIN before finishing); started \
+           minus the other two are still open or were never seen to end",
+    label: "result",
+};
+
+/// `detector_kernel_tls_sync_lost_by_reason_total{reason}`: the losses of
+/// `detector_kernel_tls_sync_lost_total`, each under the one reason the walker stopped for.
+pub const SYNC_LOST: Family = Family {
+    metric: "kernel_tls_sync_lost_by_reason",
+    help: "Times the TLS record walker lost its place, by why: implausible_header, \
+           too_many_items (in one packet), passed_unread (the next header was in bytes an \
+           out-of-order segment carried), gap_too_long (not bridged by record lengths), \
+           unreadable (the packet lacked bytes its headers promised)",
+    label: "reason",
+};
+
 impl Counter {
-    pub const COUNT: u32 = 25;
+    pub const COUNT: u32 = 32;
     pub const ALL: [Counter; Counter::COUNT as usize] = [
         Counter::Packets,
         Counter::TcpPackets,
@@ -94,17 +138,28 @@ impl Counter {
         Counter::EventsFound,
         Counter::EventsOverCap,
         Counter::SlowPathFlowGone,
+        Counter::SyncLostImplausible,
+        Counter::SyncLostTooManyItems,
+        Counter::SyncLostPassedUnread,
+        Counter::SyncLostGapTooLong,
+        Counter::SyncLostUnreadable,
+        Counter::SlowPathPackets,
+        Counter::TlsFastPathPackets,
     ];
 
-    /// The counters exported together as `detector_tls_handshakes_total{result}` instead of
-    /// a metric each: this one's `result`.
-    pub const fn handshake_result(self) -> Option<&'static str> {
-        match self {
-            Counter::HandshakesStarted => Some("started"),
-            Counter::HandshakesCompleted => Some("completed"),
-            Counter::HandshakesFailed => Some("failed"),
-            _ => None,
-        }
+    /// For a counter exported in a [`Family`]: the family, and this counter's label value.
+    pub const fn family(self) -> Option<(&'static Family, &'static str)> {
+        Some(match self {
+            Counter::HandshakesStarted => (&HANDSHAKES, "started"),
+            Counter::HandshakesCompleted => (&HANDSHAKES, "completed"),
+            Counter::HandshakesFailed => (&HANDSHAKES, "failed"),
+            Counter::SyncLostImplausible => (&SYNC_LOST, "implausible_header"),
+            Counter::SyncLostTooManyItems => (&SYNC_LOST, "too_many_items"),
+            Counter::SyncLostPassedUnread => (&SYNC_LOST, "passed_unread"),
+            Counter::SyncLostGapTooLong => (&SYNC_LOST, "gap_too_long"),
+            Counter::SyncLostUnreadable => (&SYNC_LOST, "unreadable"),
+            _ => return None,
+        })
     }
 
     /// The counter's name in metrics (without prefix and `_total`).
@@ -135,6 +190,13 @@ impl Counter {
             Counter::EventsFound => "kernel_events_found",
             Counter::EventsOverCap => "kernel_events_dropped_over_packet_cap",
             Counter::SlowPathFlowGone => "kernel_slow_path_flow_gone",
+            Counter::SyncLostImplausible => "kernel_tls_sync_lost_implausible_header",
+            Counter::SyncLostTooManyItems => "kernel_tls_sync_lost_too_many_items",
+            Counter::SyncLostPassedUnread => "kernel_tls_sync_lost_passed_unread",
+            Counter::SyncLostGapTooLong => "kernel_tls_sync_lost_gap_too_long",
+            Counter::SyncLostUnreadable => "kernel_tls_sync_lost_unreadable",
+            Counter::SlowPathPackets => "kernel_slow_path_packets",
+            Counter::TlsFastPathPackets => "kernel_tls_fast_path_packets",
         }
     }
 
@@ -203,6 +265,22 @@ impl Counter {
             Counter::SlowPathFlowGone => {
                 "Packets whose flow was evicted before the slow path ran: their events, if any, \
                  were never looked for"
+            }
+            Counter::SyncLostImplausible => "TLS sync lost: a record header TLS does not allow",
+            Counter::SyncLostTooManyItems => "TLS sync lost: more items in a packet than walked",
+            Counter::SyncLostPassedUnread => {
+                "TLS sync lost: the next header went by unread in an out-of-order segment"
+            }
+            Counter::SyncLostGapTooLong => {
+                "TLS sync lost: the stream ran too far past the cursor to bridge"
+            }
+            Counter::SyncLostUnreadable => {
+                "TLS sync lost: the packet lacked bytes its headers promised"
+            }
+            Counter::SlowPathPackets => "Packets the fast path handed to the slow path",
+            Counter::TlsFastPathPackets => {
+                "Packets whose TLS application-data record headers the fast path stepped over \
+                 without the slow path"
             }
         }
     }

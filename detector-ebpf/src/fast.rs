@@ -110,25 +110,36 @@ pub fn track<P: Packet>(p: &P, t: &Tcp, clock: &Clock) {
     // books. Most packets stop here.
     let rst_or_fin = rst || t.flags & tcp_flags::FIN != 0;
     let payload = t.payload_len > 0;
-    let interesting = rst_or_fin
-        || gap_ns >= clock.idle_ns
-        || flow.idle_resumer != 0
-        || (payload
-            && (flow.dir[side].first_class == PayloadClass::None as u8
-                || tls::wants_walk(flow, side, seg_end)));
-    if interesting {
-        let args = SlowArgs {
-            key,
-            now,
-            gap_ns,
-            idle_ns: clock.idle_ns,
-            seg: t.segment(),
-            sender: sender as u8,
-            unconfirmed,
-            retransmission,
-        };
-        tail::to_slow_path(p, &args);
+    // Nothing but its payload can make this packet raise anything.
+    let plain = !rst_or_fin && gap_ns < clock.idle_ns && flow.idle_resumer == 0;
+    if plain
+        && (!payload
+            || (flow.dir[side].first_class != PayloadClass::None as u8
+                && !tls::wants_walk(flow, side, seg_end)))
+    {
+        return;
     }
+    let seg = t.segment();
+    // Bulk TLS: every packet holds a record header (a GSO super-packet several), which
+    // the walker needs. Plain application-data headers are stepped over here, without
+    // the tail call; the slow path gets everything else.
+    if plain
+        && flow.dir[side].first_class != PayloadClass::None as u8
+        && tls::step_bulk(p, flow, side, &seg, gap_ns)
+    {
+        return;
+    }
+    let args = SlowArgs {
+        key,
+        now,
+        gap_ns,
+        idle_ns: clock.idle_ns,
+        seg,
+        sender: sender as u8,
+        unconfirmed,
+        retransmission,
+    };
+    tail::to_slow_path(p, &args);
 }
 
 /// Creates the flow, unconfirmed, from a SYN-ACK or a first payload (see flows.rs). The

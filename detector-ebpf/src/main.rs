@@ -47,7 +47,7 @@ mod program {
         match parse::parse(p) {
             Ok(tcp) => {
                 counters::inc(Counter::TcpPackets);
-                fast::track(p, &tcp, &config::clock());
+                fast::track(p, &tcp, &config::clock(p));
             }
             Err(Skip::NotTcp) => {}
             Err(Skip::Fragment) => counters::inc(Counter::Fragments),

@@ -12,6 +12,7 @@ use aya_ebpf::{
     helpers::generated::{bpf_skb_load_bytes, bpf_xdp_load_bytes},
     programs::{TcContext, XdpContext},
 };
+use detector_common::REPLAY_META_LEN;
 
 /// Direct reads stop here: it keeps every offset provably bounded for the verifier (whose
 /// own limit for packet pointers is 64 KiB), and no header we parse lies deeper.
@@ -35,6 +36,13 @@ pub trait Packet {
 
     /// The program type's load-bytes helper: `len` bytes at `off` into `dst`.
     fn copy_bytes(&self, off: u32, dst: *mut c_void, len: u32) -> bool;
+
+    /// The capture time a replayed frame carries in front of it (see
+    /// `Config::clock_in_meta`); only asked for in replay. TC has no such metadata.
+    #[inline(always)]
+    fn replay_time(&self) -> Option<u64> {
+        None
+    }
 
     /// Copies `len` bytes (1 to `N`) at `off` into `buf`, reaching data a direct read cannot
     /// (a variable-length window, non-linear skb data). Returns false if out of bounds.
@@ -93,6 +101,16 @@ impl Packet for Xdp {
     fn copy_bytes(&self, off: u32, dst: *mut c_void, len: u32) -> bool {
         // SAFETY: the caller (`load_into`) bounds dst and len; the helper checks the packet.
         unsafe { bpf_xdp_load_bytes(self.0.as_ptr().cast(), off, dst, len) == 0 }
+    }
+
+    #[inline(always)]
+    fn replay_time(&self) -> Option<u64> {
+        let meta = self.0.metadata();
+        if meta + REPLAY_META_LEN > self.0.metadata_end() {
+            return None;
+        }
+        // SAFETY: the metadata holds at least REPLAY_META_LEN bytes (checked above).
+        Some(unsafe { core::ptr::read_unaligned(meta as *const u64) })
     }
 }
 

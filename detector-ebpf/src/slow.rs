@@ -38,6 +38,7 @@ pub fn run<P: Packet>(p: &P) {
     let Some(args) = tail::slow_args() else {
         return;
     };
+    counters::inc(Counter::SlowPathPackets);
     let Some(flow) = flows::get(&args.key, args.unconfirmed) else {
         // Evicted by another CPU between the fast path's lookup and now.
         counters::inc(Counter::SlowPathFlowGone);

@@ -1,6 +1,8 @@
 //! `detector`: TLS/TCP failure diagnoses from an XDP program, live or from a capture.
 
-use std::{net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
+use std::{
+    net::SocketAddr, num::NonZeroUsize, path::PathBuf, process::ExitCode, sync::Arc, time::Duration,
+};
 
 use clap::{Parser, Subcommand};
 use detector_user::{
@@ -150,6 +152,10 @@ enum Command {
     /// Run a pcap/pcapng capture through the same kernel program and print its diagnoses.
     Replay {
         file: PathBuf,
+        /// Kernel programs replaying at once, each on its share of the capture's flows (the
+        /// output does not depend on it). Defaults to the number of CPUs.
+        #[arg(long, value_name = "N")]
+        workers: Option<NonZeroUsize>,
         #[command(flatten)]
         kernel: KernelArgs,
     },
@@ -193,16 +199,23 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                 .build()?;
             rt.block_on(live::run(opts, std::io::stdout()))
         }
-        Command::Replay { file, kernel } => {
+        Command::Replay {
+            file,
+            workers,
+            kernel,
+        } => {
             let metrics = Arc::new(Metrics::new()?);
+            let workers = workers.unwrap_or_else(replay::default_workers);
             let summary = replay::replay(
                 &file,
                 &kernel.options(),
                 kernel.window(),
+                workers,
                 metrics,
                 std::io::stdout().lock(),
             )?;
             eprintln!("{summary}");
+            eprintln!("{}", summary.workers_line());
             eprint!("{}", summary.table());
             Ok(())
         }

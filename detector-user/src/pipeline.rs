@@ -11,6 +11,7 @@ use crate::{
     kernel::{
         SniMap,
         clock::Clock,
+        event::DecodeError,
         reader::{EventReader, Sighting},
     },
     output::{
@@ -36,6 +37,10 @@ pub struct Pipeline<W: Write> {
     correlator: Correlator,
     metrics: Arc<Metrics>,
     out: W,
+    /// No session can be quiet for the window before this program time (a lower bound:
+    /// events only move sessions' quiet later, or open new ones, which lower it).
+    quiet_until: u64,
+    window_ns: u64,
     events: u64,
     diagnoses: u64,
     by_kind: BTreeMap<Kind, u64>,
@@ -61,6 +66,8 @@ impl<W: Write> Pipeline<W> {
                 .with_idle_threshold(idle_threshold),
             metrics,
             out,
+            quiet_until: 0,
+            window_ns: window.as_nanos().min(u64::MAX as u128) as u64,
             events: 0,
             diagnoses: 0,
             by_kind: BTreeMap::new(),
@@ -83,10 +90,21 @@ impl<W: Write> Pipeline<W> {
     }
 
     pub fn on_record(&mut self, bytes: &[u8]) -> anyhow::Result<()> {
-        match self.reader.decode(bytes) {
+        let decoded = self.reader.decode(bytes);
+        self.on_decoded(decoded)
+    }
+
+    /// A record decoded elsewhere (by a replay worker, beside the kernel maps it read the
+    /// SNI from), taken exactly as [`Pipeline::on_record`] takes its own.
+    pub fn on_decoded(&mut self, decoded: Result<Sighting, DecodeError>) -> anyhow::Result<()> {
+        match decoded {
             Ok(Sighting { event, sni }) => {
                 self.events += 1;
                 self.metrics.on_event(&event);
+                // A session's quiet starts at its latest event (`Session::last_ns`).
+                self.quiet_until = self
+                    .quiet_until
+                    .min(event.ts_ns.saturating_add(self.window_ns));
                 let pushed = self.correlator.ingest(&event, sni);
                 self.emit(pushed)
             }
@@ -101,8 +119,19 @@ impl<W: Write> Pipeline<W> {
 
     /// Judges sessions that went quiet by program time `now_ns`.
     pub fn tick(&mut self, now_ns: u64) -> anyhow::Result<()> {
-        let done = self.correlator.expire(now_ns);
+        // Before the shortcut below: estimates change with events, not with expiry.
         self.export_timeouts(now_ns, false);
+        // Replay ticks once per packet: most ticks find nothing to judge, and know it
+        // without scanning the sessions (nor refreshing metrics nothing changed).
+        if now_ns < self.quiet_until {
+            return Ok(());
+        }
+        let done = self.correlator.expire(now_ns);
+        self.quiet_until = if self.window_ns == 0 {
+            0
+        } else {
+            self.correlator.next_expiry().unwrap_or(u64::MAX)
+        };
         self.emit(done)
     }
 

@@ -357,3 +357,49 @@ fn program_size_as_loaded() {
         assert!(n < 20_000, "{name}: {n} instructions");
     }
 }
+
+/// Replay hands each frame over behind its capture time as XDP metadata: with replay's
+/// switch on, the program's clock is that time (the event is stamped with it), one test
+/// run per frame. With the switch off, as live, the same metadata is someone else's and
+/// changes nothing: the clock is the one set by the agent. With the switch on but no
+/// metadata in front of a frame, the clock falls back to the agent's as well.
+#[test]
+fn replay_time_comes_from_metadata_only_when_replay_says_so() {
+    use detector_user::kernel::test_run::push_frame;
+    let meta_ts = 1_800_000_000_000_000_000;
+    let stamped = |h: &mut Harness, with_meta: bool| {
+        let set_ns = h.now_ns + 5_000_000;
+        h.now_ns = set_ns;
+        h.kernel.set_clock(set_ns).unwrap();
+        let (frames, _) = http_to_443(Conversation::new(
+            (
+                "10.1.0.1".parse().unwrap(),
+                40_000 + (set_ns / 1_000_000 % 1000) as u16,
+            ),
+            ("10.2.0.1".parse().unwrap(), 443),
+        ));
+        for f in &frames {
+            if with_meta {
+                let mut input = Vec::new();
+                push_frame(&mut input, meta_ts, &f.build());
+                assert_eq!(h.kernel.run_xdp_replayed(&input).unwrap(), 2, "XDP_PASS");
+            } else {
+                assert_eq!(h.kernel.run_xdp(&f.build()).unwrap(), 2, "XDP_PASS");
+            }
+        }
+        let events = h.drain();
+        assert_eq!(events.len(), 1, "{events:?}");
+        (events[0].ts_ns, set_ns)
+    };
+
+    let mut live = Harness::new();
+    let (ts, set) = stamped(&mut live, true);
+    assert_eq!(ts, set, "live: the metadata's time must not be taken");
+
+    let mut replay = Harness::new();
+    replay.kernel.set_clock_in_meta(true).unwrap();
+    let (ts, _) = stamped(&mut replay, true);
+    assert_eq!(ts, meta_ts, "replay: the frame's own time");
+    let (ts, set) = stamped(&mut replay, false);
+    assert_eq!(ts, set, "replay without metadata: the agent's clock");
+}

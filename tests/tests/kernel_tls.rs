@@ -140,6 +140,11 @@ fn lengths_that_lie_raise_nothing_and_are_counted() {
     let events = h.run_all(&f);
     assert!(events.is_empty(), "{events:?}");
     assert_eq!(h.counter(Counter::TlsSyncLost), 1);
+    assert_eq!(
+        h.counter(Counter::SyncLostImplausible),
+        1,
+        "why it was lost"
+    );
     assert_eq!(h.counter(Counter::TlsResynced), 0);
 
     // A ServerHello whose extension length runs past its message: parsing stops there.
@@ -339,7 +344,7 @@ fn session_with_version(version: u16, psk: bool) -> (Vec<frames::Frame>, Convers
         conv.server(&flight),
         conv.client(&sealed(APPDATA, 53)),
         conv.client(&sealed(APPDATA, 300)),
-        conv.server(&sealed(APPDATA, 4000)),
+        conv.server(&sealed(APPDATA, 3000)),
     ];
     f.push(conv.client_flags(ACK | FIN));
     f.push(conv.server_flags(ACK | FIN));

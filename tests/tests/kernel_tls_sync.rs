@@ -15,7 +15,7 @@ use detector_common::{
 use detector_user::kernel::event::KernelEvent;
 use tests::{
     frames::{self, ACK, Conversation, FIN, Hello, RST, record, record_header, versions_ext},
-    harness::Harness,
+    harness::{Harness, MAX_LINEAR_FRAME},
     sessions::{sealed, tls12_session},
 };
 
@@ -74,6 +74,11 @@ fn reordered_header_segment_loses_sync_instead_of_guessing() {
     let events = h.run_all(&f);
     assert!(events.is_empty(), "nothing may be guessed: {events:?}");
     assert_eq!(h.counter(Counter::TlsSyncLost), 1);
+    assert_eq!(
+        h.counter(Counter::SyncLostPassedUnread),
+        1,
+        "why it was lost"
+    );
 }
 
 #[test]
@@ -112,13 +117,27 @@ fn session_records() -> u64 {
 /// read-ahead expects (1,000 bytes), records of `lens` and an encrypted alert, cut into
 /// segments of `sizes` and delivered in `order`. Returns the harness and the events.
 fn reordered(lens: &[usize], sizes: &[usize], order: &[usize]) -> (Harness, Vec<KernelEvent>) {
+    reordered_typed(lens, &[], sizes, order)
+}
+
+/// [`reordered`] where the records at the indices in `types` are of the type given there.
+fn reordered_typed(
+    lens: &[usize],
+    types: &[(usize, u8)],
+    sizes: &[usize],
+    order: &[usize],
+) -> (Harness, Vec<KernelEvent>) {
     let mut h = Harness::new();
     let mut conv = Conversation::v4(443);
     let mut f = tls12_session(&mut conv, &Hello::client("a"), &Hello::server());
     f.push(conv.server(&sealed(APPDATA, 1_000)));
     let mut data = Vec::new();
-    for &len in lens {
-        data.extend(sealed(APPDATA, len));
+    for (i, &len) in lens.iter().enumerate() {
+        let typ = types
+            .iter()
+            .find(|(at, _)| *at == i)
+            .map_or(APPDATA, |t| t.1);
+        data.extend(sealed(typ, len));
     }
     data.extend(sealed(ALERT, 26));
     let segs = conv.server_segments(&data, sizes);
@@ -190,6 +209,11 @@ fn reordered_records_of_other_sizes_still_lose_sync() {
     f.extend(segs);
     assert!(h.run_all(&f).is_empty());
     assert_eq!(h.counter(Counter::TlsSyncLost), 1);
+    assert_eq!(
+        h.counter(Counter::SyncLostPassedUnread),
+        1,
+        "why it was lost"
+    );
 }
 
 /// A handshake's end judged on a capture that lost packets: the client's Finished and
@@ -275,6 +299,7 @@ fn records_of_another_size_refute_the_bridge() {
     let (h, _) = bulk_with_unseen_segment(Some(4));
     assert_eq!(h.counter(Counter::TlsBridgedByLength), 0);
     assert_eq!(h.counter(Counter::TlsSyncLost), 1);
+    assert_eq!(h.counter(Counter::SyncLostGapTooLong), 1, "why it was lost");
 }
 
 /// Sixteen one-size records and an encrypted alert in 3,000-byte segments, of which the
@@ -312,4 +337,60 @@ fn two_holes_at_once_keep_sync_by_reading_ahead_over_both() {
 fn a_record_of_another_size_in_the_second_hole_is_not_crossed() {
     let (h, events) = two_holes(true);
     assert_eq!(h.counter(Counter::TlsSyncLost), 1, "{events:?}");
+    assert_eq!(
+        h.counter(Counter::SyncLostPassedUnread),
+        1,
+        "why it was lost"
+    );
+}
+
+/// Two holes at once where the segment after the first ends inside a header (seen as a
+/// GSO super-packet split at the MTU): headers at 0, 1,005, ... 7,035; the segment
+/// [6000, 7037) cuts the one at 7,035 after two bytes, [7037, 9000) and [3000, 6000) come
+/// after [9000, 12000). The read-ahead crosses the second hole from the cut header's start
+/// as from any header's, where the segment past it bears the lengths out.
+#[test]
+fn two_holes_after_a_cut_header_keep_sync_by_reading_ahead_over_both() {
+    let (h, events) = reordered(
+        &[1_000; 16],
+        &[3_000, 3_000, 1_037, 1_963, 3_000, 3_000],
+        &[0, 2, 4, 1, 3, 5, 6],
+    );
+    assert_bridged(&h, &events, 16);
+}
+
+/// The same where the cut header's first bytes are not those of an application-data
+/// record: the chain is not carried over the second hole, and the walker loses its place.
+#[test]
+fn a_cut_header_of_another_type_is_not_carried_over_a_second_hole() {
+    let mut lens = [1_000; 16];
+    // The record at 7,035 (cut after two bytes) becomes a 26-byte alert, so every later
+    // header moves too.
+    lens[7] = 26;
+    let (h, events) = reordered_typed(
+        &lens,
+        &[(7, ALERT)],
+        &[3_000, 3_000, 1_037, 1_963, 3_000, 3_000],
+        &[0, 2, 4, 1, 3, 5, 6],
+    );
+    assert_eq!(h.counter(Counter::TlsSyncLost), 1, "{events:?}");
+}
+
+/// A record header that ends on the last byte of the largest frame a test run hands the
+/// program whole is read: the harness's frame limit is where the program's view ends.
+#[test]
+fn a_header_at_the_end_of_the_largest_test_frame_is_read() {
+    let mut h = Harness::new();
+    let mut conv = Conversation::v4(443);
+    let mut f = tls12_session(&mut conv, &Hello::client("a"), &Hello::server());
+    // Ethernet, IPv4 and TCP headers: 14 + 20 + 20.
+    let payload = MAX_LINEAR_FRAME - 54;
+    let mut data = sealed(APPDATA, payload - 2 * 5 - 26);
+    data.extend(sealed(ALERT, 26));
+    assert_eq!(data.len(), payload);
+    f.push(conv.server(&data));
+    assert_eq!(f.last().unwrap().build().len(), MAX_LINEAR_FRAME);
+    let events = h.run_all(&f);
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].kind, EventKind::EncryptedAlert);
 }

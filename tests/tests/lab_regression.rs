@@ -3,18 +3,19 @@
 //! by the very code `cargo xtask lab` runs, then each capture replayed with `detector
 //! replay` at the scenario's idle threshold. The replayed diagnoses must be exactly the
 //! expected ones (every `must`, with the right kind, client IP, server, sender and gap;
-//! nothing else; nothing of `must_not`), and the live agent on the router must have found
-//! the same (kind, client, server) set.
+//! nothing else; nothing of `must_not`), the live agent on the router must have found
+//! the same (kind, client, server) set, and replay with three workers must print byte
+//! for byte what one prints.
 //!
 //! Scenarios in `KNOWN_FAILING` are played and reported but not asserted. Needs root, like
 //! the other live tests; skipped with a note otherwise.
 
-use std::{fs, path::PathBuf};
+use std::{fs, path::PathBuf, process::Command};
 
-use anyhow::Result;
+use anyhow::{Result, ensure};
 use detector_lab::{
-    agent::metric,
-    fixture::play_and_replay,
+    agent::{detector_bin, metric},
+    fixture::{Judged, play_and_replay},
     scenarios::{self, QUICK, identities, known_failing, short_diagnosis},
 };
 
@@ -64,6 +65,7 @@ fn regress(name: &str) -> Result<Option<String>> {
         show(&j.outcome.live),
         show(&j.replayed)
     );
+    sharding_changes_nothing(&j)?;
     for f in [
         &j.outcome.pcap,
         &j.outcome.expected_path,
@@ -73,6 +75,36 @@ fn regress(name: &str) -> Result<Option<String>> {
     }
     let _ = fs::remove_dir(&out);
     Ok(Some(j.outcome.metrics))
+}
+
+/// The scenario's capture replayed as the suite replays it, once with one worker and
+/// once with three: byte for byte the same diagnoses and the same summary.
+fn sharding_changes_nothing(j: &Judged) -> Result<()> {
+    let idle = j.scenario.idle_threshold_s.to_string();
+    let window = scenarios::CORRELATION_WINDOW_S.to_string();
+    let run = |workers: &str| -> Result<(Vec<u8>, String)> {
+        let out = Command::new(detector_bin()?)
+            .arg("replay")
+            .arg(&j.outcome.pcap)
+            .args(["--idle-threshold", &idle])
+            .args(j.scenario.agent_args)
+            .args(["--correlation-window", &window, "--workers", workers])
+            .output()?;
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        ensure!(out.status.success(), "replay failed: {stderr}");
+        Ok((out.stdout, stderr.lines().next().unwrap_or_default().into()))
+    };
+    let (one, one_summary) = run("1")?;
+    let (three, three_summary) = run("3")?;
+    assert!(
+        one == three,
+        "{}: 3 workers printed\n{}\n1 worker printed\n{}",
+        j.outcome.pcap.display(),
+        String::from_utf8_lossy(&three),
+        String::from_utf8_lossy(&one)
+    );
+    assert_eq!(three_summary, one_summary, "{}", j.outcome.pcap.display());
+    Ok(())
 }
 
 /// A clean scenario's handshakes as the live agent counted them: every one started

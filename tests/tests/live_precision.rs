@@ -253,8 +253,8 @@ fn bulk_transfers_keep_the_record_walker_in_sync() -> Result<()> {
     let (router, rc, rs) = lab.router_parts()?;
     let (s_ns, s_if) = (lab.server_ns().to_owned(), lab.server_if().to_owned());
     let idle = IDLE_THRESHOLD_S.to_string();
-    let router_capture = lab.capture(&router, &rc, "router.pcap")?;
-    let server_capture = lab.capture(&s_ns, &s_if, "server.pcap")?;
+    let router_capture = lab.capture_bulk(&router, &rc, "router.pcap")?;
+    let server_capture = lab.capture_bulk(&s_ns, &s_if, "server.pcap")?;
     let on_router = LiveAgent::start(
         &lab,
         &router,

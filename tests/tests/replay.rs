@@ -367,3 +367,161 @@ fn senseless_flag_values_are_refused_at_start() {
         assert!(!stderr.contains("/nonexistent"), "{args:?}: {stderr}");
     }
 }
+
+/// `detector replay --workers N FILE`: stdout, and stderr's first line (the summary).
+fn replay_on(workers: usize, path: &std::path::Path, extra: &[&str]) -> (Vec<u8>, String, String) {
+    let out = Command::new(detector_bin().unwrap())
+        .arg("replay")
+        .arg(path)
+        .args(["--workers", &workers.to_string()])
+        .args(extra)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{}: {stderr}", path.display());
+    let mut lines = stderr.lines();
+    let summary = lines.next().unwrap_or_default().to_string();
+    let shares = lines.next().unwrap_or_default().to_string();
+    (out.stdout, summary, shares)
+}
+
+/// Workers that were handed packets, from the `workers: N (packets: a, b, ...)` line.
+fn busy_workers(shares: &str) -> usize {
+    let list = shares
+        .split_once("packets: ")
+        .and_then(|(_, rest)| rest.strip_suffix(')'))
+        .unwrap_or_else(|| panic!("no share list in {shares:?}"));
+    list.split(", ")
+        .filter(|n| n.parse::<u64>().expect("a count") > 0)
+        .count()
+}
+
+/// Many sessions interleaved, of every kind the crafted frames can show, several to one
+/// server (whose idle-timeout estimate is built from flows that land on different
+/// workers), idle gaps past a 1 s threshold.
+fn many_sessions() -> Vec<(u64, Vec<u8>)> {
+    use detector_common::tls::{alert, content_type};
+    let data = frames::record(content_type::APPLICATION_DATA, &[0x17; 200]);
+    let mut timed: Vec<(u64, Vec<u8>)> = Vec::new();
+    for k in 0..48u16 {
+        let mut c = Conversation::new(
+            (
+                format!("10.1.{}.{}", k / 100, 1 + k % 100).parse().unwrap(),
+                41_000 + k,
+            ),
+            (
+                "10.2.0.1".parse().unwrap(),
+                if k % 6 == 3 { 80 } else { 443 },
+            ),
+        );
+        let start = T0 + u64::from(k) * 37_000_000;
+        let step = |i: u64| start + i * 3_000_000;
+        let mut frames = vec![c.syn(), c.syn_ack()];
+        match k % 6 {
+            0 => {
+                frames.push(c.client(GET));
+                frames.push(c.server(&[0x15, 0x03, 0x01, 0x00, 0x02, 0x02, 0x0a]));
+            }
+            1 => {
+                frames.push(c.client(&frames::client_hello("a.example")));
+                frames.push(c.server(&frames::alert(alert::FATAL, alert::UNKNOWN_CA)));
+            }
+            2 => {
+                frames.push(c.client(&frames::client_hello("b.example")));
+                frames.push(c.server_flags(frames::RST | frames::ACK));
+            }
+            3 => {
+                frames.push(c.client(&frames::client_hello("c.example")));
+                frames.push(c.server(b"HTTP/1.1 400 Bad Request\r\n\r\n"));
+            }
+            _ => {
+                // Data both ways, then, after an idle gap, data that goes unanswered or
+                // answered: timeouts survived and died on one server.
+                frames.push(c.client(&data));
+                frames.push(c.server(&data));
+                let resume = c.client(&data);
+                let mut late = vec![resume.clone(), resume.clone(), resume];
+                if k % 6 == 5 {
+                    late.truncate(1);
+                    late.push(c.server(&data));
+                }
+                let gap = 1_500_000_000 + u64::from(k) * 10_000_000;
+                for (i, f) in late.iter().enumerate() {
+                    timed.push((step(4) + gap + i as u64 * 200_000_000, f.build()));
+                }
+            }
+        }
+        for (i, f) in frames.iter().enumerate() {
+            timed.push((step(i as u64), f.build()));
+        }
+    }
+    timed.sort_by_key(|(ts, _)| *ts);
+    timed
+}
+
+/// The output does not depend on how many workers replay: byte for byte the same
+/// diagnoses and the same summary with 1, 2 and 5 workers, on crafted sessions of every
+/// kind and on the lab captures kept with the fuzz seeds (real nginx, openssl and curl
+/// traffic), while the sharded runs did spread the packets over several workers.
+#[test]
+fn sharded_replay_prints_what_one_worker_prints() {
+    let crafted = tmp("many.pcap");
+    pcapfile::write(&crafted, &many_sessions()).unwrap();
+    let seeds = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/pcap_reader");
+    let mut captures = vec![(crafted.clone(), vec!["--idle-threshold", "1"])];
+    for entry in std::fs::read_dir(&seeds).unwrap() {
+        let path = entry.unwrap().path();
+        if path
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("lab-")
+        {
+            captures.push((path, vec![]));
+        }
+    }
+    assert!(
+        captures.len() >= 5,
+        "the lab captures are missing from {}",
+        seeds.display()
+    );
+    for (path, extra) in &captures {
+        let (one, summary, _) = replay_on(1, path, extra);
+        assert!(
+            !one.is_empty(),
+            "{}: no diagnoses to compare",
+            path.display()
+        );
+        for workers in [2, 5] {
+            let (many, many_summary, shares) = replay_on(workers, path, extra);
+            assert!(
+                one == many,
+                "{} with {workers} workers:\n{}\nwith one:\n{}",
+                path.display(),
+                String::from_utf8_lossy(&many),
+                String::from_utf8_lossy(&one)
+            );
+            assert_eq!(many_summary, summary, "{}", path.display());
+            if *path == crafted {
+                assert!(busy_workers(&shares) >= 2, "not sharded: {shares}");
+            }
+        }
+    }
+    let (one, _, _) = replay_on(1, &crafted, &["--idle-threshold", "1"]);
+    let kinds: std::collections::BTreeSet<String> =
+        detector_lab::agent::parse_lines(&String::from_utf8_lossy(&one))
+            .unwrap()
+            .iter()
+            .map(|d| d["kind"].as_str().unwrap().to_string())
+            .collect();
+    // Every kind the crafted sessions play, timeouts on the shared server included.
+    for kind in [
+        "http_to_tls_port",
+        "fatal_alert",
+        "handshake_reset",
+        "tls_to_plaintext_port",
+        "idle_timeout_drop",
+    ] {
+        assert!(kinds.contains(kind), "{kind} missing from {kinds:?}");
+    }
+}

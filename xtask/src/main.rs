@@ -81,7 +81,18 @@ enum Task {
     /// same frames in one run (BPF_PROG_TEST_RUN); then the agent's events per second on
     /// recorded event streams, its memory with 65,536 open sessions, and the kernel's
     /// memory per tracked flow. Needs root.
-    Bench,
+    Bench {
+        /// Instead: `detector replay` of FILE (or of a capture of bulk downloads and short
+        /// sessions written once under target/bench) with one worker and with one per
+        /// CPU, against the test-run floor of one core and against tshark.
+        #[arg(long, value_name = "FILE", num_args = 0..=1, conflicts_with = "live")]
+        replay: Option<Option<PathBuf>>,
+        /// Instead: TLS downloads (nginx -> curl) across a lab's veth pair with no program,
+        /// empty programs and the detector on either side, modes interleaved round by
+        /// round (`LIVE_MIB`, default 512, and `LIVE_ROUNDS`, default 5).
+        #[arg(long)]
+        live: bool,
+    },
     /// The lab: every field case played by real software (nginx, openssl, curl, nftables)
     /// in network namespaces, with the agent live on the router; writes OUT/NAME.pcap,
     /// NAME.expected.json, NAME.live.json. Needs root.
@@ -171,13 +182,44 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Task::Test { filter } => test(filter.as_deref()),
-        Task::Bench => {
+        Task::Bench { replay, live } => {
             if !deps::is_root() {
                 bail!("the benchmark loads BPF programs: run it as root");
             }
+            if live {
+                deps::ensure(deps::LAB_PROGRAMS)?;
+            }
             let path = toolchain::ensure()?;
-            run(cargo(&path).args(["bench", "--package", "tests", "--bench", "kernel"]))?;
-            run(cargo(&path).args(["bench", "--package", "tests", "--bench", "agent"]))
+            if live {
+                // The agent the live bench starts (next to the bench binary's directory).
+                run(cargo(&path).args([
+                    "build",
+                    "--release",
+                    "--package",
+                    "detector-user",
+                    "--bin",
+                    "detector",
+                ]))?;
+                return run(cargo(&path).args(["bench", "--package", "tests", "--bench", "live"]));
+            }
+            match replay {
+                None => {
+                    run(cargo(&path).args(["bench", "--package", "tests", "--bench", "kernel"]))?;
+                    run(cargo(&path).args(["bench", "--package", "tests", "--bench", "agent"]))
+                }
+                Some(file) => {
+                    let mut c = cargo(&path);
+                    c.args(["bench", "--package", "tests", "--bench", "replay", "--"]);
+                    if let Some(f) = file {
+                        // The bench runs in the tests crate's directory.
+                        c.arg(
+                            std::path::absolute(&f)
+                                .with_context(|| format!("{}: no such capture", f.display()))?,
+                        );
+                    }
+                    run(&mut c)
+                }
+            }
         }
         Task::Lint => {
             let path = toolchain::ensure()?;

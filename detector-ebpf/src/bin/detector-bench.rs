@@ -1,17 +1,18 @@
 //! Reference programs for `cargo xtask bench`, measured beside the detector in one run:
 //! an XDP program that does nothing, and a minimal flow tracker (parse Ethernet/IPv4/TCP,
-//! look the 4-tuple up in an LRU hash, write a timestamp). Never loaded by the agent.
+//! look the 4-tuple up in an LRU hash, write a timestamp); for `--live`, a TC program that
+//! does nothing too. Never loaded by the agent.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
 #[cfg(target_arch = "bpf")]
 mod program {
     use aya_ebpf::{
-        bindings::{BPF_NOEXIST, xdp_action},
+        bindings::{BPF_NOEXIST, TC_ACT_UNSPEC, xdp_action},
         helpers::bpf_ktime_get_boot_ns,
-        macros::{map, xdp},
+        macros::{classifier, map, xdp},
         maps::LruHashMap,
-        programs::XdpContext,
+        programs::{TcContext, XdpContext},
     };
 
     #[repr(C)]
@@ -42,6 +43,12 @@ mod program {
     #[xdp]
     pub fn bench_empty(_ctx: XdpContext) -> u32 {
         xdp_action::XDP_PASS
+    }
+
+    /// The empty program on TC egress, where the detector's TC program sits.
+    #[classifier]
+    pub fn bench_empty_tc(_ctx: TcContext) -> i32 {
+        TC_ACT_UNSPEC
     }
 
     /// Source, destination and both ports of an Ethernet/IPv4/TCP frame without options.

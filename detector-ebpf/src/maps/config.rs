@@ -7,6 +7,8 @@ use aya_ebpf::{
 };
 use detector_common::{Config, DEFAULT_IDLE_THRESHOLD_NS, MAX_TLS_PORTS};
 
+use crate::packet::Packet;
+
 #[map]
 static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 
@@ -21,18 +23,29 @@ pub struct Clock {
     pub started_ns: u64,
 }
 
-/// The program's clock: capture time in replay, boot time live.
+/// The program's clock: in replay the capture time `p` carries, boot time live.
 #[inline(always)]
-pub fn clock() -> Clock {
-    let (override_ns, idle_ns, started_ns) = match CONFIG.get(0) {
-        Some(c) => (c.clock_override_ns, c.idle_threshold_ns, c.started_ns),
-        None => (0, DEFAULT_IDLE_THRESHOLD_NS, 0),
+pub fn clock<P: Packet>(p: &P) -> Clock {
+    let (override_ns, idle_ns, started_ns, in_meta) = match CONFIG.get(0) {
+        Some(c) => (
+            c.clock_override_ns,
+            c.idle_threshold_ns,
+            c.started_ns,
+            c.clock_in_meta,
+        ),
+        None => (0, DEFAULT_IDLE_THRESHOLD_NS, 0, 0),
     };
-    let now = if override_ns != 0 {
-        override_ns
+    // Zero is "no timestamp" to the agent, which never hands it over (replay.rs).
+    let replayed = if in_meta != 0 {
+        p.replay_time().filter(|&t| t != 0)
     } else {
+        None
+    };
+    let now = match replayed {
+        Some(t) => t,
+        None if override_ns != 0 => override_ns,
         // SAFETY: helper without preconditions.
-        unsafe { bpf_ktime_get_boot_ns() }
+        None => unsafe { bpf_ktime_get_boot_ns() },
     };
     Clock {
         now,

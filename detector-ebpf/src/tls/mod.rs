@@ -26,7 +26,8 @@ use aya_ebpf::{cty::c_void, helpers::generated::bpf_loop};
 use crate::{
     emit::{Cx, Found},
     maps::counters,
-    packet::Packet,
+    packet::{MAX_OFFSET, Packet},
+    parse::Segment,
 };
 
 pub use items::{handshake_aborted, tls13_close};
@@ -128,6 +129,82 @@ pub fn wants_walk(flow: &FlowState, side: usize, seg_end: u32) -> bool {
     class == PayloadClass::NotAtStart as u8
         || class == PayloadClass::ClientHello as u8
         || class == PayloadClass::TlsRecord as u8
+}
+
+/// Application-data headers the fast path steps over in one packet: a 64 KB GSO
+/// super-packet of 16 KB records holds up to five. More go to the slow path.
+const FAST_RECORDS: usize = 5;
+
+/// The bulk case in the fast path: a packet of a side in its application-data phase,
+/// walked in order, whose every record header lies whole inside it and is an
+/// application-data header TLS allows. For such a packet the slow path would only move
+/// the cursor over the records and note the last one (its walk, `record_header`'s
+/// application-data arm, then `track_hole`), which this does without the tail call.
+/// Anything else (another record type, a header cut by the segment's end, a cursor
+/// before the segment, reordering being repaired, more headers than it steps) returns
+/// false with the flow untouched, and the slow path walks the packet as before.
+#[inline(always)]
+pub fn step_bulk<P: Packet>(
+    p: &P,
+    flow: &mut FlowState,
+    side: usize,
+    seg: &Segment,
+    gap_ns: u64,
+) -> bool {
+    let seg = Seg {
+        start: seg.seq,
+        end: seg.end(),
+        payload_off: seg.payload_off as usize,
+    };
+    let d = &flow.dir[side];
+    let wanted = dir_flags::SYNCED | dir_flags::APPDATA;
+    // AHEAD: a read-ahead chain waits for the cursor, which only the slow path takes.
+    if d.flags & (wanted | dir_flags::AHEAD) != wanted || d.item != item::RECORD || d.pend_len != 0
+    {
+        return false;
+    }
+    // In order: the cursor lies in this segment, which starts at or past every byte the
+    // walker looked at (so none of it was seen before, and no read-ahead applies).
+    let cursor = d.cursor;
+    if before(cursor, seg.start) || !before(cursor, seg.end) || before(seg.start, d.walked_end) {
+        return false;
+    }
+    let mut at = cursor;
+    let mut records = 0u64;
+    for _ in 0..FAST_RECORDS {
+        if before(seg.end, at.wrapping_add(RECORD_HEADER)) {
+            // Cut by the segment's end: the slow path keeps the first bytes.
+            return false;
+        }
+        let off = seg.payload_off + at.wrapping_sub(seg.start) as usize;
+        // The verifier takes a packet pointer as bounded only if offset plus size stays
+        // within 64 KiB; deeper headers (a GSO super-packet's) are the slow path's.
+        if off > MAX_OFFSET - RECORD_HEADER as usize {
+            return false;
+        }
+        let Some(h) = p.read::<[u8; RECORD_HEADER as usize]>(off) else {
+            return false;
+        };
+        let len = u16::from_be_bytes([h[3], h[4]]) as u32;
+        if h[0] != content_type::APPLICATION_DATA || !plausible(h[0], h[1], h[2], len) {
+            return false;
+        }
+        records += 1;
+        at = at.wrapping_add(RECORD_HEADER + len);
+        if !before(at, seg.end) {
+            counters::add(Counter::TlsRecords, records);
+            counters::inc(Counter::TlsFastPathPackets);
+            let d = &mut flow.dir[side];
+            d.cursor = at;
+            d.rec_end = at;
+            d.last_record_type = content_type::APPLICATION_DATA;
+            d.last_record_len = len as u16;
+            d.last_record_gap_ns = gap_ns;
+            track_hole(d, &seg);
+            return true;
+        }
+    }
+    false
 }
 
 /// Walks the records in the sender's segment.
@@ -335,7 +412,8 @@ fn next_item<P: Packet>(cx: &Cx<P>, flow: &mut FlowState, seg: &Seg, found: &mut
     }
 }
 
-/// Why the walker lost its place (logged with the loss, for whoever has to find out why).
+/// Why the walker lost its place (kept in the flow and counted by reason, for whoever has
+/// to find out why).
 #[derive(Clone, Copy)]
 #[repr(u8)]
 pub enum Loss {
@@ -359,6 +437,13 @@ fn lose(flow: &mut FlowState, side: usize, why: Loss) {
     d.flags &= !dir_flags::AHEAD;
     d.lost_why = why as u8;
     counters::inc(Counter::TlsSyncLost);
+    counters::inc(match why {
+        Loss::Implausible => Counter::SyncLostImplausible,
+        Loss::TooManyItems => Counter::SyncLostTooManyItems,
+        Loss::PassedUnread => Counter::SyncLostPassedUnread,
+        Loss::GapTooLong => Counter::SyncLostGapTooLong,
+        Loss::Unreadable => Counter::SyncLostUnreadable,
+    });
 }
 
 /// Moves the cursor to `at`, expecting `it` there.

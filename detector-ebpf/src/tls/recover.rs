@@ -2,7 +2,8 @@
 //! header chain, and across reordering or loss in a bulk transfer of one-size records.
 
 use detector_common::{
-    Counter, Direction, FlowState, dir_flags, flow_flags, item, tls::content_type,
+    Counter, Direction, FlowState, dir_flags, flow_flags, item,
+    tls::{content_type, version},
 };
 
 use super::{RECORD_HEADER, Seg, before, plausible_header};
@@ -168,7 +169,9 @@ fn appdata_chain<P: Packet>(
 /// its place. The prediction only chooses which bytes to keep: they are taken only where
 /// the walker's own count of lengths arrives, so nothing is guessed. A second gap (an
 /// early segment past where the chain stopped) is crossed by length on the same evidence
-/// as `bridge_by_length`.
+/// as `bridge_by_length`, also when the chain stopped in a header the segment end cut (a
+/// super-packet split at the MTU): that header is then the first of the records crossed,
+/// if its first bytes agree with a one-size application-data header.
 #[inline(never)]
 pub(super) fn read_ahead<P: Packet>(cx: &Cx<P>, flow: &mut FlowState, seg: &Seg) -> bool {
     let side = cx.sender as usize;
@@ -181,9 +184,13 @@ pub(super) fn read_ahead<P: Packet>(cx: &Cx<P>, flow: &mut FlowState, seg: &Seg)
     // chain goes on over the gap where one-size records put the next header, counted by
     // length, if headers stand exactly there (the evidence `bridge_by_length` asks for).
     let over_gap = extending
-        && d.ahead_pend_len == 0
         && d.ahead_records > 0
-        && before(d.ahead_next, seg.start);
+        && before(
+            d.ahead_next.wrapping_add(d.ahead_pend_len as u32),
+            seg.start,
+        )
+        && (d.ahead_pend_len == 0
+            || cut_header_agrees(d.ahead_pend, d.ahead_pend_len as u32, d.ahead_last_len));
     // Where the next header starts, its first bytes if an earlier segment cut it, and the
     // records the gap before it holds.
     let (start, header, have, gap_records) = if over_gap {
@@ -225,6 +232,20 @@ pub(super) fn read_ahead<P: Packet>(cx: &Cx<P>, flow: &mut FlowState, seg: &Seg)
         d.ahead_last_len = chain.last_len;
     }
     true
+}
+
+/// Whether the first `have` (1..=4) bytes of a header, `pend`, agree with an
+/// application-data header of `len` bytes (the rest filled in from one).
+#[inline(always)]
+fn cut_header_agrees(pend: u64, have: u32, len: u16) -> bool {
+    let one_size = ((content_type::APPLICATION_DATA as u64) << 32)
+        | ((version::TLS1_2 as u64) << 16)
+        | len as u64;
+    let unknown = 8 * (RECORD_HEADER - have);
+    let header = (pend << unknown) | (one_size & ((1u64 << unknown) - 1));
+    (header >> 32) as u8 == content_type::APPLICATION_DATA
+        && plausible_header(header)
+        && header & 0xffff == len as u64
 }
 
 /// The stream ran far past a cursor that still waits: the bytes it waits for went by

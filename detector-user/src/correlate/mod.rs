@@ -165,6 +165,15 @@ impl Correlator {
         self.judge_all(done)
     }
 
+    /// The earliest program time at which [`Correlator::expire`] would judge a session
+    /// open now; None when none is open. Replay asks once per packet whether to expire,
+    /// and this lets it skip expiry until then.
+    pub fn next_expiry(&self) -> Option<u64> {
+        self.sessions
+            .quietest_last_ns()
+            .map(|last| last.saturating_add(self.window_ns))
+    }
+
     /// Judges every open session (end of a replay, shutdown).
     pub fn flush(&mut self) -> Vec<Diagnosis> {
         let all = self.sessions.drain();

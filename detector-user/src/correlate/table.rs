@@ -89,6 +89,11 @@ impl Table {
         r
     }
 
+    /// The oldest last event of any session here.
+    pub(super) fn quietest_last_ns(&self) -> Option<u64> {
+        self.head.map(|i| self.links[i as usize].last_ns)
+    }
+
     /// Takes the session with the oldest last event, if `pick` accepts its last event.
     pub(super) fn pop_quietest_if(
         &mut self,

@@ -8,6 +8,7 @@ pub mod event;
 pub mod link_events;
 pub mod maps;
 pub mod reader;
+pub mod test_run;
 
 use std::{
     io,
@@ -150,6 +151,7 @@ impl Kernel {
             clock_override_ns: 0,
             idle_threshold_ns: opts.idle_threshold.as_nanos().min(u64::MAX as u128) as u64,
             started_ns: clock::boottime_ns(),
+            clock_in_meta: 0,
         };
         k.write_config()?;
         Ok(k)
@@ -223,6 +225,32 @@ impl Kernel {
     pub fn set_started(&mut self, ns: u64) -> anyhow::Result<()> {
         self.config.started_ns = ns;
         self.write_config()
+    }
+
+    /// Replay: from now on the XDP program takes its clock from the capture time each
+    /// frame carries in its metadata ([`Kernel::run_xdp_replayed`]).
+    pub fn set_clock_in_meta(&mut self, on: bool) -> anyhow::Result<()> {
+        self.config.clock_in_meta = u64::from(on);
+        self.write_config()
+    }
+
+    /// Runs the XDP program once on `input`, a frame behind its capture time as
+    /// [`test_run::push_frame`] writes them: one BPF_PROG_TEST_RUN, nothing copied back.
+    /// Returns the verdict.
+    pub fn run_xdp_replayed(&mut self, input: &[u8]) -> anyhow::Result<u32> {
+        let ctx = test_run::meta_context(input.len());
+        let opts = TestRunOptions {
+            data_in: Some(input),
+            ctx_in: Some(&ctx),
+            ..Default::default()
+        };
+        let r = self.xdp()?.test_run(opts).with_context(|| {
+            format!(
+                "BPF_PROG_TEST_RUN on a {}-byte frame with its capture time as metadata",
+                input.len().saturating_sub(detector_common::REPLAY_META_LEN)
+            )
+        })?;
+        Ok(r.return_value)
     }
 
     /// Runs the XDP program once on `frame` with BPF_PROG_TEST_RUN; returns its verdict.

@@ -45,7 +45,6 @@ pub struct Metrics {
     abstained: IntCounterVec,
     top: Mutex<TopServers>,
     top_gauge: IntGaugeVec,
-    handshakes: Vec<(Counter, IntCounter)>,
 }
 
 /// Endpoints per kind in the top view, and its trailing window.
@@ -162,21 +161,23 @@ impl Metrics {
             &["kind", "server", "sni"],
         )?;
         registry.register(Box::new(top_gauge.clone()))?;
-        let handshakes_vec = IntCounterVec::new(
-            Opts::new(
-                "tls_handshakes_total",
-                "TLS handshakes by result: started (a flow's first ClientHello seen), completed \
-                 (finished), failed (ended by a fatal alert, RST or FIN before finishing); \
-                 started minus the other two are still open or were never seen to end",
-            ),
-            &["result"],
-        )?;
-        registry.register(Box::new(handshakes_vec.clone()))?;
         let mut kernel = Vec::new();
-        let mut handshakes = Vec::new();
+        let mut families: Vec<(&'static str, IntCounterVec)> = Vec::new();
         for c in Counter::ALL {
-            if let Some(result) = c.handshake_result() {
-                handshakes.push((c, handshakes_vec.with_label_values(&[result])));
+            if let Some((family, value)) = c.family() {
+                let vec = match families.iter().find(|(name, _)| *name == family.metric) {
+                    Some((_, vec)) => vec.clone(),
+                    None => {
+                        let vec = IntCounterVec::new(
+                            Opts::new(format!("{}_total", family.metric), family.help),
+                            &[family.label],
+                        )?;
+                        registry.register(Box::new(vec.clone()))?;
+                        families.push((family.metric, vec.clone()));
+                        vec
+                    }
+                };
+                kernel.push((c, vec.with_label_values(&[value])));
                 continue;
             }
             let m = IntCounter::new(format!("{}_total", c.metric_name()), c.help())?;
@@ -215,7 +216,6 @@ impl Metrics {
             abstained,
             top: Mutex::new(TopServers::new(TOP_K, TOP_WINDOW)),
             top_gauge,
-            handshakes,
         })
     }
 
@@ -281,7 +281,7 @@ impl Metrics {
     /// Brings the kernel counters, and the abstentions the kernel counts, up to the
     /// values in the maps (they only grow).
     pub fn refresh_kernel(&self, values: &[u64; Counter::COUNT as usize]) {
-        for (c, m) in self.kernel.iter().chain(&self.handshakes) {
+        for (c, m) in &self.kernel {
             let v = values[*c as usize];
             m.inc_by(v.saturating_sub(m.get()));
         }
@@ -382,6 +382,29 @@ mod tests {
     }
 
     #[test]
+    fn sync_losses_are_exported_in_total_and_by_reason() {
+        let m = Metrics::new().unwrap();
+        let mut v = [0u64; Counter::COUNT as usize];
+        v[Counter::TlsSyncLost as usize] = 3;
+        v[Counter::SyncLostPassedUnread as usize] = 2;
+        v[Counter::SyncLostGapTooLong as usize] = 1;
+        m.refresh_kernel(&v);
+        let text = m.render().unwrap();
+        for line in [
+            "detector_kernel_tls_sync_lost_total 3",
+            "detector_kernel_tls_sync_lost_by_reason_total{reason=\"passed_unread\"} 2",
+            "detector_kernel_tls_sync_lost_by_reason_total{reason=\"gap_too_long\"} 1",
+            "detector_kernel_tls_sync_lost_by_reason_total{reason=\"implausible_header\"} 0",
+        ] {
+            assert!(text.contains(line), "{line} missing from\n{text}");
+        }
+        assert!(
+            !text.contains("detector_kernel_tls_sync_lost_passed_unread"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn top_view_is_refreshed_and_bounded() {
         let m = Metrics::new().unwrap();
         let t0 = time::OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
@@ -454,11 +477,8 @@ mod tests {
     #[test]
     fn every_kernel_counter_is_exported_with_its_help() {
         let text = Metrics::new().unwrap().render().unwrap();
-        // The handshake counters are one metric with a label (`detector_tls_handshakes_total`).
-        for c in Counter::ALL
-            .iter()
-            .filter(|c| c.handshake_result().is_none())
-        {
+        // Counters of a family are one metric with a label (e.g. `detector_tls_handshakes_total`).
+        for c in Counter::ALL.iter().filter(|c| c.family().is_none()) {
             let help = format!("# HELP detector_{}_total {}", c.metric_name(), c.help());
             assert!(text.contains(&help), "{help} missing from\n{text}");
         }

@@ -212,9 +212,14 @@ pub fn replay_sync_lost(summary: &str) -> Option<u64> {
 
 /// Abstentions by reason from a /metrics text: `detector_abstained_total{reason="R"}`.
 pub fn abstentions(text: &str) -> std::collections::BTreeMap<String, f64> {
-    let labelled = "detector_abstained_total{reason=\"";
+    by_reason(text, "detector_abstained_total")
+}
+
+/// The series of a metric labelled by `reason` alone, by reason.
+pub fn by_reason(text: &str, metric: &str) -> std::collections::BTreeMap<String, f64> {
+    let labelled = format!("{metric}{{reason=\"");
     text.lines()
-        .filter_map(|l| l.strip_prefix(labelled))
+        .filter_map(|l| l.strip_prefix(labelled.as_str()))
         .filter_map(|rest| {
             let (reason, value) = rest.split_once("\"} ")?;
             Some((reason.to_string(), value.trim().parse::<f64>().ok()?))

@@ -10,8 +10,8 @@
 
 use std::{
     collections::BTreeMap,
-    fmt,
-    path::Path,
+    fmt, fs,
+    path::{Path, PathBuf},
     thread,
     time::{Duration, Instant},
 };
@@ -21,7 +21,7 @@ use serde_json::Value;
 
 use crate::{
     Lab,
-    agent::{LiveAgent, abstentions, metric},
+    agent::{LiveAgent, abstentions, by_reason, metric},
     long_lived::{LongLived, Version},
     scenarios::{self, IDLE_THRESHOLD_S},
     spoof::{Flood, route_answers_into_lab, spawn_flood},
@@ -71,6 +71,11 @@ pub struct SoakReport {
     pub sync_lost: f64,
     /// TLS sync losses by what was playing when the live counter rose.
     pub sync_lost_during: BTreeMap<String, f64>,
+    /// TLS sync losses by the reason the walker stopped for.
+    pub sync_lost_by_reason: BTreeMap<String, f64>,
+    /// Router captures of the bulk plays the walker lost its place in, kept for replay
+    /// (`detector replay FILE` reproduces the loss).
+    pub kept_captures: Vec<PathBuf>,
     pub flows_created: f64,
     pub unconfirmed_created: f64,
     pub flows_evicted: f64,
@@ -96,6 +101,9 @@ impl SoakReport {
         self.unconfirmed_created += get("detector_kernel_unconfirmed_flows_created_total");
         self.flows_evicted += get("detector_kernel_flows_evicted_total");
         self.events_dropped += get("detector_kernel_events_dropped_total");
+        for (reason, n) in by_reason(text, "detector_kernel_tls_sync_lost_by_reason_total") {
+            *self.sync_lost_by_reason.entry(reason).or_default() += n;
+        }
         for (reason, n) in abstentions(text) {
             *self.abstained.entry(reason).or_default() += n;
         }
@@ -131,8 +139,14 @@ impl fmt::Display for SoakReport {
             self.events_dropped
         )?;
         writeln!(f, "tls sync losses: {}", self.sync_lost)?;
+        for (reason, n) in self.sync_lost_by_reason.iter().filter(|(_, n)| **n > 0.0) {
+            writeln!(f, "  {reason}: {n}")?;
+        }
         for (what, n) in &self.sync_lost_during {
             writeln!(f, "  during {what}: {n}")?;
+        }
+        for pcap in &self.kept_captures {
+            writeln!(f, "  router capture kept: {}", pcap.display())?;
         }
         if self.abstained.is_empty() {
             writeln!(f, "abstentions: none counted")?;
@@ -193,9 +207,30 @@ pub fn soak(detector: &Path, duration: Duration, log: &dyn Fn(&str)) -> Result<S
                 ));
             }
             let s = scenarios::find(name).with_context(|| format!("no scenario {name}"))?;
+            // Bulk transfers are where the walker meets reordering: their router capture
+            // is kept if it loses its place, so the loss can be replayed and bisected.
+            let capture = if name == BULK {
+                let (router, rc, _) = lab.router_parts()?;
+                Some(lab.capture_bulk(&router, &rc, format!("soak-bulk-{round}.pcap"))?)
+            } else {
+                None
+            };
             drop(s.play(&lab)?);
             *report.plays.entry(name.to_string()).or_default() += 1;
-            sync_watch.after(&lab, &agent, name, &mut report, log)?;
+            let lost = sync_watch.after(&lab, &agent, name, &mut report, log)?;
+            if let Some(capture) = capture {
+                let pcap = capture.stop_complete()?;
+                if lost {
+                    let kept = std::env::temp_dir().join(format!(
+                        "soak-sync-lost-{}-round-{round}.pcap",
+                        std::process::id()
+                    ));
+                    fs::copy(&pcap, &kept)
+                        .with_context(|| format!("keeping {}", pcap.display()))?;
+                    report.kept_captures.push(kept);
+                }
+                fs::remove_file(&pcap).with_context(|| format!("removing {}", pcap.display()))?;
+            }
             report.resumptions += resume_idle(&mut long_lived)?;
             sync_watch.after(&lab, &agent, "long-lived resumptions", &mut report, log)?;
             if Instant::now() >= next_restart && report.agent_starts <= RESTARTS {
@@ -260,7 +295,8 @@ fn collect(lab: &Lab, agent: LiveAgent, report: &mut SoakReport) -> Result<()> {
 }
 
 /// Follows the live agent's `tls_sync_lost` counter between plays, so a loss is pinned on
-/// the traffic that caused it (the total comes from [`collect`]).
+/// the traffic that caused it (the total comes from [`collect`]). `after` says whether it
+/// rose.
 #[derive(Default)]
 struct SyncWatch {
     seen: f64,
@@ -274,7 +310,7 @@ impl SyncWatch {
         what: &str,
         report: &mut SoakReport,
         log: &dyn Fn(&str),
-    ) -> Result<()> {
+    ) -> Result<bool> {
         let now =
             metric(&agent.metrics(lab)?, "detector_kernel_tls_sync_lost_total").unwrap_or(0.0);
         if now > self.seen {
@@ -284,7 +320,8 @@ impl SyncWatch {
             ));
             *report.sync_lost_during.entry(what.to_string()).or_default() += now - self.seen;
             self.seen = now;
+            return Ok(true);
         }
-        Ok(())
+        Ok(false)
     }
 }
