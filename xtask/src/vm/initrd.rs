@@ -60,13 +60,32 @@ pub fn build(kernel: &Kernel, dir: &Path) -> anyhow::Result<PathBuf> {
     let order = load_order(kernel, BOOT_MODULES)?;
     let mut names = Vec::new();
     for rel in &order {
-        let name = Path::new(rel)
+        let file = Path::new(rel)
             .file_name()
             .expect("a module path")
-            .to_owned();
-        fs::copy(kernel.modules.join(rel), stage.join("modules").join(&name))
-            .with_context(|| format!("copying module {rel}"))?;
-        names.push(name.to_string_lossy().into_owned());
+            .to_string_lossy();
+        let src = kernel.modules.join(rel);
+        // Debian compresses modules from 6.12 on; busybox's insmod takes them plain.
+        let name = match file.strip_suffix(".xz") {
+            Some(plain) => {
+                let out = Command::new(&busybox)
+                    .arg("xzcat")
+                    .arg(&src)
+                    .output()
+                    .with_context(|| format!("decompressing module {rel}"))?;
+                if !out.status.success() {
+                    bail!("decompressing module {rel} failed ({})", out.status);
+                }
+                fs::write(stage.join("modules").join(plain), out.stdout)?;
+                plain.to_string()
+            }
+            None => {
+                fs::copy(&src, stage.join("modules").join(&*file))
+                    .with_context(|| format!("copying module {rel}"))?;
+                file.into_owned()
+            }
+        };
+        names.push(name);
     }
     fs::write(stage.join("modules.order"), names.join("\n") + "\n")?;
     let init = INIT
@@ -129,13 +148,24 @@ fn resolve(dep: &str, builtin: &str, wanted: &[&str]) -> anyhow::Result<Vec<Stri
         .filter_map(|l| l.split_once(':'))
         .map(|(m, d)| (m.trim(), d.split_whitespace().collect()))
         .collect();
+    // Plain or xz-compressed, `_` or `-` in the file name.
+    let files = |name: &str| -> Vec<String> {
+        let dashed = name.replace('_', "-");
+        [".ko", ".ko.xz"]
+            .into_iter()
+            .flat_map(|ext| [format!("/{name}{ext}"), format!("/{dashed}{ext}")])
+            .collect()
+    };
     let by_name = |name: &str| {
-        let file = format!("/{name}.ko");
         deps.keys()
             .copied()
-            .find(|k| k.ends_with(&file) || k.ends_with(&format!("/{}.ko", name.replace('_', "-"))))
+            .find(|k| files(name).iter().any(|f| k.ends_with(f)))
     };
-    let is_builtin = |name: &str| builtin.lines().any(|l| l.ends_with(&format!("/{name}.ko")));
+    let is_builtin = |name: &str| {
+        builtin
+            .lines()
+            .any(|l| files(name).iter().any(|f| l.ends_with(f)))
+    };
     let mut order = Vec::new();
     fn visit<'a>(
         m: &'a str,
@@ -190,5 +220,14 @@ kernel/drivers/virtio/virtio.ko:
             ]
         );
         assert!(resolve(dep, builtin, &["veth"]).is_err());
+        // Debian 6.12's modules are compressed.
+        let dep = "kernel/net/9p/9pnet_virtio.ko.xz: kernel/net/9p/9pnet.ko.xz\nkernel/net/9p/9pnet.ko.xz:\n";
+        assert_eq!(
+            resolve(dep, "", &["9pnet_virtio"]).unwrap(),
+            [
+                "kernel/net/9p/9pnet.ko.xz",
+                "kernel/net/9p/9pnet_virtio.ko.xz"
+            ]
+        );
     }
 }
