@@ -14,7 +14,7 @@ use crate::{
     packet::Packet,
     parse::{self, Tcp, tcp_flags},
     slow::SlowArgs,
-    tls,
+    tls, verifier,
 };
 
 /// Runs the flow logic for one TCP packet.
@@ -39,11 +39,11 @@ pub fn track<P: Packet>(p: &P, t: &Tcp, clock: &Clock) {
     };
 
     let client_is_a = flow.flags & flow_flags::CLIENT_IS_A != 0;
-    let sender = if sender_is_a == client_is_a {
+    let sender = verifier::side(if sender_is_a == client_is_a {
         Side::Client
     } else {
         Side::Server
-    };
+    });
     let rst = t.flags & tcp_flags::RST != 0;
     if rst && !rst_believed(flow, sender, t.seq) {
         // Before anything else: a forged RST must neither confirm, end nor time a flow.

@@ -23,6 +23,8 @@ mod payload;
 mod slow;
 #[cfg(target_arch = "bpf")]
 mod tls;
+#[cfg(target_arch = "bpf")]
+mod verifier;
 
 #[cfg(target_arch = "bpf")]
 mod program {

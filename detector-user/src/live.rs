@@ -61,6 +61,7 @@ pub async fn run(opts: RunOptions, out: impl Write) -> anyhow::Result<()> {
         None => WebConfig::default(),
     };
     let mut kernel = Kernel::load(&opts.kernel)?;
+    log::info!("{}", kernel.features.describe());
     // Bound before attaching (a taken port must not attach anything, even briefly) and
     // before privileges go (a port below 1024 still works for root).
     let listener = http::bind(opts.listen, &web).await?;

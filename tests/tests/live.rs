@@ -299,3 +299,75 @@ fn a_full_flow_table_counts_its_evictions() -> Result<()> {
     agent.stop()?;
     Ok(())
 }
+
+/// Whether the running kernel has TCX links (6.6), from its release string.
+fn kernel_has_tcx() -> Result<bool> {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease")?;
+    let mut parts = release
+        .trim()
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    Ok((major, minor) >= (6, 6))
+}
+
+/// The TC egress attachment leaves nothing behind. With TCX (6.6+) a killed agent's link
+/// dies with it and no qdisc is involved. Before 6.6 the agent adds the clsact qdisc and
+/// a netlink filter; a killed agent's filter stays, the next agent removes it before
+/// attaching its own, and an agent that exits removes its filter, and the qdisc when it
+/// added it.
+#[test]
+fn egress_attachment_leaves_nothing_behind() -> Result<()> {
+    let lab = Lab::direct()?;
+    let ns = lab.server_ns().to_string();
+    let dev = lab.server_if().to_string();
+    let ours = |what: &str| -> Result<usize> {
+        let out = lab.run_ok(&ns, &["tc", what, "show", "dev", &dev, "egress"], T)?;
+        // One line per filter (tc names both the filter and its program).
+        Ok(out
+            .lines()
+            .filter(|l| l.contains(detector_common::names::TC_PROGRAM))
+            .count())
+    };
+    let filters = || ours("filter");
+    let clsact = || -> Result<bool> {
+        Ok(lab
+            .run_ok(&ns, &["tc", "qdisc", "show", "dev", &dev], T)?
+            .contains("clsact"))
+    };
+    let tcx = kernel_has_tcx()?;
+    assert!(!clsact()?, "a fresh veth has no clsact qdisc");
+
+    let first = LiveAgent::start(&lab, &ns, &[&dev], &[])?;
+    // A TCX link is no `tc filter`; the netlink filter is one, named after the program.
+    assert_eq!(filters()?, usize::from(!tcx));
+    assert_eq!(clsact()?, !tcx);
+    first.process.signal(libc::SIGKILL)?;
+    first.process.wait_timeout(Duration::from_secs(10))?;
+    assert_eq!(filters()?, usize::from(!tcx), "after SIGKILL");
+
+    let second = LiveAgent::start(&lab, &ns, &[&dev], &[])?;
+    assert_eq!(filters()?, usize::from(!tcx), "one filter, not two");
+    assert_eq!(
+        second
+            .process
+            .stderr()
+            .contains("removed the TC egress filter a previous detector left"),
+        !tcx,
+        "{}",
+        second.process.stderr()
+    );
+    second.stop()?;
+    assert_eq!(filters()?, 0, "after a clean exit");
+    // The qdisc was the killed agent's: the second found it and leaves it.
+    assert_eq!(clsact()?, !tcx);
+
+    if !tcx {
+        lab.run_ok(&ns, &["tc", "qdisc", "del", "dev", &dev, "clsact"], T)?;
+        let third = LiveAgent::start(&lab, &ns, &[&dev], &[])?;
+        assert!(clsact()?);
+        third.stop()?;
+        assert!(!clsact()?, "the qdisc the agent added is removed on exit");
+    }
+    Ok(())
+}

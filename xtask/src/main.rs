@@ -9,6 +9,7 @@ mod kube;
 #[cfg(test)]
 mod script;
 mod toolchain;
+mod vm;
 
 use std::{
     ffi::OsString,
@@ -53,10 +54,26 @@ enum Task {
     /// of Kubernetes 1.31 and of the Prometheus Operator's PodMonitor.
     Manifests,
     /// Everything CI runs: formatting, lints (userspace and eBPF), unit, kernel, live and
-    /// replay tests. Needs root (BPF, network namespaces).
+    /// replay tests, then `vmtest --suite quick` on Linux 6.1. Needs root (BPF, network
+    /// namespaces).
     Test {
         /// Only run tests whose name contains this.
         filter: Option<String>,
+    },
+    /// The kernel-program tests and live scenarios on other kernels, each booted in qemu
+    /// over this system's files (KVM where it works, TCG otherwise). Needs root.
+    Vmtest {
+        /// A kernel: a version whose newest Debian `linux-image-VERSION*-amd64` package is
+        /// downloaded and unpacked into the cache (`6.1`, `6.12`, `6.1.0-57`), a `.deb`, or
+        /// a directory holding an unpacked one. Repeat for several; 6.1 when none given.
+        #[arg(long = "kernel", value_name = "VERSION|PATH")]
+        kernels: Vec<String>,
+        /// `quick` is what `cargo xtask test` runs; `full` every kernel-program test binary
+        /// and more live scenarios.
+        #[arg(long, value_enum, default_value = "full")]
+        suite: vm::Suite,
+        #[arg(long, value_enum, default_value = "auto")]
+        accel: vm::Accel,
     },
     /// cargo fmt --check and clippy -D warnings, for userspace and for the eBPF crate.
     Lint,
@@ -220,6 +237,24 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                     run(&mut c)
                 }
             }
+        }
+        Task::Vmtest {
+            mut kernels,
+            suite,
+            accel,
+        } => {
+            if kernels.is_empty() {
+                kernels.push(CI_KERNEL.to_string());
+            }
+            let path = toolchain::ensure()?;
+            vm::vmtest(
+                &path,
+                &vm::Request {
+                    kernels,
+                    suite,
+                    accel,
+                },
+            )
         }
         Task::Lint => {
             let path = toolchain::ensure()?;
@@ -410,6 +445,19 @@ fn test(filter: Option<&str>) -> anyhow::Result<()> {
     // under libFuzzer are here.
     if filter.is_none() {
         fuzz::smoke(&path)?;
+        // The same program on the oldest kernel fleets commonly run, in a VM.
+        vm::vmtest(
+            &path,
+            &vm::Request {
+                kernels: vec![CI_KERNEL.to_string()],
+                suite: vm::Suite::Quick,
+                accel: vm::Accel::Auto,
+            },
+        )?;
     }
     Ok(())
 }
+
+/// The kernel `cargo xtask test` also runs its VM leg on: 6.1 LTS (Debian 12, Amazon Linux
+/// 2023), the oldest that fleets commonly run, and without TCX.
+const CI_KERNEL: &str = "6.1";

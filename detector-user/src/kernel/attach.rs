@@ -4,21 +4,24 @@
 //!
 //! Both attachments are kernel links owned by file descriptors (a bpf_link for XDP, TCX for
 //! TC from Linux 6.6), so the kernel detaches them when the process dies, however it dies.
-//! Before 6.6 TC falls back to a netlink `tc filter`, which outlives a killed process: a
-//! SIGKILLed agent there leaves its egress filter until `tc filter del dev DEV egress`.
+//! Before 6.6 TC is a netlink filter (named after the program) on the interface's `clsact`
+//! qdisc, which the agent adds when it is missing. On exit the agent removes its filter,
+//! and the qdisc when it added it and no other filter uses it. A filter outlives a killed
+//! agent: the next agent on that interface removes it before attaching its own.
 
 use std::path::Path;
 
 use anyhow::{Context as _, bail};
 use aya::programs::{
     ProgramError, SchedClassifier, TcAttachType, TcError, XdpError, XdpMode,
-    tc::{SchedClassifierLinkId, qdisc_add_clsact},
+    tc::{
+        NlOptions, SchedClassifierLinkId, TcAttachOptions, qdisc_add_clsact, qdisc_detach_program,
+    },
     xdp::XdpLinkId,
 };
-use aya::util::KernelVersion;
 use detector_common::names;
 
-use super::{Kernel, explain_privileges};
+use super::{Kernel, clsact, explain_privileges};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum XdpModeArg {
@@ -34,6 +37,8 @@ struct Attached {
     ifindex: u32,
     xdp: XdpLinkId,
     tc: Option<SchedClassifierLinkId>,
+    /// The agent added the interface's clsact qdisc (netlink attachment only).
+    own_qdisc: bool,
 }
 
 struct Slot {
@@ -122,6 +127,21 @@ impl Attachments {
     }
 }
 
+impl Drop for Attachments {
+    /// The links and filters go when the programs are dropped (after this: they are
+    /// declared first); a qdisc the agent added goes here, its filter with it.
+    fn drop(&mut self) {
+        for slot in &self.slots {
+            if let Some(a) = &slot.attached
+                && a.own_qdisc
+                && ifindex(&slot.name) == Some(a.ifindex)
+            {
+                remove_qdisc(&slot.name, a.ifindex);
+            }
+        }
+    }
+}
+
 fn ifindex(name: &str) -> Option<u32> {
     let c = std::ffi::CString::new(name).ok()?;
     // SAFETY: a valid NUL-terminated string.
@@ -172,9 +192,9 @@ fn attach(
                 .with_context(|| format!("attaching XDP to {iface} in {chosen:?} mode"));
         }
     };
-    let tc_link = if egress {
-        match attach_tc(kernel, iface) {
-            Ok(l) => Some(l),
+    let (tc_link, own_qdisc) = if egress {
+        match attach_tc(kernel, iface, index) {
+            Ok((l, own)) => (Some(l), own),
             Err(e) => {
                 // Leave nothing half-attached.
                 let _ = kernel.xdp().map(|x| x.detach(xdp_link));
@@ -182,18 +202,25 @@ fn attach(
             }
         }
     } else {
-        None
+        (None, false)
     };
     Ok(Attached {
         ifindex: index,
         xdp: xdp_link,
         tc: tc_link,
+        own_qdisc,
     })
 }
 
-fn attach_tc(kernel: &mut Kernel, iface: &str) -> anyhow::Result<SchedClassifierLinkId> {
-    // The same test aya's `attach` makes to choose TCX over a netlink filter.
-    let tcx = KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0));
+/// Attaches the TC egress classifier; returns its link and whether the agent added the
+/// clsact qdisc for it.
+fn attach_tc(
+    kernel: &mut Kernel,
+    iface: &str,
+    index: u32,
+) -> anyhow::Result<(SchedClassifierLinkId, bool)> {
+    let tcx = kernel.features.tcx;
+    let mut own_qdisc = false;
     if tcx {
         // TCX lets several programs share a hook, so a second detector would not fail to
         // attach there: look for ours first. Naming the programs found needs
@@ -211,24 +238,87 @@ fn attach_tc(kernel: &mut Kernel, iface: &str) -> anyhow::Result<SchedClassifier
             }
             Err(e) => log::debug!("not checking {iface}'s TCX egress programs: {e}"),
         }
-    } else if let Err(e) = qdisc_add_clsact(iface) {
-        // The netlink fallback needs the clsact qdisc; it may be there already.
-        if !matches!(&e, TcError::NetlinkError(n) if n.raw_os_error() == Some(libc::EEXIST)) {
-            return Err(explain_privileges(e.into()))
-                .with_context(|| format!("adding the clsact qdisc to {iface}"));
+    } else {
+        match qdisc_add_clsact(iface) {
+            Ok(()) => own_qdisc = true,
+            Err(TcError::NetlinkError(n)) if n.raw_os_error() == Some(libc::EEXIST) => {
+                // The qdisc was there: a filter of ours on it is a killed agent's (the XDP
+                // attachment just made shows no other detector runs here).
+                match qdisc_detach_program(iface, TcAttachType::Egress, names::TC_PROGRAM) {
+                    Ok(()) => log::warn!(
+                        "removed the TC egress filter a previous detector left on {iface} \
+                         (it was stopped before it could detach)"
+                    ),
+                    Err(TcError::IoError(e)) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => log::warn!("looking for a left-over filter on {iface}: {e}"),
+                }
+            }
+            Err(e) => {
+                return Err(explain_privileges(e.into()))
+                    .with_context(|| format!("adding the clsact qdisc to {iface}"));
+            }
         }
     }
+    let options = if tcx {
+        TcAttachOptions::TcxOrder(Default::default())
+    } else {
+        TcAttachOptions::Netlink(NlOptions::default())
+    };
     let link = kernel
         .tc()?
-        .attach(iface, TcAttachType::Egress)
+        .attach_with_options(iface, TcAttachType::Egress, options)
         .map_err(anyhow::Error::from)
         .map_err(explain_privileges)
-        .with_context(|| format!("attaching the TC egress classifier to {iface}"))?;
+        .with_context(|| format!("attaching the TC egress classifier to {iface}"));
+    let link = match link {
+        Ok(l) => l,
+        Err(e) => {
+            if own_qdisc {
+                remove_qdisc(iface, index);
+            }
+            return Err(e);
+        }
+    };
     log::info!(
         "TC egress classifier attached to {iface} ({})",
-        if tcx { "TCX link" } else { "netlink filter" }
+        if tcx {
+            "TCX link"
+        } else if own_qdisc {
+            "netlink filter on a clsact qdisc added for it"
+        } else {
+            "netlink filter on the existing clsact qdisc"
+        }
     );
-    Ok(link)
+    Ok((link, own_qdisc))
+}
+
+/// Deletes the clsact qdisc the agent added, unless a filter not of ours is on it now.
+/// Our own filter goes with it.
+fn remove_qdisc(iface: &str, index: u32) {
+    match clsact::filters(index) {
+        Ok(filters) => {
+            let others = filters
+                .iter()
+                .filter(|f| !(f.egress && f.bpf_name.as_deref() == Some(names::TC_PROGRAM)))
+                .count();
+            if others > 0 {
+                log::info!(
+                    "left the clsact qdisc on {iface} in place: {others} other filter(s) use it"
+                );
+                return;
+            }
+        }
+        Err(e) => {
+            log::warn!("not removing the clsact qdisc of {iface}: listing its filters: {e}");
+            return;
+        }
+    }
+    match clsact::delete(index) {
+        Ok(()) => log::info!("removed the clsact qdisc the detector added to {iface}"),
+        // Gone with its interface.
+        Err(e) if e.raw_os_error() == Some(libc::ENODEV) => {}
+        Err(e) => log::warn!("removing the clsact qdisc of {iface}: {e}"),
+    }
 }
 
 /// The kernel truncates program names to 15 bytes.

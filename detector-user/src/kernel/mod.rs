@@ -4,7 +4,9 @@
 
 pub mod attach;
 pub mod clock;
+mod clsact;
 pub mod event;
+pub mod features;
 pub mod link_events;
 pub mod maps;
 pub mod reader;
@@ -33,10 +35,6 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/de
 #[cfg(feature = "bench")]
 pub static BENCH_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/detector-bench"));
-
-/// The oldest kernel we load on: bpf_xdp_load_bytes arrived in 5.18 (ring buffers in 5.8,
-/// BPF ISA v3 atomics in 5.12).
-const MIN_KERNEL: (u8, u8) = (5, 18);
 
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -74,12 +72,20 @@ pub struct Kernel {
     counters: Counters,
     events: RingBuf<MapData>,
     sni: Option<SniMap>,
+    /// What the running kernel offers, probed before loading.
+    pub features: features::Features,
 }
 
 impl Kernel {
     pub fn load(opts: &Options) -> anyhow::Result<Kernel> {
-        check_kernel_version()?;
         crate::privilege::check()?;
+        // Before anything is loaded, so a kernel that lacks something fails in one line.
+        let features = features::Features::probe();
+        let release = KernelVersion::current()
+            .map(|v| v.to_string())
+            .unwrap_or_else(|_| "of unknown version".into());
+        features.check(&release)?;
+        log::debug!("kernel {release}: {}", features.describe());
         if opts.flow_table_size == 0 {
             bail!("the flow table needs at least one entry (--flow-table-size)");
         }
@@ -146,6 +152,7 @@ impl Kernel {
             counters,
             events,
             sni,
+            features,
         };
         k.config = Config {
             clock_override_ns: 0,
@@ -350,17 +357,6 @@ fn ring_size_for_page(bytes: u32, page: u32) -> anyhow::Result<()> {
             page * 16,
             detector_common::EVENT_RING_BYTES
         );
-    }
-    Ok(())
-}
-
-fn check_kernel_version() -> anyhow::Result<()> {
-    // aya reads it as the loader will see it (uname, and Ubuntu's and Debian's own version
-    // files where uname's patch level is not the real one).
-    let current = KernelVersion::current().context("reading the kernel version")?;
-    let (major, minor) = MIN_KERNEL;
-    if current < KernelVersion::new(major, minor, 0) {
-        bail!("kernel {current} is too old: the detector needs Linux {major}.{minor} or newer");
     }
     Ok(())
 }
