@@ -198,17 +198,22 @@ mod tests {
             .to_vec()
     }
 
-    #[test]
-    fn timeout_estimates_reach_the_metric_on_ticks_at_most_every_250_ms() {
-        let metrics = Arc::new(Metrics::new().unwrap());
-        let mut p = Pipeline::new(
+    /// A pipeline on capture time with the default window, writing into a buffer.
+    fn capture_pipeline(metrics: &Arc<Metrics>) -> Pipeline<Vec<u8>> {
+        Pipeline::new(
             Clock::Capture,
             DEFAULT_WINDOW,
             Duration::from_secs(30),
             metrics.clone(),
             None,
             Vec::new(),
-        );
+        )
+    }
+
+    #[test]
+    fn timeout_estimates_reach_the_metric_on_ticks_at_most_every_250_ms() {
+        let metrics = Arc::new(Metrics::new().unwrap());
+        let mut p = capture_pipeline(&metrics);
         let idle = |kind: EventKind, client_port: u16, gap_s: u64, ts_ns: u64| {
             // SAFETY: all-zero is a valid Event.
             let mut e: Event = unsafe { std::mem::zeroed() };
@@ -257,14 +262,7 @@ mod tests {
     #[test]
     fn correlator_abstentions_reach_the_metric() {
         let metrics = Arc::new(Metrics::new().unwrap());
-        let mut p = Pipeline::new(
-            Clock::Capture,
-            DEFAULT_WINDOW,
-            Duration::from_secs(30),
-            metrics.clone(),
-            None,
-            Vec::new(),
-        );
+        let mut p = capture_pipeline(&metrics);
         // SAFETY: all-zero is a valid Event.
         let mut e: Event = unsafe { std::mem::zeroed() };
         e.kind = EventKind::HandshakeAborted as u8;

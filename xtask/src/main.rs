@@ -209,14 +209,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             let path = toolchain::ensure()?;
             if live {
                 // The agent the live bench starts (next to the bench binary's directory).
-                run(cargo(&path).args([
-                    "build",
-                    "--release",
-                    "--package",
-                    "detector-user",
-                    "--bin",
-                    "detector",
-                ]))?;
+                build_detector(&path)?;
                 return run(cargo(&path).args(["bench", "--package", "tests", "--bench", "live"]));
             }
             match replay {
@@ -326,14 +319,7 @@ fn lab(args: &[OsString], needs_root: bool, compare: bool) -> anyhow::Result<()>
         }
     }
     let path = toolchain::ensure()?;
-    run(cargo(&path).args([
-        "build",
-        "--release",
-        "--package",
-        "detector-user",
-        "--bin",
-        "detector",
-    ]))?;
+    build_detector(&path)?;
     run(cargo(&path).args([
         "build",
         "--release",
@@ -379,6 +365,19 @@ fn cargo(path: &OsString) -> Command {
     let mut c = Command::new("cargo");
     c.current_dir(workspace_root()).env("PATH", path);
     c
+}
+
+/// Builds the release agent binary alone, for what runs it (live and replay tests, the
+/// lab, the VM leg, the live bench).
+fn build_detector(path: &OsString) -> anyhow::Result<()> {
+    run(cargo(path).args([
+        "build",
+        "--release",
+        "--package",
+        "detector-user",
+        "--bin",
+        "detector",
+    ]))
 }
 
 /// Builds the agent (which embeds the kernel program); returns the binary's path.
@@ -427,14 +426,7 @@ fn test(filter: Option<&str>) -> anyhow::Result<()> {
     lint(&path)?;
     // The live and replay tests run the agent binary; `cargo test` does not build the
     // binaries of a package without integration tests of its own.
-    run(cargo(&path).args([
-        "build",
-        "--release",
-        "--package",
-        "detector-user",
-        "--bin",
-        "detector",
-    ]))?;
+    build_detector(&path)?;
     let mut c = cargo(&path);
     c.args(["test", "--workspace", "--release"]);
     if let Some(f) = filter {

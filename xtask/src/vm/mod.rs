@@ -17,7 +17,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use crate::{cargo, cmd::run, deps, target_dir, toolchain, workspace_root};
+use crate::{build_detector, cargo, deps, target_dir, toolchain, workspace_root};
 
 pub use guest::Suite;
 
@@ -108,14 +108,7 @@ pub struct Binaries {
 }
 
 fn build(path: &OsString, suite: Suite) -> anyhow::Result<Binaries> {
-    run(cargo(path).args([
-        "build",
-        "--release",
-        "--package",
-        "detector-user",
-        "--bin",
-        "detector",
-    ]))?;
+    build_detector(path)?;
     let mut c = cargo(path);
     c.args([
         "test",
