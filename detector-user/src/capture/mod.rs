@@ -31,6 +31,7 @@
 //! link-type normalisation to Ethernet (`link`) no crate does in any case.
 
 mod classic;
+pub mod ethernet;
 mod input;
 mod link;
 #[cfg(test)]

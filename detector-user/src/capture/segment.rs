@@ -6,6 +6,8 @@
 //! program sees what it would see live, segment by segment, with sequence numbers intact.
 //! Checksums are left as they are: the program does not verify them.
 
+use super::ethernet::{ETH_P_IPV4, ETH_P_IPV6, IPPROTO_TCP, network_layer};
+
 /// Frames up to this size go to the program whole (one 4 KiB page less XDP head- and
 /// tailroom leaves a little more; stay clear of the edge).
 pub const MAX_FRAME: usize = 3_000;
@@ -37,28 +39,18 @@ struct Layout {
 
 fn locate(f: &[u8]) -> Option<Layout> {
     let be16 = |o: usize| Some(u16::from_be_bytes([*f.get(o)?, *f.get(o + 1)?]));
-    let mut off = 12;
-    let mut ethertype = be16(off)?;
-    off += 2;
-    for _ in 0..2 {
-        if ethertype != 0x8100 && ethertype != 0x88a8 {
-            break;
-        }
-        ethertype = be16(off + 2)?;
-        off += 4;
-    }
-    let l3 = off;
+    let (ethertype, l3) = network_layer(f)?;
     let (ipv4, l4, ip_end) = match ethertype {
-        0x0800 => {
+        ETH_P_IPV4 => {
             let ihl = usize::from(*f.get(l3)? & 0x0f) * 4;
-            if *f.get(l3 + 9)? != 6 || be16(l3 + 6)? & 0x3fff != 0 || ihl < 20 {
+            if *f.get(l3 + 9)? != IPPROTO_TCP || be16(l3 + 6)? & 0x3fff != 0 || ihl < 20 {
                 return None;
             }
             let tot = usize::from(be16(l3 + 2)?);
             (true, l3 + ihl, if tot == 0 { f.len() } else { l3 + tot })
         }
         // Extension headers are rare on super-packets; those we leave to truncation.
-        0x86dd if *f.get(l3 + 6)? == 6 => {
+        ETH_P_IPV6 if *f.get(l3 + 6)? == IPPROTO_TCP => {
             let plen = usize::from(be16(l3 + 4)?);
             (
                 false,

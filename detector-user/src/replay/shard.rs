@@ -10,12 +10,8 @@
 
 use std::hash::{DefaultHasher, Hash as _, Hasher as _};
 
-const ETH_P_IPV4: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86dd;
-const ETH_P_8021Q: u16 = 0x8100;
-const ETH_P_8021AD: u16 = 0x88a8;
-const MAX_VLAN_TAGS: usize = 2;
-const IPPROTO_TCP: u8 = 6;
+use crate::capture::ethernet::{ETH_P_IPV4, ETH_P_IPV6, IPPROTO_TCP, network_layer};
+
 const MAX_IPV6_EXT_HEADERS: usize = 4;
 const NEXTHDR_HOP: u8 = 0;
 const NEXTHDR_ROUTING: u8 = 43;
@@ -47,17 +43,7 @@ type Endpoint<'a> = (&'a [u8], u16);
 
 fn endpoints(f: &[u8]) -> Option<(Endpoint<'_>, Endpoint<'_>)> {
     let be16 = |o: usize| Some(u16::from_be_bytes([*f.get(o)?, *f.get(o + 1)?]));
-    let mut off = 12;
-    let mut ethertype = be16(off)?;
-    off += 2;
-    for _ in 0..MAX_VLAN_TAGS {
-        if ethertype != ETH_P_8021Q && ethertype != ETH_P_8021AD {
-            break;
-        }
-        ethertype = be16(off + 2)?;
-        off += 4;
-    }
-    let l3 = off;
+    let (ethertype, l3) = network_layer(f)?;
     let (src, dst, l4) = match ethertype {
         ETH_P_IPV4 => {
             let ip = f.get(l3..l3 + 20)?;
@@ -89,6 +75,7 @@ fn endpoints(f: &[u8]) -> Option<(Endpoint<'_>, Endpoint<'_>)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::capture::ethernet::ETH_P_8021Q;
 
     fn eth(ethertype: u16, vlans: &[u16]) -> Vec<u8> {
         let mut f = vec![0u8; 12];
