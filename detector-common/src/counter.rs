@@ -80,6 +80,14 @@ pub enum Counter {
     /// Packets whose record headers the fast path stepped over itself: application data
     /// in order, every header whole in the packet (see the kernel's `step_bulk`).
     TlsFastPathPackets = 31,
+    /// Packets whose flow another CPU was reading: they waited for it (one direction's
+    /// packets processed on two CPUs at once, as veth devices do).
+    FlowOwnerWaits = 32,
+    /// Times a flow's reader never gave it back and was taken over after a millisecond.
+    FlowOwnerStale = 33,
+    /// Packets left unread because another CPU held their flow past the wait: the
+    /// walker meets them as a hole in the stream.
+    FlowOwnerBusy = 34,
 }
 
 /// Counters exported together as one metric with a label, instead of a metric each.
@@ -111,7 +119,7 @@ pub const SYNC_LOST: Family = Family {
 };
 
 impl Counter {
-    pub const COUNT: u32 = 32;
+    pub const COUNT: u32 = 35;
     pub const ALL: [Counter; Counter::COUNT as usize] = [
         Counter::Packets,
         Counter::TcpPackets,
@@ -145,6 +153,9 @@ impl Counter {
         Counter::SyncLostUnreadable,
         Counter::SlowPathPackets,
         Counter::TlsFastPathPackets,
+        Counter::FlowOwnerWaits,
+        Counter::FlowOwnerStale,
+        Counter::FlowOwnerBusy,
     ];
 
     /// For a counter exported in a [`Family`]: the family, and this counter's label value.
@@ -197,6 +208,9 @@ impl Counter {
             Counter::SyncLostUnreadable => "kernel_tls_sync_lost_unreadable",
             Counter::SlowPathPackets => "kernel_slow_path_packets",
             Counter::TlsFastPathPackets => "kernel_tls_fast_path_packets",
+            Counter::FlowOwnerWaits => "kernel_flow_owner_waits",
+            Counter::FlowOwnerStale => "kernel_flow_owner_stale",
+            Counter::FlowOwnerBusy => "kernel_flow_owner_busy",
         }
     }
 
@@ -281,6 +295,17 @@ impl Counter {
             Counter::TlsFastPathPackets => {
                 "Packets whose TLS application-data record headers the fast path stepped over \
                  without the slow path"
+            }
+            Counter::FlowOwnerWaits => {
+                "Packets that waited while another CPU read the same flow (a direction's packets \
+                 processed on two CPUs at once, as on veth)"
+            }
+            Counter::FlowOwnerStale => {
+                "Times a flow's reader never gave it back and was taken over after 1 ms"
+            }
+            Counter::FlowOwnerBusy => {
+                "Packets left unread because another CPU held their flow past the wait (the \
+                 record walker meets them as a hole)"
             }
         }
     }

@@ -252,8 +252,22 @@ pub struct FlowState {
     pub idle_gap_ns: u64,
     /// The sequence number of that SYN: the SYN-ACK that starts over acknowledges it.
     pub new_syn_seq: u32,
-    pub _pad2: [u8; 4],
+    /// Who is reading this flow's bytes: 0 when nobody, else [`owner_stamp`] of the time
+    /// a CPU took it. The walker's state must have one writer at a time, and on a virtual
+    /// device one direction's packets are processed on several CPUs at once (the kernel
+    /// program's `owner` module).
+    pub owner: u32,
 }
+
+/// [`FlowState::owner`] for a CPU that takes the flow at `now_ns`: the time in units of
+/// 1,024 ns (wrapping every 73 minutes), odd so that it is never 0 (free).
+pub const fn owner_stamp(now_ns: u64) -> u32 {
+    (now_ns >> 10) as u32 | 1
+}
+
+/// An owner older than this, in [`owner_stamp`] units (about 1 ms), never gave the flow
+/// back: no walk takes that long, so another CPU takes it over.
+pub const OWNER_STALE: u32 = 1 << 10;
 
 /// Values of [`FlowState::new_syn`]: which endpoint of the key sent the new SYN.
 pub mod new_syn {

@@ -11,6 +11,7 @@ use crate::{
         config::{self, Clock},
         counters, flows, tail,
     },
+    owner,
     packet::Packet,
     parse::{self, Tcp, tcp_flags},
     slow::SlowArgs,
@@ -123,11 +124,13 @@ pub fn track<P: Packet>(p: &P, t: &Tcp, clock: &Clock) {
     // Bulk TLS: every packet holds a record header (a GSO super-packet several), which
     // the walker needs. Plain application-data headers are stepped over here, without
     // the tail call; the slow path gets everything else.
-    if plain
-        && flow.dir[side].first_class != PayloadClass::None as u8
-        && tls::step_bulk(p, flow, side, &seg, gap_ns)
+    if plain && flow.dir[side].first_class != PayloadClass::None as u8 && owner::try_take(flow, now)
     {
-        return;
+        let stepped = tls::step_bulk(p, flow, side, &seg, gap_ns);
+        owner::give_back(flow);
+        if stepped {
+            return;
+        }
     }
     let args = SlowArgs {
         key,

@@ -12,6 +12,7 @@ use detector_common::{
 use crate::{
     emit::{Cx, Extra, Found},
     maps::{counters, events, flows, tail},
+    owner,
     packet::Packet,
     parse::{Segment, tcp_flags},
     payload, tls,
@@ -58,27 +59,38 @@ pub fn run<P: Packet>(p: &P) {
         idle_ns: args.idle_ns,
         sender,
     };
-    let seg = &args.seg;
-    let side = sender as usize;
+    // Another CPU may be reading this flow (see owner.rs): its walk ends first.
+    if !owner::take(flow, args.now) {
+        return;
+    }
+    handle(&cx, flow, args.retransmission);
+    owner::give_back(flow);
+}
+
+/// Everything the slow path does with a packet, the flow held.
+#[inline(always)]
+fn handle<P: Packet>(cx: &Cx<P>, flow: &mut FlowState, retransmission: bool) {
+    let seg = cx.seg;
+    let side = cx.sender as usize;
     // In map memory rather than on the stack: the verifier tracks stack values exactly,
     // and every combination of "events found so far" would be a state of its own at the
     // walker's bpf_loop; map contents are just unknown numbers to it.
     let Some(found) = events::found() else {
         return;
     };
-    idle_resumption(&cx, flow, args.retransmission, found);
+    idle_resumption(cx, flow, retransmission, found);
     if seg.payload_len > 0 {
         if flow.dir[side].first_class == PayloadClass::None as u8 {
-            first_payload(&cx, flow, found);
+            first_payload(cx, flow, found);
         }
         // A lost place is counted (kernel_tls_sync_lost), never logged: a sender can lose
         // it at will, once per segment, and must not be able to flood the agent's log.
         if tls::wants_walk(flow, side, seg.end()) {
-            tls::walk(&cx, flow, found);
+            tls::walk(cx, flow, found);
         }
     }
-    finish(&cx, flow, found);
-    found.emit_all(&cx, flow);
+    finish(cx, flow, found);
+    found.emit_all(cx, flow);
 }
 
 /// Field case 5: a side that speaks after an idle gap either gets an answer (the flow

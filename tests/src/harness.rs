@@ -112,6 +112,22 @@ impl Harness {
             })
             .expect("the flow is in a table")
     }
+
+    /// Overwrites the kernel's state for a flow in the table that holds it: how a test
+    /// puts a flow in a state only concurrency reaches (held by another CPU's walk).
+    pub fn set_flow(&mut self, client: SocketAddr, server: SocketAddr, state: &FlowState) {
+        let key = flow_key(client, server);
+        for name in [names::FLOWS, names::UNCONFIRMED] {
+            let mut map: HashMap<_, FlowKey, FlowState> =
+                HashMap::try_from(self.kernel.ebpf.map_mut(name).expect("flow map"))
+                    .expect("a flow table is a hash map");
+            if map.get(&key, 0).is_ok() {
+                map.insert(key, state, 0).expect("updating the flow");
+                return;
+            }
+        }
+        panic!("the flow is in no table");
+    }
 }
 
 impl Default for Harness {

@@ -6,7 +6,7 @@
 //! slow path (`kernel_slow_path_packets`) with the same outcome as before.
 
 use detector_common::{
-    Counter, EventKind, FlowState, MAX_TLS_RECORD, Side, dir_flags,
+    Counter, EventKind, FlowState, MAX_TLS_RECORD, OWNER_STALE, Side, dir_flags, owner_stamp,
     tls::content_type::{ALERT, APPLICATION_DATA as APPDATA, CHANGE_CIPHER_SPEC, HANDSHAKE},
 };
 use detector_user::kernel::event::KernelEvent;
@@ -301,4 +301,62 @@ fn fin_and_idle_gaps_take_the_slow_path() {
     ));
     let (walked, _) = run(&mut h, &conv.server(&sealed(APPDATA, 100)));
     assert_eq!(walked, slow(1), "a packet after an idle gap");
+}
+
+/// The next frame's program clock (the harness moves it 1 ms per frame).
+fn next_frame_ns(h: &Harness) -> u64 {
+    h.now_ns + 1_000_000
+}
+
+fn hold(h: &mut Harness, conv: &Conversation, owner: u32) {
+    let mut flow = h.flow(conv.client_addr(), conv.server_addr());
+    flow.owner = owner;
+    h.set_flow(conv.client_addr(), conv.server_addr(), &flow);
+}
+
+fn owner_counts(h: &Harness) -> [u64; 3] {
+    [
+        Counter::FlowOwnerWaits,
+        Counter::FlowOwnerBusy,
+        Counter::FlowOwnerStale,
+    ]
+    .map(|c| h.counter(c))
+}
+
+/// One CPU at a time reads a flow (the kernel's owner.rs): on veth a direction's packets
+/// are processed on two CPUs at once, which only a live host does, so the flow is put in
+/// the state a walk on another CPU leaves it in.
+#[test]
+fn a_flow_another_cpu_reads_is_waited_for_and_a_stale_owner_taken_over() {
+    let (mut h, mut conv) = bulk();
+    let held_since = owner_stamp(next_frame_ns(&h));
+    hold(&mut h, &conv, held_since);
+    let before = place(&h, &conv);
+    let f = conv.server(&sealed(APPDATA, 100));
+    // Held by a walk that started just now: the fast path does not step it; the slow
+    // path waits for the owner, who (here) never finishes, so the packet goes unread and
+    // counted, and the flow stays the other CPU's.
+    let (walked, events) = run(&mut h, &f);
+    assert_eq!(walked, slow(0));
+    assert!(events.is_empty(), "{events:?}");
+    assert_eq!(owner_counts(&h), [1, 1, 0]);
+    assert_eq!(place(&h, &conv), before, "an unread packet moves nothing");
+    assert_eq!(h.flow(conv.client_addr(), conv.server_addr()).owner, held_since);
+
+    // Held since longer than any walk takes: taken over. The same bytes again (the
+    // sender's retransmission) are walked, and the flow is free afterwards.
+    h.advance(std::time::Duration::from_nanos(u64::from(OWNER_STALE) << 10));
+    let (walked, events) = run(&mut h, &f);
+    assert_eq!(walked, slow(1));
+    assert!(events.is_empty(), "{events:?}");
+    assert_eq!(owner_counts(&h), [2, 1, 1]);
+    let end = end_of(&f);
+    assert_eq!(place(&h, &conv), (end, end, APPDATA, 100, end, true));
+    assert_eq!(h.flow(conv.client_addr(), conv.server_addr()).owner, 0);
+
+    // Free: the fast path takes it, steps the record and gives it back; nobody waits.
+    let (walked, _) = run(&mut h, &conv.server(&sealed(APPDATA, 50)));
+    assert_eq!(walked, fast(1));
+    assert_eq!(owner_counts(&h), [2, 1, 1]);
+    assert_eq!(h.flow(conv.client_addr(), conv.server_addr()).owner, 0);
 }

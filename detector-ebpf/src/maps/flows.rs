@@ -83,7 +83,12 @@ pub fn forget_unconfirmed(key: &FlowKey) {
 /// (created minus present is what the agent reports as evicted).
 #[inline(never)]
 pub fn confirm(key: &FlowKey, flow: &FlowState) -> Option<&'static mut FlowState> {
-    if FLOWS.insert(key, flow, BPF_NOEXIST as u64).is_ok() {
+    // Copied with no owner: another CPU may be reading the unconfirmed entry right now,
+    // and its give-back reaches that entry, never the copy (see owner.rs).
+    let copy = scratch()?;
+    *copy = *flow;
+    copy.owner = 0;
+    if FLOWS.insert(key, copy, BPF_NOEXIST as u64).is_ok() {
         counters::inc(Counter::FlowsCreated);
         if flow.flags & flow_flags::MIDSTREAM != 0 {
             // A flow older than us, or one the table evicted, that its peer answers:

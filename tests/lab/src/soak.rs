@@ -80,12 +80,23 @@ pub struct SoakReport {
     pub unconfirmed_created: f64,
     pub flows_evicted: f64,
     pub events_dropped: f64,
+    /// Packets that waited while another CPU read their flow: the concurrency the
+    /// kernel's flow owner serialises (see its owner.rs).
+    pub flow_owner_waits: f64,
+    /// Packets left unread because the owner held on past the wait, and owners taken
+    /// over as stale: either is a packet the walker may have missed.
+    pub flow_owner_busy: f64,
+    pub flow_owner_stale: f64,
 }
 
 impl SoakReport {
-    /// Whether the run was clean: no diagnosis, the walker never lost its place.
+    /// Whether the run was clean: no diagnosis, the walker never lost its place nor left
+    /// a packet unread.
     pub fn clean(&self) -> bool {
-        self.diagnoses.is_empty() && self.sync_lost == 0.0
+        self.diagnoses.is_empty()
+            && self.sync_lost == 0.0
+            && self.flow_owner_busy == 0.0
+            && self.flow_owner_stale == 0.0
     }
 
     /// Clean sessions played (scenario plays count the sessions they open; a long-lived
@@ -101,6 +112,9 @@ impl SoakReport {
         self.unconfirmed_created += get("detector_kernel_unconfirmed_flows_created_total");
         self.flows_evicted += get("detector_kernel_flows_evicted_total");
         self.events_dropped += get("detector_kernel_events_dropped_total");
+        self.flow_owner_waits += get("detector_kernel_flow_owner_waits_total");
+        self.flow_owner_busy += get("detector_kernel_flow_owner_busy_total");
+        self.flow_owner_stale += get("detector_kernel_flow_owner_stale_total");
         for (reason, n) in by_reason(text, "detector_kernel_tls_sync_lost_by_reason_total") {
             *self.sync_lost_by_reason.entry(reason).or_default() += n;
         }
@@ -137,6 +151,12 @@ impl fmt::Display for SoakReport {
             self.flood_segments,
             self.flows_evicted,
             self.events_dropped
+        )?;
+        writeln!(
+            f,
+            "flows read by two CPUs at once: {} packets waited, {} left unread, {} stale \
+             owners taken over",
+            self.flow_owner_waits, self.flow_owner_busy, self.flow_owner_stale
         )?;
         writeln!(f, "tls sync losses: {}", self.sync_lost)?;
         for (reason, n) in self.sync_lost_by_reason.iter().filter(|(_, n)| **n > 0.0) {
