@@ -55,9 +55,14 @@ pub fn try_take(flow: &mut FlowState, now_ns: u64) -> bool {
 #[inline(always)]
 pub fn take(flow: &mut FlowState, now_ns: u64) -> bool {
     let mine = stamp(now_ns);
-    if attempt(flow, mine) {
-        return true;
-    }
+    attempt(flow, mine) || wait_for(flow, mine)
+}
+
+/// The contended case of [`take`], a function of its own: the verifier then carries no
+/// trace of the wait into the slow path, which it would otherwise check once per way the
+/// wait can end.
+#[inline(never)]
+fn wait_for(flow: &mut FlowState, mine: u32) -> bool {
     counters::inc(Counter::FlowOwnerWaits);
     let mut wait = Wait {
         flow: flow as *mut FlowState,

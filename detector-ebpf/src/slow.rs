@@ -59,25 +59,30 @@ pub fn run<P: Packet>(p: &P) {
         idle_ns: args.idle_ns,
         sender,
     };
-    // Another CPU may be reading this flow (see owner.rs): its walk ends first.
-    if !owner::take(flow, args.now) {
-        return;
-    }
-    handle(&cx, flow, args.retransmission);
-    owner::give_back(flow);
-}
-
-/// Everything the slow path does with a packet, the flow held.
-#[inline(always)]
-fn handle<P: Packet>(cx: &Cx<P>, flow: &mut FlowState, retransmission: bool) {
-    let seg = cx.seg;
-    let side = cx.sender as usize;
     // In map memory rather than on the stack: the verifier tracks stack values exactly,
     // and every combination of "events found so far" would be a state of its own at the
     // walker's bpf_loop; map contents are just unknown numbers to it.
     let Some(found) = events::found() else {
         return;
     };
+    // Another CPU may be reading this flow (see owner.rs): its walk ends first.
+    if !owner::take(flow, args.now) {
+        return;
+    }
+    read(&cx, flow, args.retransmission, found);
+    // Given back before the events are copied out, not after: code behind the emit loop
+    // has the verifier check the whole slow path 1.7 times over. What an event copies of
+    // the flow (versions, flags, history letters) the other side's walk may still add
+    // to; the walker's position, which concurrency would corrupt, it does not read.
+    owner::give_back(flow);
+    found.emit_all(&cx, flow);
+}
+
+/// What the packet's payload and flags say, the flow held.
+#[inline(always)]
+fn read<P: Packet>(cx: &Cx<P>, flow: &mut FlowState, retransmission: bool, found: &mut Found) {
+    let seg = cx.seg;
+    let side = cx.sender as usize;
     idle_resumption(cx, flow, retransmission, found);
     if seg.payload_len > 0 {
         if flow.dir[side].first_class == PayloadClass::None as u8 {
@@ -90,7 +95,6 @@ fn handle<P: Packet>(cx: &Cx<P>, flow: &mut FlowState, retransmission: bool) {
         }
     }
     finish(cx, flow, found);
-    found.emit_all(cx, flow);
 }
 
 /// Field case 5: a side that speaks after an idle gap either gets an answer (the flow
