@@ -1,7 +1,8 @@
 //! The agent's HTTP endpoint under load and its attachments under faults, live in lab
-//! namespaces: scrapers and idle connections while events flow, a request split across
-//! segments, health and readiness, an interface deleted and re-created, a second agent on
-//! the same interface, SIGKILL.
+//! namespaces: scrapers and idle connections while events flow, the connection limit
+//! reached (answered scrapers kept, a request sent a moment after connecting answered), a
+//! request split across segments, health and readiness, an interface deleted and
+//! re-created, a second agent on the same interface, SIGKILL.
 //!
 //! (Over 600 lines: one test binary, whose tests share the lab with a TLS server, the
 //! scrapers and the readiness polling.)
@@ -158,6 +159,8 @@ const IDLE: usize = 2000;
 /// The agent's connection limit and header timeout (detector_user::output::http).
 const MAX_CONNECTIONS: usize = detector_user::output::http::MAX_CONNECTIONS;
 const HTTP_HEADER_TIMEOUT: Duration = detector_user::output::http::HEADER_TIMEOUT;
+const CONNECT_GRACE: Duration = detector_user::output::http::CONNECT_GRACE;
+const DISPLACE_WAIT: Duration = detector_user::output::http::DISPLACE_WAIT;
 
 #[test]
 fn scrapers_and_idle_connections_cost_no_events() -> Result<()> {
@@ -369,6 +372,159 @@ fn scrape_until(ns: &str, stop: &AtomicBool, count: &AtomicU64) -> Result<()> {
         count.fetch_add(1, Ordering::Relaxed);
         thread::sleep(Duration::from_millis(50));
     }
+    Ok(())
+}
+
+/// One scrape over the kept-alive connection `s`.
+fn scrape_on(s: &mut TcpStream) -> Result<Response> {
+    write!(s, "GET /metrics HTTP/1.1\r\nHost: agent\r\n\r\n")?;
+    read_response(s)
+}
+
+/// `n` kept-alive connections, each answered one scrape.
+fn answered_scrapers(ns: &str, n: usize) -> Result<Vec<TcpStream>> {
+    (0..n)
+        .map(|i| {
+            let mut s = connect(ns)?;
+            s.set_read_timeout(Some(Duration::from_secs(10)))?;
+            let r = scrape_on(&mut s).with_context(|| format!("scraper {i}'s first scrape"))?;
+            ensure!(
+                r.status == 200,
+                "scraper {i}'s first scrape answered {}",
+                r.status
+            );
+            Ok(s)
+        })
+        .collect()
+}
+
+/// Every slot held by a scraper that has been answered and keeps its connection: a
+/// newcomer is refused (503) rather than one of them displaced, and all are answered again.
+#[test]
+fn answered_scrapers_keep_their_connections_when_the_slots_are_full() -> Result<()> {
+    if !root("live agents") {
+        return Ok(());
+    }
+    let _turn = serial();
+    let lab = Lab::direct()?;
+    let ns = lab.server_ns().to_owned();
+    let agent = LiveAgent::start(&lab, &ns, &[lab.server_if()], &[])?;
+
+    let mut scrapers = answered_scrapers(&ns, MAX_CONNECTIONS)?;
+    let mut late = connect(&ns)?;
+    late.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let asked = Instant::now();
+    let refused = scrape_on(&mut late).context("the newcomer's request")?;
+    let refused_after = asked.elapsed();
+    let mut last = String::new();
+    for (i, s) in scrapers.iter_mut().enumerate() {
+        let r = scrape_on(s).with_context(|| {
+            format!("scraper {i}'s second scrape over its kept-alive connection")
+        })?;
+        ensure!(
+            r.status == 200,
+            "scraper {i}'s second scrape answered {}",
+            r.status
+        );
+        last = String::from_utf8(r.body)?;
+    }
+    eprintln!(
+        "newcomer answered {} after {refused_after:?}",
+        refused.status
+    );
+    assert_eq!(
+        refused.status, 503,
+        "the newcomer over a full house of scrapers"
+    );
+    assert_eq!(refused.header("connection"), Some("close"));
+    assert!(
+        String::from_utf8_lossy(&refused.body).contains("too many connections"),
+        "refusal body {:?}",
+        String::from_utf8_lossy(&refused.body)
+    );
+    // It waited for a slot to free before giving up.
+    assert!(
+        refused_after >= DISPLACE_WAIT,
+        "refused after {refused_after:?}, before waiting {DISPLACE_WAIT:?} for a slot"
+    );
+    assert_eq!(
+        metric(&last, "detector_http_connections_refused_total"),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(&last, "detector_http_connections_displaced_total"),
+        Some(0.0)
+    );
+    agent.stop()?;
+    Ok(())
+}
+
+/// A client that connects and sends its request a moment later (as a scraper thread the
+/// scheduler delays between connect and write does) is not displaced as a socket that
+/// only holds a slot; one that stays silent past the grace is.
+#[test]
+fn a_request_sent_a_moment_after_connecting_is_answered_when_full() -> Result<()> {
+    if !root("live agents") {
+        return Ok(());
+    }
+    let _turn = serial();
+    let lab = Lab::direct()?;
+    let ns = lab.server_ns().to_owned();
+    let agent = LiveAgent::start(&lab, &ns, &[lab.server_if()], &[])?;
+
+    // The slots, full: scrapers, then a client that has not written yet, then one that
+    // never will.
+    let mut scrapers = answered_scrapers(&ns, MAX_CONNECTIONS - 2)?;
+    let before = Instant::now();
+    let mut slow = connect(&ns)?;
+    slow.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut silent = connect(&ns)?;
+    silent.set_read_timeout(Some(Duration::from_secs(10)))?;
+    // A newcomer overflows them at once.
+    let mut newcomer = connect(&ns)?;
+    newcomer.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let overflowed = before.elapsed();
+    ensure!(
+        overflowed < CONNECT_GRACE / 2,
+        "connecting took {overflowed:?}: too slow to write within the grace"
+    );
+    // Accepted after `before`: this is within its grace.
+    thread::sleep((before + CONNECT_GRACE / 2).saturating_duration_since(Instant::now()));
+    let r = scrape_on(&mut slow).context("a request sent a moment after connecting")?;
+    assert_eq!(r.status, 200, "the slow client's request");
+
+    // The silent one makes room for the newcomer once past its grace.
+    let mut b = [0u8; 1];
+    let n = silent.read(&mut b).context("the silent connection")?;
+    let closed_after = before.elapsed();
+    assert_eq!(n, 0, "the agent sent bytes unasked");
+    assert!(
+        closed_after >= CONNECT_GRACE && closed_after < DISPLACE_WAIT,
+        "the silent connection was closed after {closed_after:?}: not once past its grace"
+    );
+    let r = scrape_on(&mut newcomer).context("the newcomer's request")?;
+    assert_eq!(r.status, 200, "the newcomer's request");
+    for (i, s) in scrapers.iter_mut().enumerate() {
+        let r = scrape_on(s).with_context(|| format!("scraper {i}'s second scrape"))?;
+        ensure!(
+            r.status == 200,
+            "scraper {i}'s second scrape answered {}",
+            r.status
+        );
+    }
+    let text = String::from_utf8(scrape_on(&mut slow)?.body)?;
+    eprintln!(
+        "overflowed {overflowed:?} after the slow client connected; silent one closed after {closed_after:?}"
+    );
+    assert_eq!(
+        metric(&text, "detector_http_connections_displaced_total"),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(&text, "detector_http_connections_refused_total"),
+        Some(0.0)
+    );
+    agent.stop()?;
     Ok(())
 }
 

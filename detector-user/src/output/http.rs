@@ -1,10 +1,18 @@
 //! The HTTP endpoint: `/metrics` for Prometheus, `/healthz` and `/readyz` for supervisors,
 //! on hyper's HTTP/1.1 server in the agent's own runtime.
 //!
-//! Bounded in every resource: at most [`MAX_CONNECTIONS`] connections (when full, a new one
-//! displaces an idle one, first those that never sent a request, so idle or slow sockets
-//! cannot lock scrapers out); a connection must send a request within [`HEADER_TIMEOUT`]
-//! of connecting, and one kept alive is closed after [`IDLE_TIMEOUT`] without a request. A
+//! Bounded in every resource: at most [`MAX_CONNECTIONS`] connections; a connection must
+//! send a request within [`HEADER_TIMEOUT`] of connecting, and one kept alive is closed
+//! after [`IDLE_TIMEOUT`] without a request. When every slot is taken, a newcomer displaces
+//! a connection that has not sent a request and has had [`CONNECT_GRACE`] to do so (the
+//! longest-open that sent nothing, else the longest-open with a request head or TLS
+//! handshake begun), so sockets that only hold a slot cannot lock scrapers out, and a
+//! client that sends its request a moment after connecting is not taken for one of them.
+//! A connection that has sent a request (a kept-alive scraper between scrapes) is never
+//! displaced: closing it would break its next scrape, so when no other slot can be freed
+//! within [`DISPLACE_WAIT`] the newcomer is refused instead, with a 503 over plain HTTP.
+//! Both are counted: `detector_http_connections_displaced_total`,
+//! `detector_http_connections_refused_total`. A
 //! scrape reads the kernel counters and renders on a thread of its own, never on the event
 //! loop, and reads flow-table occupancy from what [`super::occupancy`] last counted, so its
 //! cost does not depend on the flow table's size.
@@ -18,13 +26,15 @@
 use std::{
     collections::BTreeMap,
     convert::Infallible,
-    io::Write as _,
+    io::{self, Read as _, Write as _},
     net::SocketAddr,
+    pin::Pin,
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
         mpsc,
     },
+    task::{Context, Poll},
     time::Duration,
 };
 
@@ -40,8 +50,9 @@ use hyper::{
 };
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
     net::{TcpListener, TcpStream},
-    sync::{Notify, Semaphore, oneshot},
+    sync::{Notify, OwnedSemaphorePermit, Semaphore, oneshot},
     time::Instant,
 };
 
@@ -69,8 +80,14 @@ pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(75);
 /// How long a connection asked to close may take to finish its request.
 const CLOSE_GRACE: Duration = Duration::from_secs(10);
-/// How long a new connection waits for a displaced one to close before it is refused.
-const DISPLACE_WAIT: Duration = Duration::from_secs(1);
+/// How long a newcomer waits for a slot (a displaced connection closing, or one coming to
+/// the end of its grace) before it is refused.
+pub const DISPLACE_WAIT: Duration = Duration::from_secs(1);
+/// A new connection is not displaced before it has had this long to send something: a
+/// client's first bytes follow its handshake at once, but its process may be descheduled
+/// between connect and write. While a flood of connections that send nothing holds the
+/// slots, newcomers are thus let in at most [`MAX_CONNECTIONS`] per grace.
+pub const CONNECT_GRACE: Duration = Duration::from_millis(250);
 /// bcrypt verifications at once: each takes a core for tens of milliseconds, and the agent
 /// must not starve its event loop's core (or exceed its task limit) when many scrapers, or
 /// someone guessing passwords, connect at once.
@@ -82,6 +99,8 @@ const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
 #[derive(Clone)]
 struct State {
     health: Arc<Health>,
+    /// Where displacements and refusals are counted.
+    metrics: Arc<Metrics>,
     /// Renders scrapes on a thread of its own: one thread however many scrapers (the
     /// systemd unit allows 64 tasks), and never the event loop's.
     renderer: mpsc::SyncSender<RenderJob>,
@@ -113,6 +132,9 @@ fn start_renderer(
 /// A connection as the acceptor sees it: whether it is serving a request, and how to ask
 /// it to close.
 struct Conn {
+    accepted: Instant,
+    /// Sent a byte (a request head or TLS handshake begun).
+    heard: AtomicBool,
     /// Requests being served.
     busy: AtomicUsize,
     /// Requests started on this connection.
@@ -120,6 +142,30 @@ struct Conn {
     /// Asked to close already (so not chosen twice).
     displaced: AtomicBool,
     close: Notify,
+}
+
+impl Conn {
+    fn new(accepted: Instant) -> Conn {
+        Conn {
+            accepted,
+            heard: AtomicBool::new(false),
+            busy: AtomicUsize::new(0),
+            requests: AtomicU64::new(0),
+            displaced: AtomicBool::new(false),
+            close: Notify::new(),
+        }
+    }
+}
+
+/// What [`Conns::displace_one`] did.
+#[derive(Debug, PartialEq)]
+enum Room {
+    /// Asked a connection to close.
+    Asked,
+    /// None may be displaced before then, when the oldest candidate's grace ends.
+    NotBefore(Instant),
+    /// Every connection has sent a request or is closing already.
+    Full,
 }
 
 /// The open connections, oldest first (ids grow with accept order).
@@ -132,26 +178,51 @@ impl Conns {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Asks a connection with no request in progress to close: the longest-open one that
-    /// never sent a request, else the longest-open one; false when every connection is
-    /// busy. A kept-alive scraper thus outlives sockets that only hold a slot.
-    fn displace_one(&self) -> bool {
+    /// Asks to close a connection that has sent no request, is not closing already and
+    /// has had [`CONNECT_GRACE`]: the longest-open that sent nothing, else the longest-open
+    /// that began a request head or TLS handshake. Never one that has sent a request: an
+    /// answered scraper between scrapes would find its connection closed at the next.
+    fn displace_one(&self, now: Instant) -> Room {
         let map = self.lock();
-        let idle = |c: &&Arc<Conn>| {
-            c.busy.load(Ordering::Relaxed) == 0 && !c.displaced.load(Ordering::Relaxed)
-        };
-        let victim = map
-            .values()
-            .filter(idle)
-            .find(|c| c.requests.load(Ordering::Relaxed) == 0)
-            .or_else(|| map.values().find(idle));
-        match victim {
-            Some(c) => {
+        let mut soonest: Option<Instant> = None;
+        for heard in [false, true] {
+            // Ids grow with accept order: the first found is the longest-open.
+            let oldest = map.values().find(|c| {
+                c.requests.load(Ordering::Relaxed) == 0
+                    && c.busy.load(Ordering::Relaxed) == 0
+                    && !c.displaced.load(Ordering::Relaxed)
+                    && c.heard.load(Ordering::Relaxed) == heard
+            });
+            let Some(c) = oldest else { continue };
+            let of_age = c.accepted + CONNECT_GRACE;
+            if of_age <= now {
                 c.displaced.store(true, Ordering::Relaxed);
                 c.close.notify_one();
-                true
+                return Room::Asked;
             }
-            None => false,
+            soonest = Some(soonest.map_or(of_age, |s| s.min(of_age)));
+        }
+        soonest.map_or(Room::Full, Room::NotBefore)
+    }
+
+    /// Makes room for a newcomer and waits for it, which leaves further newcomers in the
+    /// kernel's accept queue meanwhile; `None` when no slot frees within [`DISPLACE_WAIT`].
+    async fn make_room(&self, permits: &Arc<Semaphore>) -> Option<OwnedSemaphorePermit> {
+        let deadline = Instant::now() + DISPLACE_WAIT;
+        loop {
+            let retry = match self.displace_one(Instant::now()) {
+                Room::NotBefore(t) => t.min(deadline),
+                // A connection closing of its own accord (a scrape with `Connection: close`)
+                // frees a slot too.
+                Room::Asked | Room::Full => deadline,
+            };
+            if let Ok(Ok(p)) = tokio::time::timeout_at(retry, permits.clone().acquire_owned()).await
+            {
+                return Some(p);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
         }
     }
 }
@@ -184,6 +255,7 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let state = State {
         health,
+        metrics: metrics.clone(),
         renderer: start_renderer(metrics, counters)?,
         auth: web
             .users
@@ -205,41 +277,36 @@ pub async fn serve(
         };
         let permit = match permits.clone().try_acquire_owned() {
             Ok(p) => p,
-            // Full: make room and wait for it here, which leaves further newcomers in the
-            // kernel's accept queue meanwhile instead of refusing them.
-            Err(_) => {
-                let displaced = conns.displace_one();
-                match tokio::time::timeout(DISPLACE_WAIT, permits.clone().acquire_owned()).await {
-                    Ok(Ok(p)) => p,
-                    _ => {
-                        log::debug!(
-                            "metrics: {peer} refused: {MAX_CONNECTIONS} connections busy \
-                             (one displaced: {displaced})"
-                        );
-                        drop(sock);
-                        continue;
-                    }
+            Err(_) => match conns.make_room(&permits).await {
+                Some(p) => p,
+                None => {
+                    log::debug!(
+                        "metrics: {peer} refused: all {MAX_CONNECTIONS} connections have sent \
+                         a request or are closing"
+                    );
+                    state.metrics.on_http_refused();
+                    refuse(sock, tls.is_none());
+                    continue;
                 }
-            }
+            },
         };
         next_id += 1;
         let id = next_id;
-        let conn = Arc::new(Conn {
-            busy: AtomicUsize::new(0),
-            requests: AtomicU64::new(0),
-            displaced: AtomicBool::new(false),
-            close: Notify::new(),
-        });
+        let conn = Arc::new(Conn::new(Instant::now()));
         conns.lock().insert(id, conn.clone());
         let conns = conns.clone();
         let state = state.clone();
         let tls = tls.clone();
         tokio::spawn(async move {
             let _ = sock.set_nodelay(true);
+            let sock = Heard {
+                io: sock,
+                conn: conn.clone(),
+            };
             match tls {
                 None => serve_connection(sock, conn, state).await,
                 Some(tls) => {
-                    if let Some(sock) = handshake(&tls, sock, &conn, peer).await {
+                    if let Some(sock) = handshake(&tls, sock, &conn, &state, peer).await {
                         serve_connection(sock, conn, state).await;
                     }
                 }
@@ -254,10 +321,11 @@ pub async fn serve(
 /// connection is displaced meanwhile; `None` when it did not complete.
 async fn handshake(
     tls: &TlsAcceptor,
-    sock: TcpStream,
+    sock: Heard<TcpStream>,
     conn: &Conn,
+    state: &State,
     peer: SocketAddr,
-) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+) -> Option<tokio_rustls::server::TlsStream<Heard<TcpStream>>> {
     tokio::select! {
         r = tokio::time::timeout(HEADER_TIMEOUT, tls.accept(sock)) => match r {
             Ok(Ok(s)) => Some(s),
@@ -270,7 +338,91 @@ async fn handshake(
                 None
             }
         },
-        _ = conn.close.notified() => None,
+        _ = conn.close.notified() => {
+            state.metrics.on_http_displaced();
+            None
+        }
+    }
+}
+
+/// Refuses a newcomer: over plain HTTP with a 503 saying why (over TLS there is no
+/// session to answer in, so it is just closed).
+fn refuse(sock: TcpStream, plain: bool) {
+    let Ok(mut sock) = sock.into_std() else {
+        return;
+    };
+    if !plain {
+        return;
+    }
+    // What it has sent already is read (the socket does not block), so closing ends with
+    // a FIN after the answer, not a reset that could discard it.
+    let mut buf = [0u8; 4096];
+    for _ in 0..16 {
+        match sock.read(&mut buf) {
+            Ok(n) if n > 0 => {}
+            _ => break,
+        }
+    }
+    let body =
+        format!("too many connections: all {MAX_CONNECTIONS} have sent requests or are closing\n");
+    let answer = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\n\
+         content-length: {}\r\nconnection: close\r\nretry-after: 1\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = sock.write(answer.as_bytes());
+}
+
+/// The socket as hyper or the TLS acceptor reads it: marks the connection heard at its
+/// first byte, so one that has begun a request or handshake is displaced only after those
+/// that sent nothing.
+struct Heard<S> {
+    io: S,
+    conn: Arc<Conn>,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Heard<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.io).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.conn.heard.store(true, Ordering::Relaxed);
+        }
+        r
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Heard<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
 
@@ -279,6 +431,7 @@ where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let last_active = Arc::new(Mutex::new(Instant::now()));
+    let metrics = state.metrics.clone();
     let service = {
         let conn = conn.clone();
         let last_active = last_active.clone();
@@ -314,6 +467,9 @@ where
         // While a request is in progress its end resets the clock: look again later.
         let deadline = (idle_since + timeout).max(Instant::now() + Duration::from_millis(500));
         tokio::select! {
+            // The connection first: a request that arrived with the request to close is
+            // read, and keeps it open.
+            biased;
             r = connection.as_mut() => {
                 if let Err(e) = r {
                     log::debug!("metrics: connection ended: {e}");
@@ -322,10 +478,12 @@ where
             }
             _ = conn.close.notified(), if closing.is_none() => {
                 if never_asked(&conn) {
+                    metrics.on_http_displaced();
                     return;
                 }
-                closing = Some(Instant::now() + CLOSE_GRACE);
-                connection.as_mut().graceful_shutdown();
+                // It sent a request since it was chosen: it stays, and the newcomer waits
+                // for another slot.
+                conn.displaced.store(false, Ordering::Relaxed);
             }
             _ = tokio::time::sleep_until(deadline), if closing.is_none() => {
                 let idle_since = *last_active.lock().unwrap_or_else(|p| p.into_inner());
@@ -484,6 +642,66 @@ mod tests {
 
     fn gz(v: &str) -> bool {
         accepts_gzip([&header::HeaderValue::from_str(v).unwrap()])
+    }
+
+    /// Connections accepted these many milliseconds before `now`, in accept order.
+    fn open(now: Instant, ages_ms: &[u64]) -> (Conns, Vec<Arc<Conn>>) {
+        let conns = Conns::default();
+        let v: Vec<Arc<Conn>> = ages_ms
+            .iter()
+            .map(|&ms| Arc::new(Conn::new(now - Duration::from_millis(ms))))
+            .collect();
+        for (id, c) in v.iter().enumerate() {
+            conns.lock().insert(id as u64, c.clone());
+        }
+        (conns, v)
+    }
+
+    fn displaced(v: &[Arc<Conn>]) -> Vec<bool> {
+        v.iter()
+            .map(|c| c.displaced.load(Ordering::Relaxed))
+            .collect()
+    }
+
+    #[test]
+    fn answered_scrapers_are_not_displaced_while_others_close() {
+        // Kept-alive scrapers between scrapes, and silent connections displaced already
+        // and still closing: nothing may be asked to close.
+        let now = Instant::now();
+        let (conns, v) = open(now, &[9000, 8000, 7000, 6000]);
+        for c in [&v[0], &v[2]] {
+            c.requests.store(1, Ordering::Relaxed);
+        }
+        for c in [&v[1], &v[3]] {
+            c.displaced.store(true, Ordering::Relaxed);
+        }
+        assert_eq!(conns.displace_one(now), Room::Full);
+        assert_eq!(displaced(&v), [false, true, false, true]);
+    }
+
+    #[test]
+    fn silent_before_heard_longest_open_first_after_the_grace() {
+        let now = Instant::now();
+        let g = CONNECT_GRACE.as_millis() as u64;
+        let (conns, v) = open(now, &[4 * g, 3 * g, 2 * g, g, g / 2]);
+        v[0].heard.store(true, Ordering::Relaxed);
+        v[3].requests.store(1, Ordering::Relaxed);
+        assert_eq!(conns.displace_one(now), Room::Asked);
+        assert_eq!(displaced(&v), [false, true, false, false, false]);
+        assert_eq!(conns.displace_one(now), Room::Asked);
+        assert_eq!(displaced(&v), [false, true, true, false, false]);
+        // The silent one left is in its grace: the one that began a request goes first.
+        assert_eq!(conns.displace_one(now), Room::Asked);
+        assert_eq!(displaced(&v), [true, true, true, false, false]);
+        assert_eq!(
+            conns.displace_one(now),
+            Room::NotBefore(v[4].accepted + CONNECT_GRACE)
+        );
+        assert_eq!(displaced(&v), [true, true, true, false, false]);
+        // A connection being answered is not displaced either.
+        v[4].busy.store(1, Ordering::Relaxed);
+        v[4].requests.store(1, Ordering::Relaxed);
+        assert_eq!(conns.displace_one(now + CONNECT_GRACE), Room::Full);
     }
 
     #[test]

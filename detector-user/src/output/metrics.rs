@@ -34,6 +34,8 @@ pub struct Metrics {
     /// series appears only once counted, as with the other labels.
     encrypted_by_side: [OnceLock<IntCounter>; 2],
     decode_errors: IntCounter,
+    http_displaced: IntCounter,
+    http_refused: IntCounter,
     sessions_evicted: IntCounter,
     sessions_open: IntGauge,
     idle_gaps: HistogramVec,
@@ -85,6 +87,14 @@ impl Metrics {
         let decode_errors = IntCounter::new(
             "event_decode_errors_total",
             "Kernel events the agent could not decode (kernel/agent version mismatch)",
+        )?;
+        let http_displaced = IntCounter::new(
+            "http_connections_displaced_total",
+            "Connections to this endpoint closed to make room for a newcomer (they had sent no request)",
+        )?;
+        let http_refused = IntCounter::new(
+            "http_connections_refused_total",
+            "Connections to this endpoint refused: every slot held one that had sent a request or was closing",
         )?;
         let sessions_evicted = IntCounter::new(
             "sessions_evicted_total",
@@ -189,6 +199,8 @@ impl Metrics {
             Box::new(alerts.clone()),
             Box::new(encrypted_alerts.clone()),
             Box::new(decode_errors.clone()),
+            Box::new(http_displaced.clone()),
+            Box::new(http_refused.clone()),
             Box::new(sessions_evicted.clone()),
             Box::new(sessions_open.clone()),
             Box::new(idle_gaps.clone()),
@@ -205,6 +217,8 @@ impl Metrics {
             encrypted_alerts,
             encrypted_by_side: Default::default(),
             decode_errors,
+            http_displaced,
+            http_refused,
             sessions_evicted,
             sessions_open,
             idle_gaps,
@@ -241,6 +255,14 @@ impl Metrics {
 
     pub fn on_decode_error(&self) {
         self.decode_errors.inc();
+    }
+
+    pub fn on_http_displaced(&self) {
+        self.http_displaced.inc();
+    }
+
+    pub fn on_http_refused(&self) {
+        self.http_refused.inc();
     }
 
     pub fn on_diagnosis(&self, d: &Diagnosis) {
