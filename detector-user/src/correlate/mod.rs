@@ -217,7 +217,7 @@ impl Correlator {
             .into_iter()
             .map(|(kind, evidence, detail)| {
                 let session = SessionDetail {
-                    ssl_history: (!s.history.is_empty()).then(|| s.history.clone()),
+                    ssl_history: (!s.history.is_empty()).then(|| s.history.to_string()),
                     tls_version: s.tls.negotiated_version.map(version_name),
                     midstream: s.midstream,
                     alerts_omitted: s.alerts_omitted,

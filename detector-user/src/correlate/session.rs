@@ -4,7 +4,7 @@
 use detector_common::{EventKind, PayloadClass, Side, dir_flags};
 
 use crate::{
-    kernel::event::{Abort, Alert, KernelEvent, TlsFacts},
+    kernel::event::{Abort, Alert, History, KernelEvent, Snippet, TlsFacts},
     output::{detail::IdleDropHow, diagnosis::Abstention, escape::show_bytes},
 };
 
@@ -43,7 +43,7 @@ pub(super) struct Session {
     /// An idle resumption that went unanswered, or a flow first seen mid-stream.
     pub(super) idle_drop: Option<(IdleDropHow, Side, u64)>,
     /// The latest history and facts (later events know more).
-    pub(super) history: String,
+    pub(super) history: History,
     pub(super) tls: TlsFacts,
     pub(super) server_hello_seen: bool,
     /// Both sides sent application data after the ServerHello: see
@@ -53,7 +53,7 @@ pub(super) struct Session {
 
 /// The first bytes of a payload, and whether the payload went on beyond them.
 pub(super) struct Bytes {
-    pub(super) head: Vec<u8>,
+    pub(super) head: Snippet,
     pub(super) cut: bool,
 }
 
@@ -122,7 +122,7 @@ impl Session {
             self.sni = sni;
         }
         if e.history.len() >= self.history.len() {
-            self.history.clone_from(&e.history);
+            self.history = e.history;
         }
         self.tls = e.tls;
         self.server_hello_seen |= e.server_flags & dir_flags::HELLO != 0;
@@ -141,7 +141,7 @@ impl Session {
                     Side::Server => &mut self.server_bytes,
                 };
                 slot.get_or_insert_with(|| Bytes {
-                    head: e.snippet.clone(),
+                    head: e.snippet,
                     cut: e.payload_len as usize > e.snippet.len(),
                 });
             }
