@@ -155,9 +155,9 @@ struct Line<'a> {
     #[serde(serialize_with = "rfc3339")]
     ts: OffsetDateTime,
     kind: &'static str,
-    #[serde(serialize_with = "display")]
+    #[serde(serialize_with = "endpoint")]
     client: SocketAddr,
-    #[serde(serialize_with = "display")]
+    #[serde(serialize_with = "endpoint")]
     server: SocketAddr,
     #[serde(skip_serializing_if = "Option::is_none")]
     community_id: Option<String>,
@@ -201,6 +201,23 @@ impl fmt::Display for Joined<'_> {
 
 fn display<T: fmt::Display, S: Serializer>(v: &T, ser: S) -> Result<S::Ok, S::Error> {
     ser.collect_str(v)
+}
+
+/// An address formatted on the stack, then written as one string: written piece by piece
+/// (`collect_str`), each of its many small pieces would be scanned for escapes apart.
+fn endpoint<S: Serializer>(addr: &SocketAddr, ser: S) -> Result<S::Ok, S::Error> {
+    use std::io::Write as _;
+    // The longest is 62 bytes (`[ffff:…:255.255.255.255%4294967295]:65535`).
+    const CAP: usize = 80;
+    let mut buf = [0u8; CAP];
+    let mut rest = &mut buf[..];
+    match write!(rest, "{addr}") {
+        Ok(()) => {
+            let len = CAP - rest.len();
+            ser.serialize_str(std::str::from_utf8(&buf[..len]).unwrap_or_default())
+        }
+        Err(_) => ser.collect_str(addr),
+    }
 }
 
 /// RFC 3339, formatted on the stack; a time RFC 3339 cannot show (a year before 0) is an
