@@ -13,6 +13,7 @@
 
 mod handshake;
 mod idle;
+mod key;
 mod mismatch;
 mod renegotiation;
 mod resumption;
