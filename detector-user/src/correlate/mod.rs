@@ -13,6 +13,7 @@
 
 mod handshake;
 mod idle;
+mod key;
 mod mismatch;
 mod renegotiation;
 mod resumption;
@@ -217,7 +218,7 @@ impl Correlator {
             .into_iter()
             .map(|(kind, evidence, detail)| {
                 let session = SessionDetail {
-                    ssl_history: (!s.history.is_empty()).then(|| s.history.clone()),
+                    ssl_history: (!s.history.is_empty()).then(|| s.history.to_string()),
                     tls_version: s.tls.negotiated_version.map(version_name),
                     midstream: s.midstream,
                     alerts_omitted: s.alerts_omitted,

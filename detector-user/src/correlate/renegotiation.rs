@@ -91,7 +91,7 @@ pub(super) fn renegotiation(s: &Session, found: &mut Vec<Found>) -> Result<(), A
             (Kind::ClientRenegotiation, detail)
         }
     };
-    for (side, len) in &s.encrypted_alerts {
+    for (side, len) in s.encrypted_alerts.iter() {
         evidence.push(format!(
             "{} then sent an encrypted alert ({len} bytes)",
             side_name(*side)

@@ -1,10 +1,12 @@
 //! What the correlator holds per session between events: the first sighting of each kind
 //! of trouble, enough for the judges to tell the session's story.
 
+use std::ops::Deref;
+
 use detector_common::{EventKind, PayloadClass, Side, dir_flags};
 
 use crate::{
-    kernel::event::{Abort, Alert, KernelEvent, TlsFacts},
+    kernel::event::{Abort, Alert, History, KernelEvent, Snippet, TlsFacts},
     output::{detail::IdleDropHow, diagnosis::Abstention, escape::show_bytes},
 };
 
@@ -30,7 +32,9 @@ pub(super) struct Session {
     pub(super) alerts: Vec<SeenAlert>,
     pub(super) alerts_omitted: u32,
     /// Sender and record length, at most [`MAX_ALERTS_KEPT`]; the rest are counted.
-    pub(super) encrypted_alerts: Vec<(Side, u16)>,
+    /// Inline: every clean TLS 1.2 close has two, so most sessions would otherwise
+    /// allocate for them.
+    pub(super) encrypted_alerts: Kept<(Side, u16), MAX_ALERTS_KEPT>,
     pub(super) encrypted_alerts_omitted: u32,
     /// When the server's first plaintext HelloRequest came.
     pub(super) hello_request_ns: Option<u64>,
@@ -43,7 +47,7 @@ pub(super) struct Session {
     /// An idle resumption that went unanswered, or a flow first seen mid-stream.
     pub(super) idle_drop: Option<(IdleDropHow, Side, u64)>,
     /// The latest history and facts (later events know more).
-    pub(super) history: String,
+    pub(super) history: History,
     pub(super) tls: TlsFacts,
     pub(super) server_hello_seen: bool,
     /// Both sides sent application data after the ServerHello: see
@@ -51,9 +55,51 @@ pub(super) struct Session {
     pub(super) established: bool,
 }
 
+/// Up to `N` items, held inline.
+#[derive(Clone, Copy)]
+pub(super) struct Kept<T: Copy, const N: usize> {
+    len: u8,
+    /// Those past `len` are fillers, never read.
+    items: [T; N],
+}
+
+impl<T: Copy, const N: usize> Kept<T, N> {
+    const fn new(filler: T) -> Self {
+        assert!(N <= u8::MAX as usize);
+        Kept {
+            len: 0,
+            items: [filler; N],
+        }
+    }
+
+    /// Keeps `item` if there is room; false if there was none.
+    pub(super) fn push(&mut self, item: T) -> bool {
+        let Some(slot) = self.items.get_mut(usize::from(self.len)) else {
+            return false;
+        };
+        *slot = item;
+        self.len += 1;
+        true
+    }
+}
+
+impl<T: Copy, const N: usize> Deref for Kept<T, N> {
+    type Target = [T];
+
+    fn deref(&self) -> &[T] {
+        &self.items[..usize::from(self.len)]
+    }
+}
+
+impl<const N: usize> Default for Kept<(Side, u16), N> {
+    fn default() -> Self {
+        Kept::new((Side::Client, 0))
+    }
+}
+
 /// The first bytes of a payload, and whether the payload went on beyond them.
 pub(super) struct Bytes {
-    pub(super) head: Vec<u8>,
+    pub(super) head: Snippet,
     pub(super) cut: bool,
 }
 
@@ -122,7 +168,7 @@ impl Session {
             self.sni = sni;
         }
         if e.history.len() >= self.history.len() {
-            self.history.clone_from(&e.history);
+            self.history = e.history;
         }
         self.tls = e.tls;
         self.server_hello_seen |= e.server_flags & dir_flags::HELLO != 0;
@@ -141,7 +187,7 @@ impl Session {
                     Side::Server => &mut self.server_bytes,
                 };
                 slot.get_or_insert_with(|| Bytes {
-                    head: e.snippet.clone(),
+                    head: e.snippet,
                     cut: e.payload_len as usize > e.snippet.len(),
                 });
             }
@@ -165,9 +211,7 @@ impl Session {
                 }
             }
             EventKind::EncryptedAlert => {
-                if self.encrypted_alerts.len() < MAX_ALERTS_KEPT {
-                    self.encrypted_alerts.push((e.sender, e.record_len));
-                } else {
+                if !self.encrypted_alerts.push((e.sender, e.record_len)) {
                     self.encrypted_alerts_omitted += 1;
                 }
                 if e.gap_ns >= idle_ns {

@@ -11,7 +11,7 @@
 
 use std::collections::{HashMap, hash_map::Entry};
 
-use super::{SessionKey, session::Session};
+use super::{SessionKey, key::Packed, session::Session};
 
 const NIL: u32 = u32::MAX;
 
@@ -34,7 +34,7 @@ struct Link {
 
 #[derive(Default)]
 pub(super) struct Table {
-    index: HashMap<SessionKey, u32>,
+    index: HashMap<Packed<SessionKey>, u32>,
     slots: Vec<Slot>,
     links: Vec<Link>,
     /// The first free slot, linked through `next`.
@@ -51,12 +51,12 @@ impl Table {
 
     pub(super) fn get(&self, key: &SessionKey) -> Option<&Session> {
         self.index
-            .get(key)
+            .get(&Packed(*key))
             .map(|&i| &self.slots[i as usize].session)
     }
 
     pub(super) fn remove(&mut self, key: &SessionKey) -> Option<Session> {
-        let i = self.index.remove(key)?;
+        let i = self.index.remove(&Packed(*key))?;
         self.unlink(i);
         Some(self.release(i))
     }
@@ -69,7 +69,7 @@ impl Table {
         new: impl FnOnce() -> Session,
         f: impl FnOnce(&mut Session) -> R,
     ) -> R {
-        let i = match self.index.entry(key) {
+        let i = match self.index.entry(Packed(key)) {
             Entry::Occupied(o) => {
                 let i = *o.get();
                 self.unlink(i);
@@ -104,7 +104,7 @@ impl Table {
             return None;
         }
         let key = self.slots[i as usize].key;
-        self.index.remove(&key);
+        self.index.remove(&Packed(key));
         self.unlink(i);
         Some((key, self.release(i)))
     }

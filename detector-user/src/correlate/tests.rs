@@ -4,7 +4,7 @@ use detector_common::{PayloadClass, Side, dir_flags, tls_flags};
 
 use super::*;
 use crate::{
-    kernel::event::{Abort, Alert, TlsFacts},
+    kernel::event::{Abort, Alert, History, Snippet, TlsFacts},
     output::escape::hex,
 };
 
@@ -26,10 +26,10 @@ fn event(kind: EventKind, sender: Side) -> KernelEvent {
         midstream_tls: false,
         midstream: false,
         record_len: 0,
-        snippet: vec![],
+        snippet: Snippet::default(),
         tcp_seq: 1,
         payload_len: 0,
-        history: String::new(),
+        history: History::default(),
         client_flags: 0,
         server_flags: 0,
         tls: TlsFacts::default(),
@@ -49,13 +49,13 @@ fn http_request_and_server_alert_make_one_diagnosis() {
     let mut c = correlator();
     let mut req = event(EventKind::ProtocolMismatch, Side::Client);
     req.client_first = PayloadClass::HttpRequest;
-    req.snippet = b"GET / HTTP/1.1\r\nHo".to_vec();
+    req.snippet = Snippet::new(b"GET / HTTP/1.1\r\n");
     req.payload_len = 40;
     let mut answer = event(EventKind::ProtocolMismatch, Side::Server);
     answer.ts_ns = 2_000;
     answer.client_first = PayloadClass::HttpRequest;
     answer.server_first = PayloadClass::TlsRecord;
-    answer.snippet = vec![0x15, 3, 1, 0, 2, 2, 10];
+    answer.snippet = Snippet::new(&[0x15, 3, 1, 0, 2, 2, 10]);
     let mut a = answer.clone();
     a.kind = EventKind::PlaintextAlert;
     a.alert = alert(2, 10);
@@ -302,12 +302,12 @@ fn client_hello_answered(class: PayloadClass, answer: &[u8]) -> Vec<Diagnosis> {
     mismatch.tls_port = false;
     mismatch.client_first = PayloadClass::ClientHello;
     mismatch.server_first = class;
-    mismatch.snippet = answer.to_vec();
+    mismatch.snippet = Snippet::new(answer);
     mismatch.payload_len = 200;
     let mut end = mismatch.clone();
     end.kind = EventKind::HandshakeAborted;
     end.abort = Some(Abort::Fin);
-    end.snippet.clear();
+    end.snippet = Snippet::default();
     end.ts_ns = 2_000;
     c.ingest(&mismatch, None);
     c.ingest(&end, None);
@@ -316,15 +316,12 @@ fn client_hello_answered(class: PayloadClass, answer: &[u8]) -> Vec<Diagnosis> {
 
 #[test]
 fn client_hello_answered_in_plaintext_is_tls_to_plaintext_port() {
+    // Each answer is as much as the kernel sends of it (SNIPPET_LEN bytes at most).
     for (class, bytes, answer) in [
-        (
-            PayloadClass::HttpResponse,
-            &b"HTTP/1.1 400 Bad "[..],
-            "http",
-        ),
-        (PayloadClass::Other, b"<!DOCTYPE HTML PU", "html"),
+        (PayloadClass::HttpResponse, &b"HTTP/1.1 400 Bad"[..], "http"),
+        (PayloadClass::Other, b"<!DOCTYPE HTML P", "html"),
         (PayloadClass::Other, b"220 smtp ready\r\n", "banner"),
-        (PayloadClass::Other, b"SSH-2.0-OpenSSH_9", "banner"),
+        (PayloadClass::Other, b"SSH-2.0-OpenSSH_", "banner"),
         (PayloadClass::Other, b"\x00\x00\x00\x01\xff", "other"),
     ] {
         let d = client_hello_answered(class, bytes);

@@ -7,6 +7,7 @@ use std::{
     net::SocketAddr,
 };
 
+use super::key::Packed;
 use crate::output::detail::TimeoutEstimate;
 
 /// Each server endpoint's idle gaps are kept in two sets, gaps that flows survived and
@@ -19,7 +20,7 @@ use crate::output::detail::TimeoutEstimate;
 /// first, the ones to export).
 #[derive(Default)]
 pub struct TimeoutEstimator {
-    servers: HashMap<SocketAddr, Gaps>,
+    servers: HashMap<Packed<SocketAddr>, Gaps>,
     by_flows: BTreeSet<(u64, SocketAddr)>,
     estimated: BTreeSet<(Reverse<u64>, SocketAddr)>,
     /// Changes whenever the estimates do: a reader compares it to tell whether what it
@@ -65,14 +66,14 @@ impl TimeoutEstimator {
     /// Counts one more flow to `server` and applies `f` to its gaps, keeping both
     /// orderings in step.
     fn update(&mut self, server: SocketAddr, f: impl FnOnce(&mut Gaps)) {
-        if !self.servers.contains_key(&server)
+        if !self.servers.contains_key(&Packed(server))
             && self.servers.len() >= MAX_ESTIMATED_SERVERS
             && let Some((flows, k)) = self.by_flows.pop_first()
         {
-            self.servers.remove(&k);
+            self.servers.remove(&Packed(k));
             self.estimated.remove(&(Reverse(flows), k));
         }
-        let g = self.servers.entry(server).or_default();
+        let g = self.servers.entry(Packed(server)).or_default();
         let before = (g.flows, g.estimate().is_some());
         f(g);
         g.flows += 1;
@@ -94,7 +95,7 @@ impl TimeoutEstimator {
     /// a longer one: deaths alone (a server resetting idle clients itself, say) bound
     /// nothing about the path.
     pub fn estimate(&self, server: SocketAddr) -> Option<TimeoutEstimate> {
-        self.servers.get(&server)?.estimate()
+        self.servers.get(&Packed(server))?.estimate()
     }
 
     /// Changes whenever any estimate does (see [`TimeoutEstimator::top`]).
@@ -127,7 +128,7 @@ mod tests {
         let mut all: Vec<(SocketAddr, TimeoutEstimate)> = t
             .servers
             .keys()
-            .filter_map(|s| t.estimate(*s).map(|e| (*s, e)))
+            .filter_map(|Packed(s)| t.estimate(*s).map(|e| (*s, e)))
             .collect();
         all.sort_by(|a, b| b.1.flows.cmp(&a.1.flows).then(a.0.cmp(&b.0)));
         all.into_iter()
@@ -162,7 +163,7 @@ mod tests {
             }
         }
         let expected: BTreeSet<(u64, SocketAddr)> =
-            t.servers.iter().map(|(s, g)| (g.flows, *s)).collect();
+            t.servers.iter().map(|(s, g)| (g.flows, s.0)).collect();
         assert!(
             t.by_flows == expected,
             "the room ordering drifted from the gaps"

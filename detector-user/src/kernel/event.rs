@@ -2,12 +2,14 @@
 
 use std::{
     borrow::Cow,
+    fmt,
     net::{IpAddr, Ipv6Addr, SocketAddr},
+    ops::Deref,
 };
 
 use detector_common::{
-    Addr, Event, EventKind, FlowKey, PayloadClass, Side, abort, addr_from_bytes, addr_to_bytes,
-    family, flow_flags,
+    Addr, Event, EventKind, FlowKey, HISTORY_LEN, PayloadClass, SNIPPET_LEN, Side, abort,
+    addr_from_bytes, addr_to_bytes, family, flow_flags,
     tls::version::{self, is_grease},
     tls_flags,
 };
@@ -50,11 +52,11 @@ pub struct KernelEvent {
     /// Length of the record behind the event (alerts, handshake records).
     pub record_len: u16,
     /// The first bytes of the packet's payload.
-    pub snippet: Vec<u8>,
+    pub snippet: Snippet,
     pub tcp_seq: u32,
     pub payload_len: u32,
     /// Zeek-style ssl_history letters so far (client upper case, server lower case).
-    pub history: String,
+    pub history: History,
     /// [`dir_flags`] of client and server.
     pub client_flags: u16,
     pub server_flags: u16,
@@ -147,6 +149,118 @@ impl TlsFacts {
     }
 }
 
+/// The first bytes of a payload, held inline as the kernel sends them (at most
+/// [`SNIPPET_LEN`]): an event costs no allocation to decode, and a session none to keep
+/// them.
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
+pub struct Snippet {
+    len: u8,
+    bytes: [u8; SNIPPET_LEN],
+}
+
+impl Snippet {
+    /// The first [`SNIPPET_LEN`] bytes of `bytes`: the kernel never sends more.
+    pub fn new(bytes: &[u8]) -> Snippet {
+        let mut s = Snippet::default();
+        let n = bytes.len().min(SNIPPET_LEN);
+        s.bytes[..n].copy_from_slice(&bytes[..n]);
+        s.len = n as u8;
+        s
+    }
+}
+
+impl Deref for Snippet {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
+}
+
+impl fmt::Debug for Snippet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&**self, f)
+    }
+}
+
+impl PartialEq<[u8]> for Snippet {
+    fn eq(&self, other: &[u8]) -> bool {
+        **self == *other
+    }
+}
+
+impl PartialEq<&[u8]> for Snippet {
+    fn eq(&self, other: &&[u8]) -> bool {
+        **self == **other
+    }
+}
+
+/// Zeek-style ssl_history letters, held inline (at most [`HISTORY_LEN`]) for the same
+/// reason as [`Snippet`]. Always ASCII letters and `?`: a byte that is not a letter (the
+/// kernel's map is memory a bug could fill with anything) reads as `?`.
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
+pub struct History {
+    len: u8,
+    letters: [u8; HISTORY_LEN],
+}
+
+impl History {
+    /// The first [`HISTORY_LEN`] of `letters`, anything but an ASCII letter shown as `?`.
+    pub fn new(letters: &[u8]) -> History {
+        let mut h = History::default();
+        let n = letters.len().min(HISTORY_LEN);
+        for (to, &c) in h.letters.iter_mut().zip(&letters[..n]) {
+            *to = if c.is_ascii_alphabetic() { c } else { b'?' };
+        }
+        h.len = n as u8;
+        h
+    }
+
+    pub fn as_str(&self) -> &str {
+        let letters = &self.letters[..usize::from(self.len)];
+        // SAFETY: `new` is the only writer of `letters`, and writes ASCII only.
+        unsafe { std::str::from_utf8_unchecked(letters) }
+    }
+}
+
+impl From<&str> for History {
+    fn from(s: &str) -> History {
+        History::new(s.as_bytes())
+    }
+}
+
+impl Deref for History {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl fmt::Debug for History {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl fmt::Display for History {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl PartialEq<str> for History {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialEq<&str> for History {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
 /// A version's name; codes the detector does not know (TLS 1.3 drafts `0x7f0e`..`0x7f1c`,
 /// whatever comes next) are shown as their hex code, so that the reader can still tell
 /// them apart. Only diagnosis details show it, never a metric label.
@@ -220,19 +334,10 @@ impl KernelEvent {
             midstream_tls: e.flow_flags & flow_flags::MIDSTREAM_TLS != 0,
             midstream: e.flow_flags & flow_flags::MIDSTREAM != 0,
             record_len: e.record_len,
-            snippet: e.snippet[..snippet_len].to_vec(),
+            snippet: Snippet::new(&e.snippet[..snippet_len]),
             tcp_seq: e.tcp_seq,
             payload_len: e.payload_len,
-            history: e.history[..history_len]
-                .iter()
-                .map(|&c| {
-                    if c.is_ascii_alphabetic() {
-                        c as char
-                    } else {
-                        '?'
-                    }
-                })
-                .collect(),
+            history: History::new(&e.history[..history_len]),
             client_flags: e.dir_flags[0],
             server_flags: e.dir_flags[1],
             tls: TlsFacts {
@@ -347,6 +452,24 @@ mod tests {
             Some(ResumptionMethod::Tls12SessionTicket)
         );
         assert!(e.handshake_seen && e.tls_port);
+    }
+
+    #[test]
+    fn history_shows_only_letters_and_lengths_are_clipped() {
+        let mut e = sample();
+        e.history[..4].copy_from_slice(b"C\xe2s\x00");
+        e.history_len = 4;
+        e.snippet = *b"0123456789abcdef";
+        // Lengths beyond the arrays (a kernel/agent mismatch) read as the whole array.
+        e.snippet_len = 200;
+        let d = KernelEvent::decode(&raw(&e)).unwrap();
+        assert_eq!(d.history, "C?s?");
+        assert_eq!(d.snippet, &b"0123456789abcdef"[..]);
+        e.history_len = 200;
+        e.history = [b'D'; HISTORY_LEN];
+        let d = KernelEvent::decode(&raw(&e)).unwrap();
+        assert_eq!(d.history.len(), HISTORY_LEN);
+        assert!(d.history.bytes().all(|c| c == b'D'));
     }
 
     #[test]

@@ -13,7 +13,7 @@ use std::{
 use anyhow::Context as _;
 use detector_common::{Counter, EventKind, tls::alert};
 use prometheus::{
-    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
@@ -26,7 +26,8 @@ use crate::kernel::event::KernelEvent;
 
 pub struct Metrics {
     pub registry: Registry,
-    diagnoses: IntCounterVec,
+    /// `detector_diagnoses_total` by kind (indexed like [`Kind::ALL`]), looked up once.
+    diagnoses: [IntCounter; Kind::ALL.len()],
     alerts: IntCounterVec,
     encrypted_alerts: IntCounterVec,
     /// `encrypted_alerts` by sender, looked up once: every clean TLS 1.2 close is two
@@ -39,6 +40,8 @@ pub struct Metrics {
     sessions_evicted: IntCounter,
     sessions_open: IntGauge,
     idle_gaps: HistogramVec,
+    /// `idle_gaps` by kind, looked up on first use (a series appears once observed).
+    idle_gaps_by_kind: [OnceLock<Histogram>; Kind::ALL.len()],
     inferred_timeout: GaugeVec,
     inferred_flows: IntGaugeVec,
     kernel: Vec<(Counter, IntCounter)>,
@@ -67,9 +70,6 @@ impl Metrics {
             Opts::new("diagnoses_total", "Diagnoses emitted, by kind"),
             &["kind"],
         )?;
-        for k in Kind::ALL {
-            diagnoses.with_label_values(&[k.as_str()]);
-        }
         let alerts = IntCounterVec::new(
             Opts::new(
                 "tls_alerts_total",
@@ -212,7 +212,7 @@ impl Metrics {
         }
         Ok(Metrics {
             registry,
-            diagnoses,
+            diagnoses: Kind::ALL.map(|k| diagnoses.with_label_values(&[k.as_str()])),
             alerts,
             encrypted_alerts,
             encrypted_by_side: Default::default(),
@@ -222,6 +222,7 @@ impl Metrics {
             sessions_evicted,
             sessions_open,
             idle_gaps,
+            idle_gaps_by_kind: Default::default(),
             inferred_timeout,
             inferred_flows,
             kernel,
@@ -266,14 +267,16 @@ impl Metrics {
     }
 
     pub fn on_diagnosis(&self, d: &Diagnosis) {
-        self.diagnoses.with_label_values(&[d.kind.as_str()]).inc();
+        // `Kind::ALL` lists the kinds in declaration order.
+        let kind = d.kind as usize;
+        self.diagnoses[kind].inc();
         self.top
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .record(d.kind, d.server, d.sni.as_deref(), d.ts);
         if let Some(gap) = d.detail.gap_s() {
-            self.idle_gaps
-                .with_label_values(&[d.kind.as_str()])
+            self.idle_gaps_by_kind[kind]
+                .get_or_init(|| self.idle_gaps.with_label_values(&[d.kind.as_str()]))
                 .observe(gap);
         }
     }
