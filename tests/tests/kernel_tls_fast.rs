@@ -341,11 +341,16 @@ fn a_flow_another_cpu_reads_is_waited_for_and_a_stale_owner_taken_over() {
     assert!(events.is_empty(), "{events:?}");
     assert_eq!(owner_counts(&h), [1, 1, 0]);
     assert_eq!(place(&h, &conv), before, "an unread packet moves nothing");
-    assert_eq!(h.flow(conv.client_addr(), conv.server_addr()).owner, held_since);
+    assert_eq!(
+        h.flow(conv.client_addr(), conv.server_addr()).owner,
+        held_since
+    );
 
     // Held since longer than any walk takes: taken over. The same bytes again (the
     // sender's retransmission) are walked, and the flow is free afterwards.
-    h.advance(std::time::Duration::from_nanos(u64::from(OWNER_STALE) << 10));
+    h.advance(std::time::Duration::from_nanos(
+        u64::from(OWNER_STALE) << 10,
+    ));
     let (walked, events) = run(&mut h, &f);
     assert_eq!(walked, slow(1));
     assert!(events.is_empty(), "{events:?}");
