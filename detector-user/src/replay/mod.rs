@@ -308,7 +308,7 @@ struct End {
 
 /// Reads the capture, starts the clock, and deals each packet to its flow's worker.
 fn read(
-    mut reader: capture::Reader<std::io::BufReader<std::fs::File>>,
+    mut reader: capture::Reader<std::fs::File>,
     inputs: Vec<SyncSender<Batch>>,
     plans: SyncSender<Read>,
 ) {
@@ -326,7 +326,7 @@ fn read(
         let mut batches: Vec<Batch> = inputs.iter().map(|_| Batch::new(None)).collect();
         let mut over = false;
         while slots.len() < CHUNK {
-            let packet = match reader.next_packet() {
+            let packet = match reader.next_frame() {
                 Ok(Some(p)) => p,
                 Ok(None) => {
                     over = true;
@@ -352,8 +352,8 @@ fn read(
             if first {
                 started_ns = Some(ts);
             }
-            let worker = shard::worker_of(&packet.frame, batches.len());
-            batches[worker].push(slots.len() as u32, end.packets, ts, &packet.frame);
+            let worker = shard::worker_of(packet.frame, batches.len());
+            batches[worker].push(slots.len() as u32, end.packets, ts, packet.frame);
             slots.push(Slot::Run { ts, worker });
         }
         for (mut batch, input) in batches.into_iter().zip(&inputs) {
