@@ -313,6 +313,7 @@ fn read(
     plans: SyncSender<Read>,
 ) {
     let mut clock = CaptureClock::default();
+    let mut shards = shard::Shards::new(inputs.len());
     let mut started_ns = None;
     let cpu = thread_cpu();
     let mut end = End {
@@ -352,7 +353,7 @@ fn read(
             if first {
                 started_ns = Some(ts);
             }
-            let worker = shard::worker_of(packet.frame, batches.len());
+            let worker = shards.worker_of(packet.frame);
             batches[worker].push(slots.len() as u32, end.packets, ts, packet.frame);
             slots.push(Slot::Run { ts, worker });
         }
