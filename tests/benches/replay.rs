@@ -6,7 +6,8 @@
 //!   can beat it;
 //! - replay with one worker, then with one worker per CPU (the real replay, on the real
 //!   program, output discarded): packets per second per worker and in total, its time
-//!   running packets and its time in all (loading the programs included);
+//!   running packets and its time in all (loading the programs included), and how evenly
+//!   the workers' CPU time was shared;
 //! - tshark reading the same file with a display filter for what the detector reports
 //!   (TLS alerts, HelloRequests, RSTs), when it is installed.
 //!
@@ -122,6 +123,19 @@ fn main() -> Result<()> {
             cpus,
             rate / one_rate,
             rate / floor_rate
+        );
+        // Wall time on a shared machine says as much about the neighbours as about the
+        // sharding; CPU time says how evenly the work was dealt, whatever else ran.
+        let cpu: Vec<Duration> = all.summary.workers.iter().map(|w| w.cpu).collect();
+        let busiest = cpu.iter().max().copied().unwrap_or_default();
+        let total: Duration = cpu.iter().sum();
+        println!(
+            "balance: the busiest of {cpus} workers took {:.0}% of the workers' CPU (even: \
+             {:.0}%); one worker's CPU over the busiest's: {:.2}x, the scaling free cores \
+             would give",
+            100.0 * busiest.as_secs_f64() / total.as_secs_f64().max(1e-9),
+            100.0 / cpus.get() as f64,
+            worker_cpu.as_secs_f64() / busiest.as_secs_f64().max(1e-9)
         );
     }
     let best = all.as_ref().unwrap_or(&one);

@@ -23,7 +23,6 @@ impl PcapState {
     pub(super) fn next_record<R: Read>(
         &self,
         input: &mut Input<R>,
-        buf: &mut Vec<u8>,
     ) -> Result<Option<RawPacket>, PcapError> {
         const WHAT: &str = "packet record";
         let start = input.offset;
@@ -45,13 +44,13 @@ impl PcapState {
                 ),
             ));
         }
-        input.read_body(buf, incl_len, start, WHAT)?;
+        let data = input.body(incl_len, start, WHAT)?;
         let frac_ns = if self.nanos { ts_frac } else { ts_frac * 1_000 };
         Ok(Some(RawPacket {
             // Cannot overflow: u32::MAX seconds is well inside u64 nanoseconds.
             ts_ns: ts_sec * 1_000_000_000 + frac_ns,
             link_type: self.link_type,
-            data: (0, buf.len()),
+            data,
             orig_len,
         }))
     }

@@ -1,6 +1,10 @@
 //! Link types: every packet leaves the reader as an Ethernet frame, since that is all the
 //! kernel program parses.
 
+use std::ops::Range;
+
+use super::input::HEADROOM;
+
 pub(super) const LINKTYPE_ETHERNET: u32 = 1;
 /// `DLT_RAW` as written by some older BSD-derived tools instead of 101.
 pub(super) const DLT_RAW_BSD: u32 = 12;
@@ -16,25 +20,33 @@ pub(super) const SLL2_HEADER_LEN: usize = 20;
 pub(super) const ETHERTYPE_IPV4: u16 = 0x0800;
 pub(super) const ETHERTYPE_IPV6: u16 = 0x86dd;
 
-/// Rewrites a captured packet as an Ethernet frame, returning it with the
-/// correspondingly adjusted original length, or `None` if the link type is
-/// one we cannot map.
+/// Rewrites a captured packet, the bytes at `data` in `buf`, as an Ethernet frame in
+/// place, returning where the frame now lies with the correspondingly adjusted original
+/// length, or `None` if the link type is one we cannot map.
+///
+/// A header other than Ethernet is replaced by one of [`ETH_HEADER_LEN`] bytes written
+/// just before the packet's network layer, over the old header and, where that is
+/// shorter, the bytes before `data`: the reader always leaves room there
+/// ([`HEADROOM`]), so no packet is copied.
 ///
 /// Synthesised headers use all-zero MAC addresses: the detector keys flows on
 /// IP addresses and ports, and zero MACs make the rewrite obvious in a dump.
 /// For cooked captures the protocol field is already an EtherType (in network
 /// byte order), and any 802.1Q tag the kernel left in place follows it, which
-/// is exactly the Ethernet layout, so the payload is copied unchanged.
-pub(super) fn to_ethernet(link_type: u32, data: &[u8], orig_len: u32) -> Option<(Vec<u8>, u32)> {
-    let be16 = |at: usize| {
-        data.get(at..at + 2)
-            .map(|b| u16::from_be_bytes([b[0], b[1]]))
-    };
+/// is exactly the Ethernet layout, so the payload stays unchanged.
+pub(super) fn to_ethernet(
+    link_type: u32,
+    buf: &mut [u8],
+    data: Range<usize>,
+    orig_len: u32,
+) -> Option<(Range<usize>, u32)> {
+    let d = &buf[data.clone()];
+    let be16 = |at: usize| d.get(at..at + 2).map(|b| u16::from_be_bytes([b[0], b[1]]));
     let (hdr_len, ethertype) = match link_type {
-        LINKTYPE_ETHERNET => return Some((data.to_vec(), orig_len)),
+        LINKTYPE_ETHERNET => return Some((data, orig_len)),
         LINKTYPE_LINUX_SLL => (SLL_HEADER_LEN, be16(14)?),
         LINKTYPE_LINUX_SLL2 => (SLL2_HEADER_LEN, be16(0)?),
-        LINKTYPE_RAW | DLT_RAW_BSD => match data.first()? >> 4 {
+        LINKTYPE_RAW | DLT_RAW_BSD => match d.first()? >> 4 {
             4 => (0, ETHERTYPE_IPV4),
             6 => (0, ETHERTYPE_IPV6),
             _ => return None,
@@ -43,16 +55,21 @@ pub(super) fn to_ethernet(link_type: u32, data: &[u8], orig_len: u32) -> Option<
         LINKTYPE_IPV6 => (0, ETHERTYPE_IPV6),
         _ => return None,
     };
-    let payload = data.get(hdr_len..)?;
-    let mut frame = Vec::with_capacity(ETH_HEADER_LEN + payload.len());
-    frame.extend_from_slice(&[0u8; 12]);
-    frame.extend_from_slice(&ethertype.to_be_bytes());
-    frame.extend_from_slice(payload);
+    if hdr_len > d.len() {
+        return None;
+    }
+    let network = data.start + hdr_len;
+    // data.start >= HEADROOM >= ETH_HEADER_LEN: the reader's promise.
+    let frame = network - ETH_HEADER_LEN;
+    buf[frame..frame + 12].fill(0);
+    buf[frame + 12..network].copy_from_slice(&ethertype.to_be_bytes());
     let orig_len = orig_len
         .saturating_sub(hdr_len as u32)
         .saturating_add(ETH_HEADER_LEN as u32);
-    Some((frame, orig_len))
+    Some((frame..data.end, orig_len))
 }
+
+const _: () = assert!(HEADROOM >= ETH_HEADER_LEN);
 
 #[cfg(test)]
 mod tests {

@@ -42,4 +42,4 @@ pub mod segment;
 #[cfg(test)]
 mod test_capture;
 
-pub use reader::{Packet, PcapError, Reader};
+pub use reader::{Frame, Packet, PcapError, Reader};

@@ -106,7 +106,6 @@ impl NgState {
     pub(super) fn next_record<R: Read>(
         &mut self,
         input: &mut Input<R>,
-        buf: &mut Vec<u8>,
     ) -> Result<Option<RawPacket>, PcapError> {
         loop {
             let start = input.offset;
@@ -115,7 +114,7 @@ impl NgState {
                 return Ok(None);
             }
             if hdr[..4] == NG_SHB {
-                self.read_section_header(input, buf, start, &hdr)?;
+                self.read_section_header(input, start, &hdr)?;
                 continue;
             }
             let block_type = self.endian.u32(&hdr[0..4]);
@@ -123,12 +122,13 @@ impl NgState {
             let held = matches!(block_type, NG_IDB | NG_EPB | NG_SPB | NG_OPB);
             let total_len = check_block_len(self.endian.u32(&hdr[4..8]), start, held)?;
             let body_len = total_len - NG_BLOCK_OVERHEAD;
-            if held {
-                input.read_body(buf, body_len, start, what)?;
-            } else {
+            if !held {
                 input.skip(body_len, start, what)?;
+                self.check_trailer(input, total_len, start, what)?;
+                continue;
             }
-            self.check_trailer(input, total_len, start, what)?;
+            let body = self.held_body(input, body_len, total_len, start, what)?;
+            let b = &input.buf()[body.clone()];
             let packet = match block_type {
                 NG_IDB => {
                     if self.interfaces.len() == MAX_INTERFACES {
@@ -140,17 +140,40 @@ impl NgState {
                             ),
                         ));
                     }
-                    self.interfaces.push(parse_idb(self.endian, buf, start)?);
+                    self.interfaces.push(parse_idb(self.endian, b, start)?);
                     continue;
                 }
-                NG_EPB => self.parse_epb(buf, start, false)?,
-                NG_OPB => self.parse_epb(buf, start, true)?,
-                NG_SPB => self.parse_spb(buf, start)?,
-                _ => continue,
+                NG_EPB => self.parse_epb(b, start, false)?,
+                NG_OPB => self.parse_epb(b, start, true)?,
+                _ => self.parse_spb(b, start)?,
             };
             self.last_ts_ns = packet.ts_ns;
-            return Ok(Some(packet));
+            // The parsers place the data within the body; the reader wants it in the
+            // input's buffer.
+            let data = body.start + packet.data.start..body.start + packet.data.end;
+            return Ok(Some(RawPacket { data, ..packet }));
         }
+    }
+
+    /// A held block's body, read together with its trailing length (which is checked),
+    /// in one piece of the input's buffer.
+    fn held_body<R: Read>(
+        &self,
+        input: &mut Input<R>,
+        body_len: u32,
+        total_len: u32,
+        start: u64,
+        what: &'static str,
+    ) -> Result<std::ops::Range<usize>, PcapError> {
+        let with_trailer = input.body(body_len + 4, start, what)?;
+        let trailer_at = with_trailer.end - 4;
+        self.check_length(
+            &input.buf()[trailer_at..with_trailer.end],
+            total_len,
+            start,
+            what,
+        )?;
+        Ok(with_trailer.start..trailer_at)
     }
 
     /// Handles a section header block whose first 8 bytes are in `hdr`. A new
@@ -158,7 +181,6 @@ impl NgState {
     pub(super) fn read_section_header<R: Read>(
         &mut self,
         input: &mut Input<R>,
-        buf: &mut Vec<u8>,
         start: u64,
         hdr: &[u8; 8],
     ) -> Result<(), PcapError> {
@@ -186,9 +208,15 @@ impl NgState {
                 format!("section header block of {total_len} bytes is too short"),
             ));
         }
-        input.read_body(buf, total_len - NG_BLOCK_OVERHEAD - 4, start, WHAT)?;
         self.endian = endian;
-        self.check_trailer(input, total_len, start, WHAT)?;
+        let body = self.held_body(
+            input,
+            total_len - NG_BLOCK_OVERHEAD - 4,
+            total_len,
+            start,
+            WHAT,
+        )?;
+        let buf = &input.buf()[body];
         let major = endian.u16(&buf[0..2]);
         let minor = endian.u16(&buf[2..4]);
         // A different major version may lay blocks out differently; reading
@@ -214,7 +242,17 @@ impl NgState {
     ) -> Result<(), PcapError> {
         let mut t = [0u8; 4];
         input.read_full(&mut t, start, what)?;
-        let trailer = self.endian.u32(&t);
+        self.check_length(&t, total_len, start, what)
+    }
+
+    fn check_length(
+        &self,
+        trailer: &[u8],
+        total_len: u32,
+        start: u64,
+        what: &'static str,
+    ) -> Result<(), PcapError> {
+        let trailer = self.endian.u32(trailer);
         if trailer != total_len {
             return Err(corrupt(
                 start,
@@ -285,7 +323,7 @@ impl NgState {
         Ok(RawPacket {
             ts_ns: iface.ts_ns(ticks),
             link_type: iface.link_type,
-            data: (FIXED, FIXED + cap_len as usize),
+            data: FIXED..FIXED + cap_len as usize,
             orig_len,
         })
     }
@@ -306,7 +344,7 @@ impl NgState {
         Ok(RawPacket {
             ts_ns: self.last_ts_ns,
             link_type: iface.link_type,
-            data: (4, 4 + cap_len),
+            data: 4..4 + cap_len,
             orig_len,
         })
     }

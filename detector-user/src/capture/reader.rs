@@ -17,7 +17,8 @@
 
 use std::{
     fs::File,
-    io::{self, BufReader, Read},
+    io::{self, Read},
+    ops::Range,
     path::Path,
 };
 
@@ -38,7 +39,29 @@ pub(super) const MAX_RECORD_LEN: u32 = 256 * 1024;
 /// for are skipped without being held, whatever their length.
 pub(super) const MAX_BLOCK_LEN: u32 = MAX_RECORD_LEN + 64 * 1024;
 
-/// One captured packet, already converted to Ethernet framing.
+/// One captured packet as the reader hands it out: the frame still lies in the reader's
+/// buffer, valid until the next read. [`Frame::to_packet`] keeps a copy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Frame<'a> {
+    /// As [`Packet::ts_ns`].
+    pub ts_ns: u64,
+    /// As [`Packet::frame`].
+    pub frame: &'a [u8],
+    /// As [`Packet::orig_len`].
+    pub orig_len: u32,
+}
+
+impl Frame<'_> {
+    pub fn to_packet(&self) -> Packet {
+        Packet {
+            ts_ns: self.ts_ns,
+            frame: self.frame.to_vec(),
+            orig_len: self.orig_len,
+        }
+    }
+}
+
+/// One captured packet, already converted to Ethernet framing, in memory of its own.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Packet {
     /// Capture time in nanoseconds since the Unix epoch, whatever resolution
@@ -103,8 +126,9 @@ pub(super) fn corrupt(offset: u64, reason: impl Into<String>) -> PcapError {
 
 /// Reads packets one at a time from a pcap or pcapng stream.
 ///
-/// The reader does no buffering of its own beyond the current record; wrap
-/// unbuffered sources in a [`BufReader`] (as [`Reader::open`] does).
+/// The reader buffers its input in large blocks itself (no `BufReader` is needed) and
+/// hands each frame out where it lies in that buffer: a link-layer header other than
+/// Ethernet is rewritten in place, so reading a packet neither allocates nor copies it.
 ///
 /// After an error the reader is finished: further calls to
 /// [`Reader::next_packet`] return `Ok(None)`, because the position in the
@@ -113,18 +137,15 @@ pub(super) fn corrupt(offset: u64, reason: impl Into<String>) -> PcapError {
 pub struct Reader<R: Read> {
     input: Input<R>,
     format: Format,
-    /// Scratch space for record and block bodies, reused so that a long
-    /// capture doesn't allocate twice per packet.
-    buf: Vec<u8>,
     skipped: u64,
     done: bool,
 }
 
-impl Reader<BufReader<File>> {
+impl Reader<File> {
     /// Opens a capture file and reads its file (or first section) header.
     pub fn open(path: &Path) -> Result<Self, PcapError> {
         let file = File::open(path).map_err(|source| PcapError::Io { offset: 0, source })?;
-        Self::new(BufReader::with_capacity(64 * 1024, file))
+        Self::new(file)
     }
 }
 
@@ -133,10 +154,9 @@ impl<R: Read> Reader<R> {
     /// section header block (pcapng) so that format problems show up before
     /// the caller sets anything else up.
     pub fn new(r: R) -> Result<Self, PcapError> {
-        let mut input = Input { r, offset: 0 };
+        let mut input = Input::new(r);
         let mut magic = [0u8; 4];
         input.read_full(&mut magic, 0, "file header")?;
-        let mut buf = Vec::new();
         let format = if magic == NG_SHB {
             let mut hdr = [0u8; 8];
             hdr[..4].copy_from_slice(&magic);
@@ -146,7 +166,7 @@ impl<R: Read> Reader<R> {
                 interfaces: Vec::new(),
                 last_ts_ns: 0,
             };
-            ng.read_section_header(&mut input, &mut buf, 0, &hdr)?;
+            ng.read_section_header(&mut input, 0, &hdr)?;
             Format::PcapNg(ng)
         } else {
             let (endian, nanos) = match (u32::from_le_bytes(magic), u32::from_be_bytes(magic)) {
@@ -174,7 +194,6 @@ impl<R: Read> Reader<R> {
         Ok(Self {
             input,
             format,
-            buf,
             skipped: 0,
             done: false,
         })
@@ -186,15 +205,26 @@ impl<R: Read> Reader<R> {
     /// Packets whose link type cannot be turned into Ethernet are not returned
     /// but counted in [`Reader::skipped`], so one odd interface in a pcapng
     /// file does not stop the replay of the others.
-    pub fn next_packet(&mut self) -> Result<Option<Packet>, PcapError> {
+    pub fn next_frame(&mut self) -> Result<Option<Frame<'_>>, PcapError> {
         if self.done {
             return Ok(None);
         }
-        let result = self.read_next();
-        if !matches!(result, Ok(Some(_))) {
-            self.done = true;
+        match self.read_next() {
+            Ok(Some(p)) => Ok(Some(Frame {
+                ts_ns: p.ts_ns,
+                frame: &self.input.buf()[p.frame],
+                orig_len: p.orig_len,
+            })),
+            other => {
+                self.done = true;
+                other.map(|_| None)
+            }
         }
-        result
+    }
+
+    /// [`Reader::next_frame`], copied out of the reader.
+    pub fn next_packet(&mut self) -> Result<Option<Packet>, PcapError> {
+        Ok(self.next_frame()?.map(|f| f.to_packet()))
     }
 
     /// Number of packets dropped so far because they could not be presented
@@ -210,19 +240,18 @@ impl<R: Read> Reader<R> {
         self.input.offset
     }
 
-    fn read_next(&mut self) -> Result<Option<Packet>, PcapError> {
+    fn read_next(&mut self) -> Result<Option<Located>, PcapError> {
         loop {
             let raw = match &mut self.format {
-                Format::Pcap(st) => st.next_record(&mut self.input, &mut self.buf)?,
-                Format::PcapNg(st) => st.next_record(&mut self.input, &mut self.buf)?,
+                Format::Pcap(st) => st.next_record(&mut self.input)?,
+                Format::PcapNg(st) => st.next_record(&mut self.input)?,
             };
             let Some(raw) = raw else {
                 return Ok(None);
             };
-            let data = &self.buf[raw.data.0..raw.data.1];
-            match to_ethernet(raw.link_type, data, raw.orig_len) {
+            match to_ethernet(raw.link_type, self.input.buf_mut(), raw.data, raw.orig_len) {
                 Some((frame, orig_len)) => {
-                    return Ok(Some(Packet {
+                    return Ok(Some(Located {
                         ts_ns: raw.ts_ns,
                         frame,
                         orig_len,
@@ -235,12 +264,19 @@ impl<R: Read> Reader<R> {
 }
 
 /// A packet as found in the file, before link-layer conversion. The data
-/// lives in the reader's scratch buffer at the given range.
+/// lives in the input's buffer at the given range.
 pub(super) struct RawPacket {
     pub(super) ts_ns: u64,
     pub(super) link_type: u32,
-    pub(super) data: (usize, usize),
+    pub(super) data: Range<usize>,
     pub(super) orig_len: u32,
+}
+
+/// A packet converted to Ethernet, where it lies in the input's buffer.
+struct Located {
+    ts_ns: u64,
+    frame: Range<usize>,
+    orig_len: u32,
 }
 
 enum Format {
@@ -488,6 +524,71 @@ mod tests {
         r.next_packet().unwrap().unwrap();
         assert!(r.next_packet().unwrap().is_none());
         assert_eq!(r.offset(), w.out.len() as u64);
+    }
+
+    /// Records of every size up to the largest, over several of the reader's blocks, so
+    /// that records straddle its block boundaries and the buffer moves under them.
+    #[test]
+    fn records_across_block_boundaries_come_out_whole() {
+        let sizes = [60usize, 1_514, 70_000, MAX_RECORD_LEN as usize, 9_000, 3];
+        let mut w = pcap_header(false, true, LINKTYPE_ETHERNET);
+        let mut want = Vec::new();
+        for i in 0..80usize {
+            let mut f = eth_frame(ETHERTYPE_IPV4, IPV4_STUB);
+            f.resize(sizes[i % sizes.len()], 0);
+            f.iter_mut()
+                .skip(14)
+                .enumerate()
+                .for_each(|(j, b)| *b = (i * 7 + j) as u8);
+            pcap_record(&mut w, 1, i as u32, &f, f.len() as u32);
+            want.push(f);
+        }
+        assert!(w.out.len() > 3 * (1 << 20), "more than three blocks");
+        let got = read_ok(&w.out);
+        assert_eq!(got.len(), want.len());
+        for (i, (p, f)) in got.iter().zip(&want).enumerate() {
+            assert_eq!(&p.frame, f, "record {i}");
+            assert_eq!(p.ts_ns, 1_000_000_000 + i as u64);
+        }
+    }
+
+    /// Raw IP in a simple packet block has the fewest bytes in front of it (the block
+    /// header and the original length): the Ethernet header written in place must not
+    /// reach outside the reader's buffer, whether the block is the first thing in it or
+    /// follows a skipped block larger than the buffer.
+    #[test]
+    fn raw_ip_in_simple_packet_blocks_gets_its_header_in_place() {
+        let want = [&[0u8; 12][..], &[0x08, 0x00], IPV4_STUB].concat();
+        for big_block_first in [false, true] {
+            let mut w = W::new(false);
+            ng_shb(&mut w);
+            ng_idb(&mut w, LINKTYPE_RAW as u16, 0, &[]);
+            if big_block_first {
+                ng_block(&mut w, 0x0000_0bad, &vec![9; 3 << 20]);
+            }
+            ng_spb(&mut w, IPV4_STUB, IPV4_STUB.len() as u32);
+            ng_spb(&mut w, IPV4_STUB, IPV4_STUB.len() as u32);
+            let pkts = read_ok(&w.out);
+            assert_eq!(pkts.len(), 2);
+            assert!(pkts.iter().all(|p| p.frame == want), "{pkts:?}");
+        }
+    }
+
+    #[test]
+    fn frames_borrowed_and_copied_agree() {
+        let mut w = pcap_header(false, false, LINKTYPE_LINUX_SLL2);
+        let mut sll2 = vec![0x86, 0xdd, 0, 0, 0, 0, 0, 3, 0, 1, 4, 6];
+        sll2.extend_from_slice(&[1, 2, 3, 4, 5, 6, 0, 0]);
+        sll2.extend_from_slice(IPV6_STUB);
+        pcap_record(&mut w, 1, 0, &sll2, sll2.len() as u32);
+        pcap_record(&mut w, 2, 0, &sll2, sll2.len() as u32);
+        let copied = read_ok(&w.out);
+        let mut r = Reader::new(Cursor::new(&w.out)).unwrap();
+        for p in &copied {
+            let f = r.next_frame().unwrap().unwrap();
+            assert_eq!(f.to_packet(), *p);
+        }
+        assert!(r.next_frame().unwrap().is_none());
     }
 
     #[test]

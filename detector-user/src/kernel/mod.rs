@@ -77,7 +77,18 @@ pub struct Kernel {
 }
 
 impl Kernel {
+    /// Loads the XDP and TC programs, as a live agent attaches them.
     pub fn load(opts: &Options) -> anyhow::Result<Kernel> {
+        Kernel::load_with(opts, true)
+    }
+
+    /// Loads the XDP program (and its slow path) alone: replay runs nothing else, and
+    /// verifying the TC programs would double its loading time for nothing.
+    pub fn load_xdp(opts: &Options) -> anyhow::Result<Kernel> {
+        Kernel::load_with(opts, false)
+    }
+
+    fn load_with(opts: &Options, with_tc: bool) -> anyhow::Result<Kernel> {
         crate::privilege::check()?;
         // Before anything is loaded, so a kernel that lacks something fails in one line.
         let features = features::Features::probe();
@@ -114,23 +125,26 @@ impl Kernel {
         xdp.load()
             .context("verifying the XDP program")
             .map_err(explain_privileges)?;
-        let tc: &mut SchedClassifier = program(&mut ebpf, names::TC_PROGRAM)?.try_into()?;
-        tc.load()
-            .context("verifying the TC program")
-            .map_err(explain_privileges)?;
-        // The slow paths, which the programs above reach by tail call.
+        // The slow paths, which the programs reach by tail call.
         let xdp_slow: &mut Xdp = program(&mut ebpf, names::XDP_SLOW_PATH)?.try_into()?;
         xdp_slow.load().context("verifying the XDP slow path")?;
         let xdp_slow = xdp_slow.fd()?.try_clone()?;
-        let tc_slow: &mut SchedClassifier = program(&mut ebpf, names::TC_SLOW_PATH)?.try_into()?;
-        tc_slow.load().context("verifying the TC slow path")?;
-        let tc_slow = tc_slow.fd()?.try_clone()?;
         ProgramArray::try_from(map(&mut ebpf, names::XDP_SLOW_ARRAY)?)?
             .set(0, &xdp_slow, 0)
             .context("installing the XDP slow path")?;
-        ProgramArray::try_from(map(&mut ebpf, names::TC_SLOW_ARRAY)?)?
-            .set(0, &tc_slow, 0)
-            .context("installing the TC slow path")?;
+        if with_tc {
+            let tc: &mut SchedClassifier = program(&mut ebpf, names::TC_PROGRAM)?.try_into()?;
+            tc.load()
+                .context("verifying the TC program")
+                .map_err(explain_privileges)?;
+            let tc_slow: &mut SchedClassifier =
+                program(&mut ebpf, names::TC_SLOW_PATH)?.try_into()?;
+            tc_slow.load().context("verifying the TC slow path")?;
+            let tc_slow = tc_slow.fd()?.try_clone()?;
+            ProgramArray::try_from(map(&mut ebpf, names::TC_SLOW_ARRAY)?)?
+                .set(0, &tc_slow, 0)
+                .context("installing the TC slow path")?;
+        }
 
         let mut ports: HashMap<_, u16, u8> = HashMap::try_from(map(&mut ebpf, names::TLS_PORTS)?)?;
         for &p in &opts.tls_ports {

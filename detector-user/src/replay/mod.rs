@@ -11,7 +11,7 @@ use std::{
     path::Path,
     sync::{
         Arc,
-        mpsc::{Receiver, SyncSender, sync_channel},
+        mpsc::{Receiver, SyncSender, channel, sync_channel},
     },
     time::{Duration, Instant},
 };
@@ -212,12 +212,16 @@ pub fn replay(
     std::thread::scope(|scope| {
         let mut inputs = Vec::with_capacity(n);
         let mut reports = Vec::with_capacity(n);
+        let (spare_tx, spare_rx) = channel();
         for i in 0..n {
             let (batch_tx, batch_rx) = sync_channel::<Batch>(QUEUED_CHUNKS);
             let (report_tx, report_rx) = sync_channel(QUEUED_CHUNKS);
+            let spare_tx = spare_tx.clone();
             std::thread::Builder::new()
                 .name(format!("replay-{i}"))
-                .spawn_scoped(scope, move || worker::run(opts, batch_rx, report_tx))
+                .spawn_scoped(scope, move || {
+                    worker::run(opts, batch_rx, report_tx, spare_tx)
+                })
                 .context("starting a replay worker")?;
             inputs.push(batch_tx);
             reports.push(report_rx);
@@ -234,7 +238,7 @@ pub fn replay(
         let (plan_tx, plan_rx) = sync_channel(QUEUED_CHUNKS * 4);
         std::thread::Builder::new()
             .name("replay-read".into())
-            .spawn_scoped(scope, move || read(reader, inputs, plan_tx))
+            .spawn_scoped(scope, move || read(reader, inputs, &spare_rx, plan_tx))
             .context("starting the capture reader")?;
         let end = merge(&plan_rx, &reports, &mut pipeline, &bar)?;
         for r in &reports {
@@ -308,11 +312,13 @@ struct End {
 
 /// Reads the capture, starts the clock, and deals each packet to its flow's worker.
 fn read(
-    mut reader: capture::Reader<std::io::BufReader<std::fs::File>>,
+    mut reader: capture::Reader<std::fs::File>,
     inputs: Vec<SyncSender<Batch>>,
+    spare: &Receiver<Batch>,
     plans: SyncSender<Read>,
 ) {
     let mut clock = CaptureClock::default();
+    let mut shards = shard::Shards::new(inputs.len());
     let mut started_ns = None;
     let cpu = thread_cpu();
     let mut end = End {
@@ -323,10 +329,13 @@ fn read(
     };
     loop {
         let mut slots = Vec::with_capacity(CHUNK);
-        let mut batches: Vec<Batch> = inputs.iter().map(|_| Batch::new(None)).collect();
+        let mut batches: Vec<Batch> = inputs
+            .iter()
+            .map(|_| spare.try_recv().unwrap_or_else(|_| Batch::new(None)))
+            .collect();
         let mut over = false;
         while slots.len() < CHUNK {
-            let packet = match reader.next_packet() {
+            let packet = match reader.next_frame() {
                 Ok(Some(p)) => p,
                 Ok(None) => {
                     over = true;
@@ -352,8 +361,8 @@ fn read(
             if first {
                 started_ns = Some(ts);
             }
-            let worker = shard::worker_of(&packet.frame, batches.len());
-            batches[worker].push(slots.len() as u32, end.packets, ts, &packet.frame);
+            let worker = shards.worker_of(packet.frame);
+            batches[worker].push(slots.len() as u32, end.packets, ts, packet.frame);
             slots.push(Slot::Run { ts, worker });
         }
         for (mut batch, input) in batches.into_iter().zip(&inputs) {

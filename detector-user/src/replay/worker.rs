@@ -3,7 +3,7 @@
 //! to the maps they refer to.
 
 use std::{
-    sync::mpsc::{Receiver, SyncSender},
+    sync::mpsc::{Receiver, Sender, SyncSender},
     time::{Duration, Instant},
 };
 
@@ -61,6 +61,14 @@ impl Batch {
     pub fn len(&self) -> usize {
         self.packets.len()
     }
+
+    /// Empties the batch for another chunk, keeping its memory: the reader takes batches
+    /// back from the workers rather than growing a fresh megabyte per chunk.
+    fn clear(&mut self) {
+        self.started_ns = None;
+        self.buf.clear();
+        self.packets.clear();
+    }
 }
 
 /// What a worker made of a batch: the records each packet raised (by slot, in order),
@@ -94,10 +102,16 @@ pub struct Totals {
     pub tls_read_ahead: u64,
 }
 
-/// Loads a kernel program and runs every batch that arrives until the input closes.
-/// Errors are reported, not returned: the merge owns the outcome.
-pub fn run(opts: &Options, input: Receiver<Batch>, reports: SyncSender<anyhow::Result<Report>>) {
-    let outcome = serve(opts, &input, &reports);
+/// Loads a kernel program and runs every batch that arrives until the input closes,
+/// handing each batch back empty through `spare`. Errors are reported, not returned: the
+/// merge owns the outcome.
+pub fn run(
+    opts: &Options,
+    input: Receiver<Batch>,
+    reports: SyncSender<anyhow::Result<Report>>,
+    spare: Sender<Batch>,
+) {
+    let outcome = serve(opts, &input, &reports, &spare);
     if let Err(e) = outcome {
         // The merge may have stopped already; then nobody needs the error.
         let _ = reports.send(Err(e));
@@ -108,9 +122,10 @@ fn serve(
     opts: &Options,
     input: &Receiver<Batch>,
     reports: &SyncSender<anyhow::Result<Report>>,
+    spare: &Sender<Batch>,
 ) -> anyhow::Result<()> {
     let loading = Instant::now();
-    let mut kernel = Kernel::load(opts)?;
+    let mut kernel = Kernel::load_xdp(opts)?;
     kernel.set_clock_in_meta(true)?;
     let reader = EventReader::new(kernel.take_sni());
     let gone = || anyhow!("the replay's merge stopped");
@@ -121,7 +136,7 @@ fn serve(
     let cpu = super::thread_cpu();
     let mut started = false;
     let mut segment_buf = Vec::new();
-    while let Ok(batch) = input.recv() {
+    while let Ok(mut batch) = input.recv() {
         let t = Instant::now();
         if !started && let Some(ns) = batch.started_ns {
             kernel.set_started(ns)?;
@@ -160,6 +175,9 @@ fn serve(
         totals.frames += done.frames;
         totals.busy += t.elapsed();
         reports.send(Ok(Report::Done(done))).map_err(|_| gone())?;
+        batch.clear();
+        // The reader may have finished: then the batch is simply dropped.
+        let _ = spare.send(batch);
     }
     totals.cpu = super::thread_cpu().saturating_sub(cpu);
     let counters = kernel.counters().read()?;
