@@ -43,7 +43,7 @@ const KINDS: [&str; 10] = [
 
 /// Every metric the agent exports (or is to export) under these exact names; rules and
 /// dashboard may use no other `detector_` name.
-const METRICS: [&str; 21] = [
+const METRICS: [&str; 22] = [
     "detector_diagnoses_total",
     "detector_abstained_total",
     "detector_kernel_unconfirmed_flows_created_total",
@@ -51,6 +51,7 @@ const METRICS: [&str; 21] = [
     "detector_kernel_tls_sync_lost_total",
     "detector_kernel_tls_sync_lost_by_reason_total",
     "detector_kernel_tls_read_ahead_total",
+    "detector_kernel_flow_owner_busy_total",
     "detector_tls_alerts_total",
     "detector_kernel_events_dropped_total",
     "detector_kernel_flows_evicted_total",
