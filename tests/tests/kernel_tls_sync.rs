@@ -192,6 +192,20 @@ fn reordered_super_packet_split_into_segments_keeps_sync() {
     assert_bridged(&h, &events, 12);
 }
 
+/// The early block ends in a header its end cuts, and the hole fills before the rest
+/// comes (a swap of two super-packets, the second ending two bytes into a header: seen
+/// live in the soak). Taking the chain leaves the cursor on that header with its first
+/// bytes in hand: the walker still has every byte it needs, and must not count the cut
+/// header's start as bytes that went by unread.
+#[test]
+fn an_early_block_ending_in_a_cut_header_keeps_sync_when_the_hole_fills_first() {
+    // Headers at 0, 1005, ...: [0, 3000) leaves the cursor at 3015; [6000, 7037) comes
+    // early, with the header at 6030 whole and the one at 7035 cut after two bytes; then
+    // the hole [3000, 6000), then the rest.
+    let (h, events) = reordered_bulk(&[3_000, 3_000, 1_037, 3_000, 2_054], &[0, 2, 1, 3, 4]);
+    assert_bridged(&h, &events, 12);
+}
+
 /// The same reordering where the headers are not where one-size records would put them:
 /// nothing was read ahead there, so the walker loses its place rather than guess.
 #[test]

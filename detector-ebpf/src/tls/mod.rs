@@ -315,12 +315,15 @@ fn track_hole(d: &mut Direction, seg: &Seg) {
     }
 }
 
-/// Whether the cursor stands in bytes an earlier segment already brought: below what the
-/// walker had looked at before this segment, and not in the hole still filling.
+/// Whether the next byte the walker needs stands in bytes an earlier segment already
+/// brought: below what the walker had looked at before this segment, and not in the hole
+/// still filling. That byte is the cursor's, or past the first bytes of a header kept
+/// from a segment end (a read-ahead chain can end in one).
 #[inline(always)]
 fn seen_before(d: &Direction, prior_walked: u32) -> bool {
-    let in_hole = !before(d.cursor, d.hole_start) && before(d.cursor, d.hole_end);
-    before(d.cursor, prior_walked) && !in_hole
+    let next = d.cursor.wrapping_add(d.pend_len as u32);
+    let in_hole = !before(next, d.hole_start) && before(next, d.hole_end);
+    before(next, prior_walked) && !in_hole
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
