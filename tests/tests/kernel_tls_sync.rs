@@ -345,6 +345,38 @@ fn two_holes_at_once_keep_sync_by_reading_ahead_over_both() {
     assert_eq!(events[0].kind, EventKind::EncryptedAlert);
 }
 
+/// Two holes at once where the segment past the second holds no header at all (the tail
+/// of a record whose header is in the hole: seen live on a router, a 7,788-byte segment
+/// overtaking the 65,160-byte one before it). Headers at 0, 1,005, ... 12,060 (the alert);
+/// [6000, 9000) and [12000, 12060) come before the holes [3000, 6000) and [9000, 12000).
+/// The chain is carried over the second hole by length; the header where it ends, read
+/// when the walker gets there, bears the lengths out.
+#[test]
+fn two_holes_the_second_followed_by_record_body_only_keep_sync() {
+    let (h, events) = reordered_bulk(&[3_000, 3_000, 3_000, 3_000, 60, 31], &[0, 2, 4, 1, 3, 5]);
+    assert_bridged(&h, &events, 12);
+}
+
+/// The same where a record in the second hole is of another size: the header where the
+/// lengths end the chain is not one, and the walker loses its place there, counted.
+#[test]
+fn record_body_past_a_second_hole_carries_no_wrong_length() {
+    let mut lens = [1_000; 12];
+    // Record 10 (at 10,050, in the second hole [9000, 11000)) is 300 bytes shorter: the
+    // lengths put a header at 11,055, past [11000, 11055), where record 11 has ciphertext.
+    lens[10] = 700;
+    let (h, events) = reordered(
+        &lens,
+        &[3_000, 3_000, 3_000, 2_000, 55, 736],
+        &[0, 2, 4, 1, 3, 5],
+    );
+    assert_eq!(h.counter(Counter::TlsSyncLost), 1, "{events:?}");
+    assert!(
+        events.is_empty(),
+        "nothing read past a wrong length: {events:?}"
+    );
+}
+
 /// The same with a record of another size in the second hole: the headers past it are not
 /// where the lengths put them, nothing is crossed, and the walker loses its place.
 #[test]

@@ -202,8 +202,25 @@ pub(super) fn read_ahead<P: Packet>(cx: &Cx<P>, flow: &mut FlowState, seg: &Seg)
     } else {
         (one_size_header(d, seg), 0, 0, 0)
     };
-    // The chain must go on in this very segment: its next byte is here.
     let from = start.wrapping_add(have);
+    if over_gap && !before(from, seg.end) {
+        // No header where the lengths put one in this segment: all of it is the body of
+        // the record before (a segment holding a record's tail, past the gap holding its
+        // header). Carried over by length: the header where the chain now ends, which
+        // the walker reads when its own count gets there, bears the lengths out, or is
+        // none and the walker loses its place there, counted.
+        let d = &mut flow.dir[side];
+        let total = d.ahead_records as u32 + gap_records;
+        if total > u16::MAX as u32 {
+            return false;
+        }
+        d.ahead_next = start;
+        d.ahead_pend = 0;
+        d.ahead_pend_len = 0;
+        d.ahead_records = total as u16;
+        return true;
+    }
+    // The chain must go on in this very segment: its next byte is here.
     if before(from, seg.start) || !before(from, seg.end) || (have > 0 && from != seg.start) {
         return false;
     }
