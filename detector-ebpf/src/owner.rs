@@ -17,9 +17,11 @@ use detector_common::{Counter, FlowState, OWNER_STALE, owner_stamp as stamp};
 use crate::maps::counters;
 
 /// Attempts to take a held flow: each is one compare-and-exchange, a few ns uncontended
-/// and a cache-line transfer (~100 ns) contended, so the wait is bounded near 50 µs,
-/// far beyond a walk (a few µs).
-const ATTEMPTS: u32 = 512;
+/// and a cache-line transfer (~100 ns) contended, so the wait is bounded near 0.4 ms: far
+/// beyond a walk (a few µs), and beyond the stalls a holder meets on a busy host (512
+/// attempts, ~50 µs, left a packet unread in a CI soak: 1 of 20 waits), yet below the 1 ms
+/// after which an owner counts as stale.
+const ATTEMPTS: u32 = 4096;
 
 /// One attempt: whether the flow was free and is now ours.
 #[inline(always)]
