@@ -298,7 +298,7 @@ fn the_agent_makes_only_system_calls_the_unit_allows() -> Result<()> {
         "the traced agent must still diagnose: {:?}",
         outcome.live
     );
-    let made = strace_summary(&fs::read_to_string(&table)?);
+    let made = strace_summary(&fs::read_to_string(&table)?)?;
     assert!(made.contains("bpf"), "strace saw the agent: {made:?}");
     let allowed = unit_syscalls()?;
     assert!(
@@ -313,15 +313,32 @@ fn the_agent_makes_only_system_calls_the_unit_allows() -> Result<()> {
     Ok(())
 }
 
-/// The system calls named in `strace -c`'s table.
-fn strace_summary(table: &str) -> std::collections::BTreeSet<String> {
-    table
-        .lines()
-        .filter(|l| !l.starts_with('%') && !l.starts_with('-'))
-        .filter_map(|l| l.split_whitespace().last())
-        .filter(|name| *name != "total")
-        .map(str::to_string)
-        .collect()
+/// The system calls named in `strace -c`'s table: its rows are four or five numbers then
+/// a name. strace may write other lines into the same file (one CI run on a loaded machine
+/// had a line ending in `...>`, the mark strace gives a call a thread left unfinished),
+/// which name no call; the table must still be there in full, closed by its `total` row.
+fn strace_summary(table: &str) -> Result<std::collections::BTreeSet<String>> {
+    let mut calls = std::collections::BTreeSet::new();
+    let mut total = false;
+    for line in table.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let Some((name, numbers)) = fields.split_last() else {
+            continue;
+        };
+        let is_row = (4..=5).contains(&numbers.len())
+            && numbers.iter().all(|n| n.parse::<f64>().is_ok())
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !is_row {
+            continue;
+        }
+        if *name == "total" {
+            total = true;
+        } else {
+            calls.insert(name.to_string());
+        }
+    }
+    anyhow::ensure!(total, "strace's table has no `total` row: {table}");
+    Ok(calls)
 }
 
 /// What the shipped unit's `SystemCallFilter=` allows, groups expanded.
@@ -369,4 +386,26 @@ fn unit_syscalls() -> Result<std::collections::BTreeSet<String>> {
         }
     }
     Ok(allowed)
+}
+
+/// The table parser takes the rows, skips a note strace leaves behind, and refuses a file
+/// with no table.
+#[test]
+fn strace_tables_are_read_row_by_row() -> Result<()> {
+    let table = "\
+% time     seconds  usecs/call     calls    errors syscall
+------ ----------- ----------- --------- --------- ----------------
+ 60.00    0.000600          12        50           bpf
+ 40.00    0.000400           4       100        26 openat
+ <unfinished ...>
+------ ----------- ----------- --------- --------- ----------------
+100.00    0.001000           6       150        26 total
+";
+    let calls = strace_summary(table)?;
+    assert_eq!(
+        calls.into_iter().collect::<Vec<_>>(),
+        ["bpf".to_string(), "openat".to_string()]
+    );
+    assert!(strace_summary("strace: Process 12 detached\n").is_err());
+    Ok(())
 }
