@@ -350,8 +350,8 @@ fn non_tcp_and_fragments_leave_early() {
 fn program_size_as_loaded() {
     let h = Harness::new();
     let counts = h.kernel.instruction_counts().unwrap();
-    for (name, n) in counts {
-        println!("{name}: {n} instructions as loaded (after verification)");
+    for (name, n, verified) in counts {
+        println!("{name}: {n} instructions as loaded (after verification), {verified} verified");
         assert!(n > 100, "{name}: {n} instructions is implausibly small");
         // The verifier's own limit is 1M processed; a program this size stays far below.
         assert!(n < 20_000, "{name}: {n} instructions");

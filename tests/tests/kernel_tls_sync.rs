@@ -206,6 +206,58 @@ fn an_early_block_ending_in_a_cut_header_keeps_sync_when_the_hole_fills_first() 
     assert_bridged(&h, &events, 12);
 }
 
+/// A hole of two segments filled out of order: the block past it comes first, then the
+/// hole's second segment, then its first (seen on a router capture: two super-packets
+/// overtaken, the later of them arriving first). Headers at 0, 1,005, ... 11,055, the
+/// alert at 12,060; [9000, 12000) starts the chain at 9,045, [6000, 9000)'s headers end
+/// exactly there and go in front of it, and when [3000, 6000) brings the cursor to 6,030
+/// the walker takes the whole chain.
+#[test]
+fn a_hole_of_two_segments_filled_last_first_keeps_sync() {
+    let (h, events) = reordered_bulk(&[3_000, 3_000, 3_000, 3_000, 91], &[0, 3, 2, 1, 4]);
+    assert_bridged(&h, &events, 12);
+}
+
+/// The same when the hole's pieces are MTU-sized segments (as replay and native XDP see a
+/// super-packet): [6000, 7000) and [7000, 8000) each hold one header whose length does not
+/// reach the chain at 9,045, and go by unread; the hole then ends at 6,000. [8000, 9000)'s
+/// header ends at the chain and joins it. When [3000, 6000) brings the cursor to 6,030,
+/// in bytes gone by, the chain stands exactly two one-size records on, and the walker
+/// crosses to it by length, counted.
+#[test]
+fn a_hole_split_into_segments_filled_last_first_is_crossed_by_length() {
+    let (h, events) = reordered_bulk(
+        &[3_000, 1_000, 1_000, 1_000, 1_000, 1_000, 1_000, 3_000, 91],
+        &[0, 7, 4, 5, 6, 1, 2, 3, 8],
+    );
+    assert_eq!(h.counter(Counter::TlsSyncLost), 0, "{events:?}");
+    assert_eq!(h.counter(Counter::TlsBridgedByLength), 1);
+    assert_eq!(h.counter(Counter::TlsReadAhead), 0);
+    // Every header but the two crossed by length is counted, once.
+    assert_eq!(
+        h.counter(Counter::TlsRecords),
+        session_records() + 1 + 12 - 2 + 1
+    );
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].kind, EventKind::EncryptedAlert);
+}
+
+/// The same where the hole's pieces have no header where one-size records put one
+/// (record 5, from 5,025, is 1,300 bytes and record 6 700, which brings the headers back
+/// in step at 7,035): nothing joins the chain, the hole keeps its end, and the walker,
+/// whose count lands at 6,330 in bytes that went by, crosses nothing and reads nothing
+/// past them.
+#[test]
+fn a_segment_in_a_hole_joins_the_chain_only_where_lengths_put_headers() {
+    let mut lens = [1_000; 12];
+    lens[5] = 1_300;
+    lens[6] = 700;
+    let (h, events) = reordered(&lens, &[3_000, 3_000, 3_000, 3_000, 91], &[0, 3, 2, 1, 4]);
+    assert_eq!(h.counter(Counter::TlsReadAhead), 0, "{events:?}");
+    assert_eq!(h.counter(Counter::TlsBridgedByLength), 0);
+    assert!(events.is_empty(), "nothing read past the gap: {events:?}");
+}
+
 /// The same reordering where the headers are not where one-size records would put them:
 /// nothing was read ahead there, so the walker loses its place rather than guess.
 #[test]

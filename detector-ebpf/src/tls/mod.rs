@@ -261,10 +261,14 @@ pub fn walk<P: Packet>(cx: &Cx<P>, flow: &mut FlowState, found: &mut Found) {
         // More items in this packet than the walker reads: the rest went by unread.
         Outcome::Running => lose(flow, side, Loss::TooManyItems),
         // The next item lies in bytes an earlier, out-of-order packet already carried
-        // (not in the hole that is still filling): unless that packet read it ahead, they
-        // went by unread, so the boundary after them is unknown.
+        // (not in the hole that is still filling): unless that packet read it ahead, or a
+        // chain read ahead past them stands where one-size records put it, they went by
+        // unread, so the boundary after them is unknown.
         Outcome::Done if seen_before(&flow.dir[side], prior_walked) => {
             recover::take_read_ahead(flow, side);
+            if seen_before(&flow.dir[side], prior_walked) {
+                recover::bridge_to_chain(flow, side);
+            }
             if seen_before(&flow.dir[side], prior_walked) {
                 lose(flow, side, Loss::PassedUnread);
             }

@@ -171,7 +171,9 @@ fn appdata_chain<P: Packet>(
 /// early segment past where the chain stopped) is crossed by length on the same evidence
 /// as `bridge_by_length`, also when the chain stopped in a header the segment end cut (a
 /// super-packet split at the MTU): that header is then the first of the records crossed,
-/// if its first bytes agree with a one-size application-data header.
+/// if its first bytes agree with a one-size application-data header. A segment between
+/// the cursor and the chain (a hole of several segments, filled out of order) puts its
+/// headers in front of the chain when their lengths end exactly where the chain starts.
 #[inline(never)]
 pub(super) fn read_ahead<P: Packet>(cx: &Cx<P>, flow: &mut FlowState, seg: &Seg) -> bool {
     let side = cx.sender as usize;
@@ -191,12 +193,19 @@ pub(super) fn read_ahead<P: Packet>(cx: &Cx<P>, flow: &mut FlowState, seg: &Seg)
         )
         && (d.ahead_pend_len == 0
             || cut_header_agrees(d.ahead_pend, d.ahead_pend_len as u32, d.ahead_last_len));
+    // A segment inside the hole, before the chain (the hole spans several segments and
+    // a later one of them came first): the walker will find these bytes gone by when its
+    // count gets here. Its headers, read where one-size records put them, go in front of
+    // the chain if their lengths lead exactly to where the chain starts.
+    let before_chain = extending && before(d.cursor, seg.start) && !before(d.ahead_at, seg.end);
     // Where the next header starts, its first bytes if an earlier segment cut it, and the
     // records the gap before it holds.
     let (start, header, have, gap_records) = if over_gap {
         let step = RECORD_HEADER + d.ahead_last_len as u32;
         let records = seg.start.wrapping_sub(d.ahead_next).div_ceil(step);
         (d.ahead_next.wrapping_add(records * step), 0, 0, records)
+    } else if before_chain {
+        (one_size_header(d, seg), 0, 0, 0)
     } else if extending {
         (d.ahead_next, d.ahead_pend, d.ahead_pend_len as u32, 0)
     } else {
@@ -232,6 +241,29 @@ pub(super) fn read_ahead<P: Packet>(cx: &Cx<P>, flow: &mut FlowState, seg: &Seg)
         return false;
     }
     let d = &mut flow.dir[side];
+    if before_chain {
+        if chain.records == 0 {
+            return false;
+        }
+        let total = d.ahead_records as u32 + chain.records as u32;
+        if chain.have == 0 && chain.at == d.ahead_at && total <= u16::MAX as u32 {
+            // Its headers end exactly where the chain starts: they join it.
+            d.ahead_at = start;
+            d.ahead_records = total as u16;
+            return true;
+        }
+        // A piece of the hole (a super-packet split into segments) with a header where
+        // one-size records put one: its headers go by unread, and the walker's count is
+        // likely to land in them. The hole now ends here, so that the walker sees bytes
+        // from here on as gone by when it gets there and crosses to the chain by length
+        // (`bridge_to_chain`), or loses its place, counted, instead of waiting for bytes
+        // that already came.
+        let open = d.hole_start != d.hole_end;
+        if open && before(d.hole_start, seg.start) && before(seg.start, d.hole_end) {
+            d.hole_end = seg.start;
+        }
+        return false;
+    }
     let kept = if extending { d.ahead_records as u32 } else { 0 };
     let total = kept + gap_records + chain.records as u32;
     if total > u16::MAX as u32 {
@@ -310,6 +342,30 @@ pub(super) enum Bridge {
     Refuted,
 }
 
+/// The walker's count landed in bytes that went by unread, before the chain `read_ahead`
+/// kept: in a bulk transfer of one-size records, where the chain starts a whole number of
+/// `last_record_len` records on from the cursor, the records in between were all of that
+/// size (the evidence `bridge_by_length` asks for: whole application-data headers exactly
+/// where the lengths put them, up to a segment's end), and the walker takes the chain
+/// there, counted as a bridge by length.
+#[inline(always)]
+pub(super) fn bridge_to_chain(flow: &mut FlowState, side: usize) {
+    let d = &mut flow.dir[side];
+    if d.flags & dir_flags::AHEAD == 0
+        || !in_bulk(d)
+        || d.ahead_records == 0
+        || !before(d.cursor, d.ahead_at)
+    {
+        return;
+    }
+    let step = RECORD_HEADER + d.last_record_len as u32;
+    if !d.ahead_at.wrapping_sub(d.cursor).is_multiple_of(step) {
+        return;
+    }
+    counters::inc(Counter::TlsBridgedByLength);
+    take_chain(d);
+}
+
 /// Takes the chain `read_ahead` kept, if the cursor stands exactly where it starts.
 #[inline(always)]
 pub(super) fn take_read_ahead(flow: &mut FlowState, side: usize) {
@@ -317,8 +373,14 @@ pub(super) fn take_read_ahead(flow: &mut FlowState, side: usize) {
     if d.flags & dir_flags::AHEAD == 0 || d.item != item::RECORD || d.cursor != d.ahead_at {
         return;
     }
-    d.flags &= !dir_flags::AHEAD;
     counters::inc(Counter::TlsReadAhead);
+    take_chain(d);
+}
+
+/// Moves the cursor to the chain's end, counting its records.
+#[inline(always)]
+fn take_chain(d: &mut Direction) {
+    d.flags &= !dir_flags::AHEAD;
     counters::add(Counter::TlsRecords, d.ahead_records as u64);
     d.cursor = d.ahead_next;
     // A header the chain's last segment cut: the walker completes it from what follows.

@@ -297,7 +297,7 @@ impl Kernel {
     }
 
     /// Instructions of each program after verification (translated size / 8 bytes).
-    pub fn instruction_counts(&self) -> anyhow::Result<Vec<(&'static str, u32)>> {
+    pub fn instruction_counts(&self) -> anyhow::Result<Vec<(&'static str, u32, u32)>> {
         [
             names::XDP_PROGRAM,
             names::XDP_SLOW_PATH,
@@ -310,7 +310,12 @@ impl Kernel {
                 .ebpf
                 .program(name)
                 .ok_or_else(|| anyhow!("program {name} missing"))?;
-            Ok((name, p.info()?.size_translated().unwrap_or(0) / 8))
+            let info = p.info()?;
+            Ok((
+                name,
+                info.size_translated().unwrap_or(0) / 8,
+                info.verified_instruction_count().unwrap_or(0),
+            ))
         })
         .collect()
     }

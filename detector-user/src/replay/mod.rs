@@ -45,7 +45,10 @@ pub struct Summary {
     /// Times the record walker lost its place, and reordering gaps it bridged: how well
     /// the capture could be followed.
     pub tls_sync_lost: u64,
+    /// Of `tls_sync_lost`, by why (the reason labels of the kernel's metric).
+    pub tls_sync_lost_by: Vec<(&'static str, u64)>,
     pub tls_read_ahead: u64,
+    pub tls_bridged_by_length: u64,
     /// Each worker's share, in worker order.
     pub workers: Vec<Totals>,
     /// The slowest worker's loading of its program (the workers load at once).
@@ -82,7 +85,7 @@ impl std::fmt::Display for Summary {
             f,
             "replayed {} packets ({} frames, {} skipped: {} unsupported link type, {} runt, \
              {} without timestamp); kernel events: {} ({} dropped); diagnoses: {}; TLS sync \
-             lost: {} (reordering gaps bridged: {})",
+             lost: {} ({}reordering gaps bridged: {}, places found again by record length: {})",
             self.packets,
             self.frames,
             s.total(),
@@ -93,12 +96,29 @@ impl std::fmt::Display for Summary {
             self.events_dropped,
             self.diagnoses,
             self.tls_sync_lost,
-            self.tls_read_ahead
+            self.sync_lost_reasons(),
+            self.tls_read_ahead,
+            self.tls_bridged_by_length
         )
     }
 }
 
 impl Summary {
+    /// `reason N, ...; ` for the reasons the walker lost its place for, or nothing.
+    fn sync_lost_reasons(&self) -> String {
+        let lost: Vec<String> = self
+            .tls_sync_lost_by
+            .iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(why, n)| format!("{why} {n}"))
+            .collect();
+        if lost.is_empty() {
+            String::new()
+        } else {
+            format!("{}; ", lost.join(", "))
+        }
+    }
+
     /// How the packets were shared out: `workers: N (packets: a, b, ...)`.
     pub fn workers_line(&self) -> String {
         let each: Vec<String> = self.workers.iter().map(|w| w.packets.to_string()).collect();
@@ -259,6 +279,14 @@ pub fn replay(
             summary.events_dropped += w.events_dropped;
             summary.tls_sync_lost += w.tls_sync_lost;
             summary.tls_read_ahead += w.tls_read_ahead;
+            summary.tls_bridged_by_length += w.tls_bridged_by_length;
+            if summary.tls_sync_lost_by.is_empty() {
+                summary.tls_sync_lost_by = w.tls_sync_lost_by.clone();
+            } else {
+                for (sum, (_, n)) in summary.tls_sync_lost_by.iter_mut().zip(&w.tls_sync_lost_by) {
+                    sum.1 += n;
+                }
+            }
         }
         summary.by_kind = pipeline.diagnoses_by_kind().clone();
         summary.events = pipeline.events();

@@ -8,7 +8,7 @@ use std::{
 };
 
 use anyhow::{Context as _, anyhow};
-use detector_common::{Counter, REPLAY_META_LEN};
+use detector_common::{Counter, REPLAY_META_LEN, SYNC_LOST};
 
 use crate::{
     capture::segment,
@@ -99,7 +99,10 @@ pub struct Totals {
     pub cpu: Duration,
     pub events_dropped: u64,
     pub tls_sync_lost: u64,
+    /// Of `tls_sync_lost`, by why (the kernel's reason counters, in [`Counter::ALL`] order).
+    pub tls_sync_lost_by: Vec<(&'static str, u64)>,
     pub tls_read_ahead: u64,
+    pub tls_bridged_by_length: u64,
 }
 
 /// Loads a kernel program and runs every batch that arrives until the input closes,
@@ -183,7 +186,17 @@ fn serve(
     let counters = kernel.counters().read()?;
     totals.events_dropped = counters[Counter::EventsDropped as usize];
     totals.tls_sync_lost = counters[Counter::TlsSyncLost as usize];
+    totals.tls_sync_lost_by = Counter::ALL
+        .iter()
+        .filter_map(|&c| match c.family() {
+            Some((family, reason)) if family.metric == SYNC_LOST.metric => {
+                Some((reason, counters[c as usize]))
+            }
+            _ => None,
+        })
+        .collect();
     totals.tls_read_ahead = counters[Counter::TlsReadAhead as usize];
+    totals.tls_bridged_by_length = counters[Counter::TlsBridgedByLength as usize];
     reports
         .send(Ok(Report::Totals(totals)))
         .map_err(|_| gone())?;
