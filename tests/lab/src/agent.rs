@@ -92,9 +92,10 @@ impl LiveAgent {
         ]);
         args.extend(extra.iter().map(|s| s.to_string()));
         let process = lab.spawn(ns, "detector", &args)?;
+        let wait = attach_wait();
         process
-            .wait_for_output("watching", Duration::from_secs(20))
-            .context("the agent did not attach")?;
+            .wait_for_output("watching", wait)
+            .with_context(|| format!("the agent did not attach within {wait:?}"))?;
         Ok(LiveAgent {
             process,
             ns: ns.to_string(),
@@ -198,6 +199,19 @@ pub fn metric(text: &str, series: &str) -> Option<f64> {
         .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
+}
+
+/// How long the agent may take to load, verify and attach its programs. The kernel's
+/// verifier walks about 330,000 instructions of them: half a second on a host; under the
+/// VM leg's emulation (TCG), which `cargo xtask vmtest` announces in
+/// `DETECTOR_LAB_EMULATED`, the kernel tests' loads of the same programs took 7 s each on
+/// a quiet machine and 17 s on a busy one, too close to the host's 20 s.
+fn attach_wait() -> Duration {
+    if std::env::var_os("DETECTOR_LAB_EMULATED").is_some() {
+        Duration::from_secs(60)
+    } else {
+        Duration::from_secs(20)
+    }
 }
 
 /// How often the record walker lost its place in a replay, from `detector replay`'s

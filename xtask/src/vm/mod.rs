@@ -62,7 +62,7 @@ pub fn vmtest(path: &OsString, req: &Request) -> anyhow::Result<()> {
         fs::create_dir_all(&out)?;
         let steps = guest::steps(req.suite);
         let script = out.join("guest.sh");
-        fs::write(&script, guest::script(&k, steps, &out, &binaries))?;
+        fs::write(&script, guest::script(&k, accel, steps, &out, &binaries))?;
         eprintln!(
             "xtask: vmtest on {} ({} steps, {accel:?}); logs in {}",
             k.release,
