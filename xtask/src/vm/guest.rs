@@ -15,6 +15,10 @@ pub enum Suite {
     /// Every kernel-program test binary and the live scenarios that run in the lab's
     /// namespaces.
     Full,
+    /// Only the programs' sizes and the verifier's work on each kernel: a minute's check
+    /// after a change to the kernel program, which older verifiers may check many times
+    /// over (their limit is a million instructions).
+    Size,
 }
 
 /// One test binary run, with the arguments that choose its tests.
@@ -81,10 +85,18 @@ const FULL: &[Step] = &[
     step("live_forgery", "live_forgery", &["--test-threads=1"], 900),
 ];
 
+const SIZE: &[Step] = &[step(
+    "kernel",
+    "kernel",
+    &["--exact", "program_size_as_loaded", "--nocapture"],
+    600,
+)];
+
 pub fn steps(suite: Suite) -> &'static [Step] {
     match suite {
         Suite::Quick => QUICK,
         Suite::Full => FULL,
+        Suite::Size => SIZE,
     }
 }
 
