@@ -423,6 +423,12 @@ fn record_body_past_a_second_hole_carries_no_wrong_length() {
         &[0, 2, 4, 1, 3, 5],
     );
     assert_eq!(h.counter(Counter::TlsSyncLost), 1, "{events:?}");
+    // Lost where the lengths put a header and ciphertext stands, not on a guess earlier.
+    assert_eq!(
+        h.counter(Counter::SyncLostImplausible),
+        1,
+        "why it was lost"
+    );
     assert!(
         events.is_empty(),
         "nothing read past a wrong length: {events:?}"

@@ -484,6 +484,36 @@ mod tests {
     }
 
     #[test]
+    fn summary_names_why_the_walker_lost_its_place() {
+        let lost = Summary {
+            tls_sync_lost: 3,
+            tls_sync_lost_by: vec![
+                ("implausible_header", 0),
+                ("passed_unread", 1),
+                ("gap_too_long", 2),
+            ],
+            tls_read_ahead: 7,
+            tls_bridged_by_length: 1,
+            ..Summary::default()
+        };
+        assert!(
+            lost.to_string().ends_with(
+                "TLS sync lost: 3 (passed_unread 1, gap_too_long 2; reordering gaps \
+                 bridged: 7, places found again by record length: 1)"
+            ),
+            "{lost}"
+        );
+        assert!(
+            Summary::default().to_string().ends_with(
+                "TLS sync lost: 0 (reordering gaps bridged: 0, places found again by \
+                 record length: 0)"
+            ),
+            "{}",
+            Summary::default()
+        );
+    }
+
+    #[test]
     fn capture_clock_starts_at_the_first_timestamp_and_fills_gaps() {
         let mut c = CaptureClock::default();
         assert_eq!(c.at(0), None, "no clock to start from");
