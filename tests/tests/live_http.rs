@@ -398,6 +398,32 @@ fn answered_scrapers(ns: &str, n: usize) -> Result<Vec<TcpStream>> {
         .collect()
 }
 
+/// Each scraper scrapes again over its kept-alive connection and must be answered; the
+/// last one's metrics text.
+fn scrape_again(scrapers: &mut [TcpStream]) -> Result<String> {
+    let mut last = String::new();
+    for (i, s) in scrapers.iter_mut().enumerate() {
+        let r = scrape_on(s).with_context(|| {
+            format!("scraper {i}'s second scrape over its kept-alive connection")
+        })?;
+        ensure!(
+            r.status == 200,
+            "scraper {i}'s second scrape answered {}",
+            r.status
+        );
+        last = String::from_utf8(r.body)?;
+    }
+    Ok(last)
+}
+
+/// The endpoint's own counters in a metrics text: connections displaced, and refused.
+fn connection_counters(text: &str) -> (Option<f64>, Option<f64>) {
+    (
+        metric(text, "detector_http_connections_displaced_total"),
+        metric(text, "detector_http_connections_refused_total"),
+    )
+}
+
 /// Every slot held by a scraper that has been answered and keeps its connection: a
 /// newcomer is refused (503) rather than one of them displaced, and all are answered again.
 #[test]
@@ -416,18 +442,7 @@ fn answered_scrapers_keep_their_connections_when_the_slots_are_full() -> Result<
     let asked = Instant::now();
     let refused = scrape_on(&mut late).context("the newcomer's request")?;
     let refused_after = asked.elapsed();
-    let mut last = String::new();
-    for (i, s) in scrapers.iter_mut().enumerate() {
-        let r = scrape_on(s).with_context(|| {
-            format!("scraper {i}'s second scrape over its kept-alive connection")
-        })?;
-        ensure!(
-            r.status == 200,
-            "scraper {i}'s second scrape answered {}",
-            r.status
-        );
-        last = String::from_utf8(r.body)?;
-    }
+    let last = scrape_again(&mut scrapers)?;
     eprintln!(
         "newcomer answered {} after {refused_after:?}",
         refused.status
@@ -447,14 +462,7 @@ fn answered_scrapers_keep_their_connections_when_the_slots_are_full() -> Result<
         refused_after >= DISPLACE_WAIT,
         "refused after {refused_after:?}, before waiting {DISPLACE_WAIT:?} for a slot"
     );
-    assert_eq!(
-        metric(&last, "detector_http_connections_refused_total"),
-        Some(1.0)
-    );
-    assert_eq!(
-        metric(&last, "detector_http_connections_displaced_total"),
-        Some(0.0)
-    );
+    assert_eq!(connection_counters(&last), (Some(0.0), Some(1.0)));
     agent.stop()?;
     Ok(())
 }
@@ -504,26 +512,12 @@ fn a_request_sent_a_moment_after_connecting_is_answered_when_full() -> Result<()
     );
     let r = scrape_on(&mut newcomer).context("the newcomer's request")?;
     assert_eq!(r.status, 200, "the newcomer's request");
-    for (i, s) in scrapers.iter_mut().enumerate() {
-        let r = scrape_on(s).with_context(|| format!("scraper {i}'s second scrape"))?;
-        ensure!(
-            r.status == 200,
-            "scraper {i}'s second scrape answered {}",
-            r.status
-        );
-    }
+    scrape_again(&mut scrapers)?;
     let text = String::from_utf8(scrape_on(&mut slow)?.body)?;
     eprintln!(
         "overflowed {overflowed:?} after the slow client connected; silent one closed after {closed_after:?}"
     );
-    assert_eq!(
-        metric(&text, "detector_http_connections_displaced_total"),
-        Some(1.0)
-    );
-    assert_eq!(
-        metric(&text, "detector_http_connections_refused_total"),
-        Some(0.0)
-    );
+    assert_eq!(connection_counters(&text), (Some(1.0), Some(0.0)));
     agent.stop()?;
     Ok(())
 }
